@@ -1,0 +1,132 @@
+"""The per-request decision: public client, protected client, or not an LLM client at all."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import DatabaseError, router
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from . import cache, crypto
+from .conf import conf
+from .models import APIKey, api_key_from_entry, load_client_entry, load_key_entry
+
+logger = logging.getLogger("drf_llm_keys")
+
+# Compared against when the prefix is unknown, so both refusals cost one digest comparison.
+_DUMMY_DIGEST = crypto.hash_key("unknown")
+
+
+class LLMClientAPIKeyAuthentication(BaseAuthentication):
+    """Authenticate requests to an LLM client's endpoints with an API key mapped to it.
+
+    Returns ``None`` (anonymous, or another authenticator's turn) for views that are not
+    an LLM client's and for public clients; ``(owner, api_key)`` for a valid key; raises
+    for everything else on a protected client. List it first in
+    ``DEFAULT_AUTHENTICATION_CLASSES``: DRF answers 401 with ``WWW-Authenticate`` only for
+    the first class.
+    """
+
+    def authenticate(self, request: Request) -> tuple[Any, APIKey] | None:
+        client_value = self.get_client_lookup_value(request)
+        if client_value is None:
+            return None
+        plaintext = self.get_credentials(request)
+        prefix = crypto.split_key(plaintext) if plaintext else None
+        found = cache.lookup(
+            client_value,
+            prefix,
+            load_client_entry,
+            load_key_entry,
+            using=router.db_for_read(APIKey),
+        )
+        client = found.client
+        if client["id"] is None:
+            return None  # unknown client: the view's 404, not ours
+        if not (client["require_api_key"] or client["has_active_key"]):
+            return None  # public: served anonymously, whatever it carries
+        if plaintext is None:
+            raise exceptions.NotAuthenticated(_("This LLM client requires an API key."))
+        key = found.key or {"id": None}
+        if not crypto.key_matches(plaintext, key.get("digest", _DUMMY_DIGEST)) or key["id"] is None:
+            self.refuse(_("Invalid API key."))
+        if not key["is_active"]:
+            self.refuse(_("API key has been revoked."))
+        if key["expires_at"] is not None and key["expires_at"] <= timezone.now():
+            self.refuse(_("API key has expired."))
+        if client["id"] not in key["client_ids"]:
+            self.refuse(_("API key is not valid for this LLM client."))
+        owner = key["user"]
+        if owner is None or not owner.get("is_active", True):
+            self.refuse(_("API key owner is inactive or deleted."))
+        api_key = api_key_from_entry(key, router.db_for_read(APIKey))
+        if not found.recently_used:
+            self.record_use(api_key)
+        return api_key.user, api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return f'{conf.AUTH_KEYWORDS[0]} realm="{conf.REALM}"'
+
+    # --- hooks --------------------------------------------------------------------
+
+    def get_client_lookup_value(self, request: Request) -> str | None:
+        """The request's client as its lookup value, or None when there is none."""
+        context = getattr(request, "parser_context", None) or {}
+        view = context.get("view")
+        if view is not None and hasattr(view, "get_llm_client"):
+            llm_client = view.get_llm_client()
+            return None if llm_client is None else str(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD))
+        value = (context.get("kwargs") or {}).get(conf.CLIENT_URL_KWARG)
+        return None if value is None else str(value)
+
+    def get_credentials(self, request: Request) -> str | None:
+        """The key the request carries, None for none; malformed headers of ours raise."""
+        from_authorization = self._from_authorization(request)
+        meta_name = "HTTP_" + conf.HEADER.upper().replace("-", "_")
+        from_header = request.META.get(meta_name)
+        if from_header is not None:
+            from_header = self._checked(from_header.strip(), _("Invalid {header} header.").format(header=conf.HEADER))
+        if from_authorization and from_header and from_authorization != from_header:
+            self.refuse(_("Conflicting API keys in Authorization and {header}.").format(header=conf.HEADER))
+        return from_authorization or from_header
+
+    # --- parsing ------------------------------------------------------------------
+
+    def _from_authorization(self, request: Request) -> str | None:
+        parts = get_authorization_header(request).split()
+        keywords = {keyword.lower().encode() for keyword in conf.AUTH_KEYWORDS}
+        if not parts or parts[0].lower() not in keywords:
+            return None  # another scheme (Basic, ...) belongs to another authenticator
+        if len(parts) == 1:
+            self.refuse(_("Invalid Authorization header. No credentials provided."))
+        if len(parts) > 2:
+            self.refuse(_("Invalid Authorization header. The key must not contain spaces."))
+        try:
+            value = parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            value = ""
+        return self._checked(value, _("Invalid Authorization header. The key must be printable ASCII."))
+
+    def _checked(self, value: str, message: str) -> str:
+        if not value or not value.isascii() or not value.isprintable() or " " in value:
+            self.refuse(message)
+        return value
+
+    def refuse(self, message: str) -> None:
+        raise exceptions.AuthenticationFailed(message)
+
+    # --- success ------------------------------------------------------------------
+
+    def record_use(self, api_key: APIKey) -> None:
+        """At most one UPDATE of last_used_at per key per LAST_USED_RESOLUTION, everywhere."""
+        if not cache.claim_last_used(api_key.prefix):
+            return
+        try:
+            APIKey.objects.filter(pk=api_key.pk).update(last_used_at=timezone.now())
+        except DatabaseError:
+            logger.warning("drf_llm_keys: could not record the use of key %s", api_key.pk, exc_info=True)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import FieldDoesNotExist
+
+from . import get_client_model
+from .conf import conf
+
+AUTHENTICATION_CLASS = "drf_llm_keys.authentication.LLMClientAPIKeyAuthentication"
+
+# Backends whose entries live in one process: a revoke in another process never reaches them.
+PER_PROCESS_BACKENDS = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+
+
+@register(Tags.security, Tags.caches)
+def check_cache(**kwargs: Any) -> list[CheckMessage]:
+    alias = conf.CACHE_ALIAS
+    if alias not in settings.CACHES:
+        return [
+            Error(
+                f"DRF_LLM_KEYS['CACHE_ALIAS'] is {alias!r}, which is not in CACHES.",
+                id="drf_llm_keys.E001",
+            )
+        ]
+    config = settings.CACHES[alias]
+    messages: list[CheckMessage] = []
+    if config.get("BACKEND") in PER_PROCESS_BACKENDS:
+        messages.append(
+            Warning(
+                f"The cache {alias!r} ({config['BACKEND']}) is not shared between processes: "
+                "a key revoked in one process stays accepted in the others until "
+                "DRF_LLM_KEYS['CACHE_TIMEOUT'] runs out.",
+                hint="Use Redis (django-redis) or Memcached; on one host FileBasedCache works.",
+                id="drf_llm_keys.W001",
+            )
+        )
+    if config.get("OPTIONS", {}).get("IGNORE_EXCEPTIONS") or getattr(
+        settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False
+    ):
+        messages.append(
+            Warning(
+                f"django-redis IGNORE_EXCEPTIONS is on for {alias!r}: a failed invalidation "
+                "is dropped silently and cannot be retried.",
+                hint="Use a dedicated cache alias without IGNORE_EXCEPTIONS for DRF_LLM_KEYS.",
+                id="drf_llm_keys.W002",
+            )
+        )
+    return messages
+
+
+@register(Tags.models)
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = [
+        Error(f"Unknown DRF_LLM_KEYS setting {name!r}.", id="drf_llm_keys.E002")
+        for name in conf.unknown_names
+    ]
+    client_model = get_client_model()
+    try:
+        field = client_model._meta.get_field(conf.CLIENT_LOOKUP_FIELD)
+    except FieldDoesNotExist:
+        field = None
+    if field is None or not (field.unique or field.primary_key):
+        messages.append(
+            Error(
+                f"DRF_LLM_KEYS['CLIENT_LOOKUP_FIELD'] is {conf.CLIENT_LOOKUP_FIELD!r}, which "
+                f"is not a unique field of {client_model._meta.label}.",
+                id="drf_llm_keys.E003",
+            )
+        )
+    return messages
+
+
+@register(Tags.security)
+def check_authentication_order(**kwargs: Any) -> list[CheckMessage]:
+    classes = list(getattr(settings, "REST_FRAMEWORK", {}).get("DEFAULT_AUTHENTICATION_CLASSES", ()))
+    if AUTHENTICATION_CLASS in classes and classes[0] != AUTHENTICATION_CLASS:
+        return [
+            Warning(
+                "LLMClientAPIKeyAuthentication is not first in DEFAULT_AUTHENTICATION_CLASSES: "
+                "refusals become 403 without WWW-Authenticate, and a class before it that "
+                "authenticates the request (a session, say) skips the key check.",
+                hint="List drf_llm_keys.authentication.LLMClientAPIKeyAuthentication first.",
+                id="drf_llm_keys.W003",
+            )
+        ]
+    return []

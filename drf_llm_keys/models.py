@@ -1,0 +1,370 @@
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models, router, transaction
+from django.db.models import Exists, OuterRef
+from django.utils.translation import gettext_lazy as _
+
+from . import cache, crypto, get_client_model
+from .conf import conf, install_client_model_default
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+install_client_model_default()
+
+ModelT = TypeVar("ModelT", bound=models.Model)
+
+# Fields of the owner that the cache may hold; the password hash is never one of them.
+USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
+
+
+def client_lookup_values(clients: models.QuerySet[Any]) -> list[Any]:
+    return list(clients.values_list(conf.CLIENT_LOOKUP_FIELD, flat=True))
+
+
+class InvalidatingQuerySet(models.QuerySet[Any]):
+    """Bulk writes that change a decision invalidate like ``save()`` does.
+
+    ``delete()`` needs nothing here: the receivers in ``signals`` make Django send
+    ``pre_delete`` for each row, so it never takes the signal-free fast path.
+    """
+
+    # Fields whose bulk update changes no decision.
+    cache_free_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, **kwargs: Any) -> int:
+        if set(kwargs) <= self.cache_free_fields:
+            return super().update(**kwargs)
+        with transaction.atomic(using=self.db, savepoint=False):
+            pks = list(self.values_list("pk", flat=True))
+            before = self.stale_for(pks)
+            count = super().update(**kwargs)
+            # After too: an update can move a row to a new lookup value.
+            cache.invalidate(before | self.stale_for(pks), using=self.db)
+        return count
+
+    update.alters_data = True  # type: ignore[attr-defined]
+
+    def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        with transaction.atomic(using=self.db, savepoint=False):
+            created = super().bulk_create(objs, *args, **kwargs)
+            cache.invalidate(self.stale_of(created), using=self.db)
+        return created
+
+    def bulk_update(self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any) -> int:
+        objs = list(objs)
+        if set(fields) <= self.cache_free_fields:
+            return super().bulk_update(objs, fields, **kwargs)
+        with transaction.atomic(using=self.db, savepoint=False):
+            pks = [o.pk for o in objs]
+            before = self.stale_for(pks)
+            count = super().bulk_update(objs, fields, **kwargs)
+            cache.invalidate(before | self.stale_for(pks), using=self.db)
+        return count
+
+    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:  # pragma: no cover
+        """What new rows make stale, from the objects (some backends return no pks)."""
+        raise NotImplementedError
+
+
+class LLMClientQuerySet(InvalidatingQuerySet):
+    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:
+        return cache.Stale.of(clients=client_lookup_values(self.model._base_manager.filter(pk__in=list(pks))))
+
+    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:
+        # A lookup value that was unknown may sit in the cache as "no such client".
+        return cache.Stale.of(clients=(getattr(o, conf.CLIENT_LOOKUP_FIELD) for o in objs))
+
+
+class AbstractLLMClient(models.Model):
+    """Subclass this to bring your own client model (``DRF_LLM_KEYS_CLIENT_MODEL``)."""
+
+    name = models.CharField(_("name"), max_length=200)
+    slug = models.SlugField(_("slug"), max_length=100, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    require_api_key = models.BooleanField(
+        _("require API key"),
+        default=False,
+        help_text=_("Never serve this client anonymously, even while it has no active key."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = LLMClientQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering = ("slug",)
+        verbose_name = _("LLM client")
+        verbose_name_plural = _("LLM clients")
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+
+class LLMClient(AbstractLLMClient):
+    class Meta(AbstractLLMClient.Meta):
+        swappable = "DRF_LLM_KEYS_CLIENT_MODEL"
+
+
+class APIKeyQuerySet(InvalidatingQuerySet):
+    cache_free_fields = frozenset({"last_used_at"})
+
+    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:
+        rows = APIKey._base_manager.filter(pk__in=list(pks)).values_list(
+            "prefix", f"client_links__llm_client__{conf.CLIENT_LOOKUP_FIELD}"
+        )
+        return cache.Stale.of(clients=(c for _, c in rows), keys=(p for p, _ in rows))
+
+    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:
+        return cache.Stale.of(keys=(o.prefix for o in objs))
+
+
+class APIKeyManager(models.Manager["APIKey"]):
+    def get_queryset(self) -> APIKeyQuerySet:
+        return APIKeyQuerySet(self.model, using=self._db)
+
+    def create_key(self, *, user: AbstractBaseUser | None, name: str, **fields: Any) -> tuple[APIKey, str]:
+        """Create a key and return ``(api_key, plaintext)``; only the digest is stored."""
+        prefix, plaintext = crypto.generate_key(conf.KEY_PREFIX)
+        api_key = self.create(user=user, name=name, prefix=prefix, digest=crypto.hash_key(plaintext), **fields)
+        return api_key, plaintext
+
+
+class APIKey(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        null=True,
+        blank=True,
+        # The row must outlive its owner: cascading would silently make its clients public.
+        on_delete=models.SET_NULL,
+        related_name="llm_api_keys",
+    )
+    name = models.CharField(_("name"), max_length=200)
+    description = models.TextField(_("description"), blank=True, default="")
+    prefix = models.CharField(_("prefix"), max_length=crypto.PREFIX_MAX_LENGTH, unique=True, editable=False)
+    digest = models.CharField(_("digest"), max_length=64, editable=False)
+    is_active = models.BooleanField(
+        _("active"), default=True, help_text=_("Unset to revoke. A revoked key is refused at once.")
+    )
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = APIKeyManager()
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
+    def __repr__(self) -> str:
+        # The digest stays out of reprs, tracebacks and debug pages.
+        return f"<APIKey {self.prefix} active={self.is_active}>"
+
+
+class LLMClientAPIKeyQuerySet(InvalidatingQuerySet):
+    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:
+        rows = LLMClientAPIKey._base_manager.filter(pk__in=list(pks)).values_list(
+            "api_key__prefix", f"llm_client__{conf.CLIENT_LOOKUP_FIELD}"
+        )
+        return cache.Stale.of(clients=(c for _, c in rows), keys=(p for p, _ in rows))
+
+    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:
+        objs = list(objs)
+        clients = get_client_model()._base_manager.filter(pk__in=[o.llm_client_id for o in objs])
+        keys = APIKey._base_manager.filter(pk__in=[o.api_key_id for o in objs])
+        return cache.Stale.of(
+            clients=client_lookup_values(clients), keys=keys.values_list("prefix", flat=True)
+        )
+
+
+class LLMClientAPIKey(models.Model):
+    llm_client = models.ForeignKey(
+        conf.CLIENT_MODEL,
+        verbose_name=_("LLM client"),
+        on_delete=models.CASCADE,
+        related_name="api_key_links",
+    )
+    api_key = models.ForeignKey(
+        APIKey,
+        verbose_name=_("API key"),
+        on_delete=models.CASCADE,
+        related_name="client_links",
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    objects = LLMClientAPIKeyQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("llm_client", "api_key"), name="drf_llm_keys_unique_client_key"),
+        ]
+        verbose_name = _("client API key")
+        verbose_name_plural = _("client API keys")
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} -> {self.llm_client_id}"
+
+    @classmethod
+    def has_active_api_key(cls, llm_client: models.Model, invalidate: bool = False) -> bool:
+        """Whether ``llm_client`` has an active (not revoked) key mapped to it, from the cache.
+
+        ``invalidate=True`` reloads the answer from the database and refreshes the cache.
+        """
+        entry = client_entry(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD), refresh=invalidate)
+        return bool(entry["has_active_key"])
+
+    @classmethod
+    def get_cached_objects(
+        cls, invalidate: bool = False, llm_client: models.Model | None = None
+    ) -> models.QuerySet[LLMClientAPIKey]:
+        """The client's mappings to active keys, with their keys; none for a public client.
+
+        Which case applies comes from the cache, so a public client costs no query; the
+        rows themselves are never cached (they would carry the owner and the digest).
+        """
+        rows = cls.objects.filter(api_key__is_active=True).select_related("api_key")
+        if llm_client is None:
+            return rows
+        if not cls.has_active_api_key(llm_client, invalidate=invalidate):
+            return cls.objects.none()
+        return rows.filter(llm_client=llm_client)
+
+
+# --- what the cache holds -------------------------------------------------------------
+
+
+def user_cache_fields() -> list[str]:
+    """The owner's secret-free fields kept in a key's entry (pk and username included)."""
+    user_model = get_user_model()
+    names = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, *USER_CACHE_FIELDS]
+    fields = []
+    for name in dict.fromkeys(names):
+        try:
+            field = user_model._meta.get_field(name)
+        except FieldDoesNotExist:
+            continue
+        if field.concrete and name != "password":
+            fields.append(field.attname)
+    return fields
+
+
+def load_client_entry(value: str) -> cache.Entry:
+    client_model = get_client_model()
+    if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
+        return {"id": None}
+    active = LLMClientAPIKey.objects.filter(llm_client=OuterRef("pk"), api_key__is_active=True)
+    columns = ["pk", "has_active"]
+    if _has_field(client_model, "require_api_key"):
+        columns.append("require_api_key")
+    try:
+        row = (
+            client_model._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value})
+            .annotate(has_active=Exists(active))
+            .values_list(*columns)
+            .first()
+        )
+    except (ValueError, TypeError):  # a value the lookup field cannot hold
+        row = None
+    if row is None:
+        return {"id": None}
+    return {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[2:] and row[2])}
+
+
+def load_key_entry(prefix: str) -> cache.Entry:
+    user_fields = user_cache_fields()
+    rows = list(
+        APIKey._base_manager.filter(prefix=prefix).values_list(
+            "pk",
+            "digest",
+            "is_active",
+            "expires_at",
+            "name",
+            "user_id",
+            "client_links__llm_client_id",
+            *(f"user__{name}" for name in user_fields),
+        )
+    )
+    if not rows:
+        return {"id": None}
+    pk, digest, is_active, expires_at, name, user_id = rows[0][:6]
+    user = dict(zip(user_fields, rows[0][7:])) if user_id is not None else None
+    return {
+        "id": pk,
+        "prefix": prefix,
+        "digest": digest,
+        "is_active": is_active,
+        "expires_at": expires_at,
+        "name": name,
+        "client_ids": sorted({row[6] for row in rows if row[6] is not None}),
+        "user": user,
+    }
+
+
+def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
+    """The key and its owner rebuilt from a key entry: no query, no secret field.
+
+    The other fields are deferred: reading one loads it from the database.
+    """
+    user = _from_fields(get_user_model(), db, entry["user"])
+    api_key = _from_fields(
+        APIKey,
+        db,
+        {
+            "id": entry["id"],
+            "prefix": entry["prefix"],
+            "name": entry["name"],
+            "is_active": entry["is_active"],
+            "expires_at": entry["expires_at"],
+            "user_id": user.pk,
+        },
+    )
+    APIKey._meta.get_field("user").set_cached_value(api_key, user)
+    return api_key
+
+
+def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
+    # from_db() takes the values in the order of the model's concrete fields.
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(db, names, [values[name] for name in names])
+
+
+def client_entry(value: Any, refresh: bool = False) -> cache.Entry:
+    return cache.lookup(
+        str(value),
+        None,
+        load_client_entry,
+        load_key_entry,
+        using=router.db_for_read(LLMClientAPIKey),
+        refresh=refresh,
+    ).client
+
+
+def _has_field(model: type[models.Model], name: str) -> bool:
+    try:
+        model._meta.get_field(name)
+    except FieldDoesNotExist:
+        return False
+    return True

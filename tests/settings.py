@@ -1,0 +1,101 @@
+"""Test settings: SQLite and the local-memory cache by default; environment variables switch
+to real servers (see README, "Running the tests").
+
+DRF_LLM_KEYS_TEST_DATABASE_URL  postgres://USER@HOST:PORT/NAME   (PostgreSQL)
+DRF_LLM_KEYS_TEST_REDIS_URL     redis://HOST:PORT/DB               (django-redis)
+"""
+
+import os
+import tempfile
+from urllib.parse import urlsplit
+
+SECRET_KEY = "drf-llm-keys-tests-only"
+USE_TZ = True
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rest_framework",
+    "drf_llm_keys",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+database_url = os.environ.get("DRF_LLM_KEYS_TEST_DATABASE_URL")
+if database_url:
+    url = urlsplit(database_url)
+    if url.scheme not in ("postgres", "postgresql"):
+        raise RuntimeError(f"Unsupported DRF_LLM_KEYS_TEST_DATABASE_URL scheme {url.scheme!r}")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": url.path.lstrip("/") or "test",
+            "USER": url.username or "",
+            "PASSWORD": url.password or "",
+            "HOST": url.hostname or "",
+            "PORT": str(url.port or ""),
+        }
+    }
+else:
+    # A file, not :memory:, so that a second process can open the same test database.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": "drf_llm_keys_tests.sqlite3",
+            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"drf_llm_keys_test_{os.getpid()}.sqlite3")},
+        }
+    }
+# A worker process started by a test opens the test database its parent made.
+if os.environ.get("DRF_LLM_KEYS_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DRF_LLM_KEYS_TEST_DB_NAME"]
+
+redis_url = os.environ.get("DRF_LLM_KEYS_TEST_REDIS_URL")
+cache_dir = os.environ.get("DRF_LLM_KEYS_TEST_CACHE_DIR")
+if redis_url:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": f"drf-llm-keys-tests-{os.environ.get('DRF_LLM_KEYS_TEST_RUN', os.getpid())}",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        }
+    }
+elif cache_dir:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": cache_dir}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "drf_llm_keys.authentication.LLMClientAPIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+}
+
+# The local-memory cache is the point of the default run; the warning is for projects.
+SILENCED_SYSTEM_CHECKS = ["drf_llm_keys.W001"]
