@@ -90,7 +90,9 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         meta_name = "HTTP_" + conf.HEADER.upper().replace("-", "_")
         from_header = request.META.get(meta_name)
         if from_header is not None:
-            from_header = self._checked(from_header.strip(), _("Invalid {header} header.").format(header=conf.HEADER))
+            from_header = self._checked(
+                from_header.strip(), _("Invalid {header} header.").format(header=conf.HEADER)
+            )
         if from_authorization and from_header and from_authorization != from_header:
             self.refuse(_("Conflicting API keys in Authorization and {header}.").format(header=conf.HEADER))
         return from_authorization or from_header

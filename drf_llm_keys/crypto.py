@@ -20,8 +20,8 @@ SECRET_BYTES = 32
 SECRET_LENGTH = 43  # len(secrets.token_urlsafe(32))
 PREFIX_MAX_LENGTH = 40
 
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % PREFIX_MAX_LENGTH)
-_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{%d}" % SECRET_LENGTH)
+_PREFIX_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{PREFIX_MAX_LENGTH}}}")
+_SECRET_RE = re.compile(rf"[A-Za-z0-9_-]{{{SECRET_LENGTH}}}")
 
 
 def generate_key(key_prefix: str) -> tuple[str, str]:

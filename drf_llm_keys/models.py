@@ -143,7 +143,9 @@ class APIKeyManager(models.Manager["APIKey"]):
     def create_key(self, *, user: AbstractBaseUser | None, name: str, **fields: Any) -> tuple[APIKey, str]:
         """Create a key and return ``(api_key, plaintext)``; only the digest is stored."""
         prefix, plaintext = crypto.generate_key(conf.KEY_PREFIX)
-        api_key = self.create(user=user, name=name, prefix=prefix, digest=crypto.hash_key(plaintext), **fields)
+        api_key = self.create(
+            user=user, name=name, prefix=prefix, digest=crypto.hash_key(plaintext), **fields
+        )
         return api_key, plaintext
 
 
@@ -310,7 +312,7 @@ def load_key_entry(prefix: str) -> cache.Entry:
     if not rows:
         return {"id": None}
     pk, digest, is_active, expires_at, name, user_id = rows[0][:6]
-    user = dict(zip(user_fields, rows[0][7:])) if user_id is not None else None
+    user = dict(zip(user_fields, rows[0][7:], strict=True)) if user_id is not None else None
     return {
         "id": pk,
         "prefix": prefix,

@@ -28,7 +28,14 @@ def _client_decision_fields() -> set[str]:
     return {conf.CLIENT_LOOKUP_FIELD, "require_api_key"}
 
 
-def client_pre_save(sender: type[models.Model], instance: models.Model, raw: bool, using: str, update_fields: Any, **kwargs: Any) -> None:
+def client_pre_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    raw: bool,
+    using: str,
+    update_fields: Any,
+    **kwargs: Any,
+) -> None:
     if instance.pk is None or instance._state.adding:
         return
     if _updated(update_fields, _client_decision_fields()):
@@ -36,7 +43,14 @@ def client_pre_save(sender: type[models.Model], instance: models.Model, raw: boo
         setattr(instance, _OLD_LOOKUP, old)
 
 
-def client_post_save(sender: type[models.Model], instance: models.Model, created: bool, using: str, update_fields: Any, **kwargs: Any) -> None:
+def client_post_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    created: bool,
+    using: str,
+    update_fields: Any,
+    **kwargs: Any,
+) -> None:
     if not (created or _updated(update_fields, _client_decision_fields())):
         return
     # A new client may replace a cached "no such client" for its lookup value.
@@ -48,7 +62,9 @@ def client_pre_delete(sender: type[models.Model], instance: models.Model, using:
     cache.invalidate(cache.Stale.of(clients=[getattr(instance, conf.CLIENT_LOOKUP_FIELD)]), using)
 
 
-def api_key_post_save(sender: type[APIKey], instance: APIKey, created: bool, using: str, update_fields: Any, **kwargs: Any) -> None:
+def api_key_post_save(
+    sender: type[APIKey], instance: APIKey, created: bool, using: str, update_fields: Any, **kwargs: Any
+) -> None:
     if update_fields is not None and set(update_fields) <= APIKey.objects.cache_free_fields:
         return
     cache.invalidate(APIKey.objects.using(using).stale_for([instance.pk]), using)
@@ -62,7 +78,14 @@ def link_changed(sender: type[LLMClientAPIKey], instance: LLMClientAPIKey, using
     cache.invalidate(LLMClientAPIKey.objects.using(using).stale_of([instance]), using)
 
 
-def user_post_save(sender: type[models.Model], instance: models.Model, created: bool, using: str, update_fields: Any, **kwargs: Any) -> None:
+def user_post_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    created: bool,
+    using: str,
+    update_fields: Any,
+    **kwargs: Any,
+) -> None:
     # A login saves only last_login: no key entry holds it.
     if created or not _updated(update_fields, set(user_cache_fields())):
         return

@@ -1,1 +1,12 @@
-urlpatterns = []
+from django.contrib import admin
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("clients/<str:llm_client>/echo/", views.PerViewEcho.as_view()),
+    path("default/clients/<str:llm_client>/echo/", views.DefaultEcho.as_view()),
+    path("by-method/<str:name>/echo/", views.ClientFromMethodEcho.as_view()),
+    path("whoami/", views.WhoAmI.as_view()),
+]

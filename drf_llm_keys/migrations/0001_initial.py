@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,57 +17,132 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='LLMClient',
+            name="LLMClient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, verbose_name='name')),
-                ('slug', models.SlugField(max_length=100, unique=True, verbose_name='slug')),
-                ('require_api_key', models.BooleanField(default=False, help_text='Never serve this client anonymously, even while it has no active key.', verbose_name='require API key')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='owner')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, verbose_name="name")),
+                ("slug", models.SlugField(max_length=100, unique=True, verbose_name="slug")),
+                (
+                    "require_api_key",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Never serve this client anonymously, even while it has no active key.",
+                        verbose_name="require API key",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created at")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated at")),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="owner",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'LLM client',
-                'verbose_name_plural': 'LLM clients',
-                'ordering': ('slug',),
-                'abstract': False,
-                'swappable': 'DRF_LLM_KEYS_CLIENT_MODEL',
+                "verbose_name": "LLM client",
+                "verbose_name_plural": "LLM clients",
+                "ordering": ("slug",),
+                "abstract": False,
+                "swappable": "DRF_LLM_KEYS_CLIENT_MODEL",
             },
         ),
         migrations.CreateModel(
-            name='APIKey',
+            name="APIKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, verbose_name='name')),
-                ('description', models.TextField(blank=True, default='', verbose_name='description')),
-                ('prefix', models.CharField(editable=False, max_length=40, unique=True, verbose_name='prefix')),
-                ('digest', models.CharField(editable=False, max_length=64, verbose_name='digest')),
-                ('is_active', models.BooleanField(default=True, help_text='Unset to revoke. A revoked key is refused at once.', verbose_name='active')),
-                ('expires_at', models.DateTimeField(blank=True, null=True, verbose_name='expires at')),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True, verbose_name='last used at')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='llm_api_keys', to=settings.AUTH_USER_MODEL, verbose_name='owner')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, verbose_name="name")),
+                ("description", models.TextField(blank=True, default="", verbose_name="description")),
+                (
+                    "prefix",
+                    models.CharField(editable=False, max_length=40, unique=True, verbose_name="prefix"),
+                ),
+                ("digest", models.CharField(editable=False, max_length=64, verbose_name="digest")),
+                (
+                    "is_active",
+                    models.BooleanField(
+                        default=True,
+                        help_text="Unset to revoke. A revoked key is refused at once.",
+                        verbose_name="active",
+                    ),
+                ),
+                ("expires_at", models.DateTimeField(blank=True, null=True, verbose_name="expires at")),
+                (
+                    "last_used_at",
+                    models.DateTimeField(blank=True, editable=False, null=True, verbose_name="last used at"),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created at")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated at")),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="llm_api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="owner",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'verbose_name_plural': 'API keys',
-                'ordering': ('-created_at',),
+                "verbose_name": "API key",
+                "verbose_name_plural": "API keys",
+                "ordering": ("-created_at",),
             },
         ),
         migrations.CreateModel(
-            name='LLMClientAPIKey',
+            name="LLMClientAPIKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
-                ('api_key', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='client_links', to='drf_llm_keys.apikey', verbose_name='API key')),
-                ('llm_client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_key_links', to=settings.DRF_LLM_KEYS_CLIENT_MODEL, verbose_name='LLM client')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created at")),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="client_links",
+                        to="drf_llm_keys.apikey",
+                        verbose_name="API key",
+                    ),
+                ),
+                (
+                    "llm_client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_key_links",
+                        to=settings.DRF_LLM_KEYS_CLIENT_MODEL,
+                        verbose_name="LLM client",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'client API key',
-                'verbose_name_plural': 'client API keys',
-                'constraints': [models.UniqueConstraint(fields=('llm_client', 'api_key'), name='drf_llm_keys_unique_client_key')],
+                "verbose_name": "client API key",
+                "verbose_name_plural": "client API keys",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("llm_client", "api_key"), name="drf_llm_keys_unique_client_key"
+                    )
+                ],
             },
         ),
     ]

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Make sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, role root, trust on
+# loopback) answer, for the test run against real servers. Starts what is installed but
+# stopped; on Debian/Ubuntu, run as root, installs what is missing first.
+#   scripts/services.sh start     start (and install) what is missing
+#   scripts/services.sh status    exit 1 unless both answer
+set -euo pipefail
+
+answers() {  # host port
+    python3 - "$1" "$2" <<'PY'
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+wait_for() {  # name host port
+    for _ in $(seq 1 60); do answers "$2" "$3" && return 0; sleep 0.5; done
+    echo "services: $1 does not answer on $2:$3" >&2
+    return 1
+}
+
+apt_install() {
+    if ! command -v apt-get >/dev/null || [ "$(id -u)" != 0 ]; then
+        echo "services: install $* yourself (or run this as root on Debian/Ubuntu)" >&2
+        return 1
+    fi
+    [ -n "${_apt_updated:-}" ] || { apt-get update -qq; _apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+start_redis() {
+    answers 127.0.0.1 6379 && return 0
+    command -v redis-server >/dev/null || apt_install redis-server
+    mkdir -p /tmp/drf-llm-keys-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --dir /tmp/drf-llm-keys-redis --logfile /tmp/drf-llm-keys-redis/redis.log
+    wait_for Redis 127.0.0.1 6379
+}
+
+start_postgres() {
+    if ! answers 127.0.0.1 5432; then
+        command -v pg_ctlcluster >/dev/null || apt_install postgresql
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+            || pg_ctlcluster "$version" main start
+        wait_for PostgreSQL 127.0.0.1 5432
+    fi
+    # The tests connect as root without a password; a fresh install knows only "postgres".
+    command -v psql >/dev/null || return 0
+    if ! psql -h 127.0.0.1 -U root -d postgres -Atc "select 1" >/dev/null 2>&1; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "services: PostgreSQL does not accept role root on 127.0.0.1 (see README)" >&2
+            return 1
+        fi
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        hba=/etc/postgresql/$version/main/pg_hba.conf
+        grep -q "drf-llm-keys" "$hba" || sed -i '1i host all root 127.0.0.1/32 trust # drf-llm-keys tests' "$hba"
+        su postgres -c "psql -qc 'CREATE ROLE root SUPERUSER LOGIN'" 2>/dev/null || true
+        su postgres -c "psql -qc 'SELECT pg_reload_conf()'" >/dev/null
+        psql -h 127.0.0.1 -U root -d postgres -Atc "select 1" >/dev/null
+    fi
+}
+
+case "${1:-start}" in
+    start) start_redis; start_postgres; echo "services: Redis and PostgreSQL are up" ;;
+    status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 ;;
+    *) echo "usage: $0 start|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from model_bakery import baker
+from rest_framework.test import APIClient
+
+from drf_llm_keys import cache as llm_cache
+from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+
+MakeKey = Callable[..., tuple[APIKey, str]]
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> Iterator[None]:
+    # The Redis run uses a database of its own (see .ci/run): clearing it is safe.
+    cache.clear()
+    llm_cache._pending.clear()
+    yield
+    llm_cache._pending.clear()
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def owner(db: None) -> Any:
+    return baker.make(get_user_model(), username="owner", is_active=True)
+
+
+@pytest.fixture
+def public_client(db: None) -> LLMClient:
+    return baker.make_recipe("tests.llm_client", slug="public-bot")
+
+
+@pytest.fixture
+def protected_client(db: None) -> LLMClient:
+    return baker.make_recipe("tests.llm_client", slug="protected-bot")
+
+
+@pytest.fixture
+def make_key(owner: Any) -> MakeKey:
+    """Create a key mapped to the given clients; returns ``(api_key, plaintext)``."""
+
+    def make(*clients: LLMClient, user: Any = owner, **fields: Any) -> tuple[APIKey, str]:
+        api_key, plaintext = APIKey.objects.create_key(user=user, name="test key", **fields)
+        for llm_client in clients:
+            LLMClientAPIKey.objects.create(llm_client=llm_client, api_key=api_key)
+        return api_key, plaintext
+
+    return make
+
+
+@pytest.fixture
+def key(make_key: MakeKey, protected_client: LLMClient) -> tuple[APIKey, str]:
+    return make_key(protected_client)
+
+
+def bearer(plaintext: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With DRF_LLM_KEYS_TEST_NO_SKIP set (CI sets it), a skipped test fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("DRF_LLM_KEYS_TEST_NO_SKIP") and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but DRF_LLM_KEYS_TEST_NO_SKIP is set: {report.longrepr}"
