@@ -80,7 +80,7 @@ if redis_url:
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": redis_url,
-            "KEY_PREFIX": f"drf-llm-keys-tests-{os.environ.get('DRF_LLM_KEYS_TEST_RUN', os.getpid())}",
+            "KEY_PREFIX": "drf-llm-keys-tests",
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
         }
     }
