@@ -14,7 +14,14 @@ from django.db.models.signals import post_save, pre_delete, pre_save
 
 from . import cache
 from .conf import conf
-from .models import APIKey, LLMClientAPIKey, client_lookup_values, get_client_model, user_cache_fields
+from .models import (
+    APIKey,
+    APIKeyQuerySet,
+    LLMClientAPIKey,
+    client_lookup_values,
+    get_client_model,
+    user_cache_fields,
+)
 
 # Attribute on a client instance holding its lookup value as it was before a save.
 _OLD_LOOKUP = "_drf_llm_keys_old_lookup"
@@ -65,7 +72,7 @@ def client_pre_delete(sender: type[models.Model], instance: models.Model, using:
 def api_key_post_save(
     sender: type[APIKey], instance: APIKey, created: bool, using: str, update_fields: Any, **kwargs: Any
 ) -> None:
-    if update_fields is not None and set(update_fields) <= APIKey.objects.cache_free_fields:
+    if update_fields is not None and set(update_fields) <= APIKeyQuerySet.cache_free_fields:
         return
     cache.invalidate(APIKey.objects.using(using).stale_for([instance.pk]), using)
 

@@ -1,0 +1,298 @@
+"""The cache protocol: cost per request, no stale fill, fail closed, retried invalidation."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections import Counter
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+from django.db import connection, transaction
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+
+from drf_llm_keys import cache as llm_cache
+from drf_llm_keys.models import APIKey, load_client_entry, load_key_entry
+
+from .conftest import bearer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/clients/protected-bot/echo/"
+CACHE_METHODS = ("get", "get_many", "set", "set_many", "add", "delete", "delete_many", "incr")
+
+
+class CountingCache:
+    """The real cache, with each call (one round trip on Redis) counted."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.real, name)
+        if name not in CACHE_METHODS:
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture
+def counting(monkeypatch) -> CountingCache:
+    proxy = CountingCache(llm_cache.get_cache())
+    monkeypatch.setattr(llm_cache, "get_cache", lambda: proxy)
+    return proxy
+
+
+class FlakyCache:
+    """A real local-memory cache that raises on every call while ``down`` is set."""
+
+    down = False
+
+    def __init__(self) -> None:
+        self.real = caches["default"]
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.real, name)
+        if name in CACHE_METHODS and FlakyCache.down:
+
+            def broken(*args: Any, **kwargs: Any) -> Any:
+                raise ConnectionError("cache is down")
+
+            return broken
+        return attribute
+
+
+@pytest.fixture
+def flaky(monkeypatch) -> type[FlakyCache]:
+    proxy = FlakyCache()
+    monkeypatch.setattr(llm_cache, "get_cache", lambda: proxy)
+    yield FlakyCache
+    FlakyCache.down = False
+
+
+def warm(api, plaintext: str) -> None:
+    assert api.get(URL, **bearer(plaintext)).status_code == 200
+
+
+# --- cost per request -----------------------------------------------------------------
+
+
+def test_warm_request_runs_no_sql(api, key, django_assert_num_queries):
+    _, plaintext = key
+    warm(api, plaintext)
+    with django_assert_num_queries(0):
+        response = api.get(URL, **bearer(plaintext))
+    assert response.json()["user"] == "owner"
+
+
+def test_warm_request_makes_one_cache_round_trip(api, key, counting):
+    _, plaintext = key
+    warm(api, plaintext)
+    counting.calls.clear()
+    warm(api, plaintext)
+    assert counting.calls == Counter(get_many=1)
+
+
+def test_warm_public_request_runs_no_sql_and_one_round_trip(
+    api, public_client, counting, django_assert_num_queries
+):
+    api.get("/clients/public-bot/echo/")
+    counting.calls.clear()
+    with django_assert_num_queries(0):
+        assert api.get("/clients/public-bot/echo/").status_code == 200
+    assert counting.calls == Counter(get_many=1)
+
+
+def test_warm_refusal_runs_no_sql(api, key, django_assert_num_queries):
+    api.get(URL, **bearer("llmk_000000000000." + "A" * 43))
+    with django_assert_num_queries(0):
+        assert api.get(URL, **bearer("llmk_000000000000." + "A" * 43)).status_code == 401
+
+
+def test_cold_request_runs_at_most_two_sql_queries(api, key):
+    _, plaintext = key
+    api.get(URL, **bearer(plaintext))  # records last use: not part of the decision
+    caches["default"].delete_many(
+        [*llm_cache.client_names("protected-bot"), *llm_cache.key_names(key[0].prefix)]
+    )
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(URL, **bearer(plaintext)).status_code == 200
+    assert len(queries) <= 2, [q["sql"] for q in queries]
+
+
+def test_request_user_costs_no_query_for_its_cached_fields(key, django_assert_num_queries):
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
+
+    _, plaintext = key
+
+    def authenticate() -> Any:
+        request = Request(
+            APIRequestFactory().get("/", **bearer(plaintext)),
+            parser_context={"kwargs": {"llm_client": "protected-bot"}},
+        )
+        return LLMClientAPIKeyAuthentication().authenticate(request)
+
+    authenticate()
+    with django_assert_num_queries(0):
+        user, api_key = authenticate()
+        assert (user.is_authenticated, user.is_active, user.get_username()) == (True, True, "owner")
+        assert (api_key.prefix, api_key.is_active, api_key.user_id) == (key[0].prefix, True, user.pk)
+    with django_assert_num_queries(1):  # a field the cache does not hold loads on demand
+        assert user.email == key[0].user.email
+
+
+# --- no stale fill --------------------------------------------------------------------
+
+
+def test_a_reader_that_loaded_before_a_revoke_cannot_fill_its_stale_entry(make_key, protected_client):
+    """Interleave: reader misses and loads the key (active); the revoke commits and
+    invalidates; only then does the reader write its entry. The next read must not trust it."""
+    make_key(protected_client)
+    api_key, _ = make_key(protected_client)
+
+    def load_then_revoke(prefix: str) -> dict[str, Any]:
+        entry = load_key_entry(prefix)  # the slow reader's database read: still active
+        APIKey.objects.filter(pk=api_key.pk).update(is_active=False)  # commits, invalidates
+        return entry
+
+    stale = llm_cache.lookup(
+        "protected-bot", api_key.prefix, load_client_entry, load_then_revoke, using="default"
+    )
+    assert stale.key["is_active"] is True  # what the slow reader saw, and wrote late
+    fresh = llm_cache.lookup(
+        "protected-bot", api_key.prefix, load_client_entry, load_key_entry, using="default"
+    )
+    assert fresh.key["is_active"] is False
+
+
+def test_a_reader_that_finds_no_generation_cannot_fill_a_stale_entry(make_key, protected_client):
+    """Same interleaving when the generation is missing (evicted, or never written)."""
+    make_key(protected_client)
+    api_key, _ = make_key(protected_client)
+    caches["default"].clear()
+
+    def load_then_revoke(prefix: str) -> dict[str, Any]:
+        entry = load_key_entry(prefix)
+        api_key.is_active = False
+        api_key.save()  # commits, invalidates
+        return entry
+
+    llm_cache.lookup("protected-bot", api_key.prefix, load_client_entry, load_then_revoke, using="default")
+    fresh = llm_cache.lookup(
+        "protected-bot", api_key.prefix, load_client_entry, load_key_entry, using="default"
+    )
+    assert fresh.key["is_active"] is False
+
+
+def test_no_fill_inside_a_repeatable_read_transaction(key, monkeypatch):
+    """Its snapshot may predate an invalidation that the reader has already seen."""
+    monkeypatch.setattr(connection, "isolation_level", "repeatable read", raising=False)
+    with transaction.atomic():
+        llm_cache.lookup("protected-bot", key[0].prefix, load_client_entry, load_key_entry, using="default")
+    assert caches["default"].get(llm_cache.key_names(key[0].prefix)[1]) is None
+
+
+def test_fill_outside_a_transaction(key):
+    llm_cache.lookup("protected-bot", key[0].prefix, load_client_entry, load_key_entry, using="default")
+    assert caches["default"].get(llm_cache.key_names(key[0].prefix)[1]) is not None
+
+
+# --- fail closed ----------------------------------------------------------------------
+
+
+def test_cache_outage_falls_back_to_the_database_and_stays_closed(api, key, flaky, caplog):
+    _, plaintext = key
+    flaky.down = True
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        assert api.get(URL).status_code == 401
+        assert api.get(URL, **bearer(plaintext)).status_code == 200
+        assert api.get(URL, **bearer("llmk_000000000000." + "A" * 43)).status_code == 401
+    assert "cache read failed" in caplog.text
+
+
+def test_revoke_during_a_cache_outage_is_refused_from_the_database(
+    api, key, make_key, protected_client, flaky
+):
+    make_key(protected_client)
+    api_key, plaintext = key
+    warm(api, plaintext)
+    flaky.down = True
+    APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+    assert api.get(URL, **bearer(plaintext)).status_code == 401
+
+
+def test_unreachable_redis_fails_closed(api, key, settings):
+    settings.CACHES = {
+        **settings.CACHES,
+        "unreachable": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    _, plaintext = key
+    with override_settings(DRF_LLM_KEYS={"CACHE_ALIAS": "unreachable"}):
+        assert api.get(URL).status_code == 401
+        assert api.get(URL, **bearer(plaintext)).status_code == 200
+
+
+def test_failed_invalidation_is_retried_before_the_next_read(
+    api, key, make_key, protected_client, flaky, caplog
+):
+    make_key(protected_client)
+    api_key, plaintext = key
+    warm(api, plaintext)
+    flaky.down = True
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+    assert "invalidation failed" in caplog.text
+    assert llm_cache.key_names(api_key.prefix)[0] in llm_cache.pending_invalidations()
+    flaky.down = False
+    assert api.get(URL, **bearer(plaintext)).status_code == 401
+    assert llm_cache.pending_invalidations() == frozenset()
+
+
+def test_failed_invalidation_is_retried_in_the_background(
+    key, make_key, protected_client, flaky, monkeypatch
+):
+    monkeypatch.setattr(llm_cache, "RETRY_DELAYS", (0.05,))
+    api_key, _ = key
+    flaky.down = True
+    APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+    flaky.down = False
+    timer = llm_cache._retry_timer
+    assert timer is not None
+    timer.join(2)
+    assert llm_cache.pending_invalidations() == frozenset()
+
+
+# --- what the cache holds -------------------------------------------------------------
+
+
+def test_cache_holds_no_plaintext_and_no_password_hash(api, key, owner):
+    owner.set_password("correct horse battery staple")
+    owner.save()
+    _, plaintext = key
+    warm(api, plaintext)
+    api.get(URL, **bearer("llmk_000000000000." + "A" * 43))
+    stored = dump_cache()
+    assert stored, "the cache should hold entries by now"
+    for secret in (plaintext, plaintext.split(".")[1], owner.password):
+        assert secret.encode() not in stored
+
+
+def dump_cache() -> bytes:
+    backend = caches["default"]
+    if hasattr(backend, "_cache"):  # local memory: values are pickles already
+        return b"".join(backend._cache.values()) + pickle.dumps(list(backend._cache))
+    client = backend.client.get_client()
+    return b"".join(client.dump(name) or b"" for name in client.keys("*")) + b"".join(client.keys("*"))

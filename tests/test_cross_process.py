@@ -1,0 +1,95 @@
+"""Revocation reaches another OS process at once, through the shared cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.core.cache import caches
+from django.db import connection
+
+from drf_llm_keys import cache as llm_cache
+from drf_llm_keys.models import APIKey, LLMClientAPIKey
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.worker"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.readline() == "ready"
+
+    def readline(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def status(self, slug: str, key: str = "") -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{slug} {key}\n")
+        self.process.stdin.flush()
+        return int(self.readline())
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def worker(settings, tmp_path) -> Iterator[Worker]:
+    env = {**os.environ, "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
+    if "DRF_LLM_KEYS_TEST_REDIS_URL" not in os.environ:
+        # The default run's local-memory cache is per process: share a file-based one.
+        directory = str(tmp_path / "cache")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                "LOCATION": directory,
+            }
+        }
+        env["DRF_LLM_KEYS_TEST_CACHE_DIR"] = directory
+    process = Worker(env)
+    yield process
+    process.stop()
+
+
+def test_a_key_revoked_here_is_refused_there_at_once(worker, make_key, protected_client):
+    make_key(protected_client)
+    api_key, plaintext = make_key(protected_client)
+    assert worker.status("protected-bot", plaintext) == 200
+    # The other process answered from its database read and filled the shared cache...
+    assert caches["default"].get(llm_cache.key_names(api_key.prefix)[1]) is not None
+    assert worker.status("protected-bot", plaintext) == 200
+    api_key.is_active = False
+    api_key.save()
+    # ...and the revoke made here reaches it with no delay.
+    assert worker.status("protected-bot", plaintext) == 401
+
+
+def test_a_key_mapped_here_protects_the_client_there_at_once(worker, make_key, public_client):
+    api_key, plaintext = make_key()
+    assert worker.status("public-bot") == 200
+    LLMClientAPIKey.objects.create(llm_client=public_client, api_key=api_key)
+    assert worker.status("public-bot") == 401
+    assert worker.status("public-bot", plaintext) == 200
+
+
+def test_a_bulk_revoke_here_is_refused_there_at_once(worker, make_key, protected_client):
+    make_key(protected_client)
+    api_key, plaintext = make_key(protected_client)
+    assert worker.status("protected-bot", plaintext) == 200
+    APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+    assert worker.status("protected-bot", plaintext) == 401
