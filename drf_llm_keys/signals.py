@@ -23,8 +23,9 @@ from .models import (
     user_cache_fields,
 )
 
-# Attribute on a client instance holding its lookup value as it was before a save.
+# Attributes on an instance holding what it was before a save.
 _OLD_LOOKUP = "_drf_llm_keys_old_lookup"
+_OLD_STALE = "_drf_llm_keys_old_stale"
 
 
 def _updated(update_fields: Any, fields: set[str]) -> bool:
@@ -81,8 +82,17 @@ def api_key_pre_delete(sender: type[APIKey], instance: APIKey, using: str, **kwa
     cache.invalidate(APIKey.objects.using(using).stale_for([instance.pk]), using)
 
 
+def link_pre_save(
+    sender: type[LLMClientAPIKey], instance: LLMClientAPIKey, using: str, **kwargs: Any
+) -> None:
+    if instance.pk is not None and not instance._state.adding:
+        # Saving an existing mapping can move it: its old client and key are stale too.
+        setattr(instance, _OLD_STALE, LLMClientAPIKey.objects.using(using).stale_for([instance.pk]))
+
+
 def link_changed(sender: type[LLMClientAPIKey], instance: LLMClientAPIKey, using: str, **kwargs: Any) -> None:
-    cache.invalidate(LLMClientAPIKey.objects.using(using).stale_of([instance]), using)
+    old = instance.__dict__.pop(_OLD_STALE, cache.Stale())
+    cache.invalidate(old | LLMClientAPIKey.objects.using(using).stale_of([instance]), using)
 
 
 def user_post_save(
@@ -118,6 +128,7 @@ def connect() -> None:
     pre_delete.connect(client_pre_delete, sender=client_model, dispatch_uid=f"{uid}.client_pre_delete")
     post_save.connect(api_key_post_save, sender=APIKey, dispatch_uid=f"{uid}.api_key_post_save")
     pre_delete.connect(api_key_pre_delete, sender=APIKey, dispatch_uid=f"{uid}.api_key_pre_delete")
+    pre_save.connect(link_pre_save, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_save")
     post_save.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_post_save")
     pre_delete.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_delete")
     post_save.connect(user_post_save, sender=user_model, dispatch_uid=f"{uid}.user_post_save")

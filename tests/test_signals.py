@@ -160,6 +160,17 @@ def test_moving_a_mapping_with_a_queryset_update_is_seen_at_once(api, two_keys):
     assert status(api, "other-bot", plaintext) == 200
 
 
+def test_moving_a_mapping_with_save_is_seen_at_once(api, two_keys):
+    api_key, plaintext = two_keys
+    other = baker.make_recipe("tests.llm_client", slug="other-bot")
+    assert status(api, "protected-bot", plaintext) == 200
+    link = LLMClientAPIKey.objects.get(api_key=api_key)
+    link.llm_client = other
+    link.save()
+    assert status(api, "protected-bot", plaintext) == 401
+    assert status(api, "other-bot", plaintext) == 200
+
+
 # --- clients --------------------------------------------------------------------------
 
 
