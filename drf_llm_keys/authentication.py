@@ -14,7 +14,7 @@ from rest_framework.request import Request
 
 from . import cache, crypto
 from .conf import conf
-from .models import APIKey, api_key_from_entry, load_client_entry, load_key_entry
+from .models import APIKey, api_key_from_entry, load_decision
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -38,21 +38,16 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             return None
         plaintext = self.get_credentials(request)
         prefix = crypto.split_key(plaintext) if plaintext else None
-        found = cache.lookup(
-            client_value,
-            prefix,
-            load_client_entry,
-            load_key_entry,
-            using=router.db_for_read(APIKey),
-        )
-        client = found.client
+        db = router.db_for_read(APIKey)
+        decision = cache.lookup(client_value, prefix, load_decision, using=db)
+        client = decision["client"]
         if client["id"] is None:
             return None  # unknown client: the view's 404, not ours
         if not (client["require_api_key"] or client["has_active_key"]):
             return None  # public: served anonymously, whatever it carries
         if plaintext is None:
             raise exceptions.NotAuthenticated(_("This LLM client requires an API key."))
-        key = found.key or {"id": None}
+        key = decision["key"] or {"id": None}
         if not crypto.key_matches(plaintext, key.get("digest", _DUMMY_DIGEST)) or key["id"] is None:
             self.refuse(_("Invalid API key."))
         if not key["is_active"]:
@@ -64,9 +59,8 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         owner = key["user"]
         if owner is None or not owner.get("is_active", True):
             self.refuse(_("API key owner is inactive or deleted."))
-        api_key = api_key_from_entry(key, router.db_for_read(APIKey))
-        if not found.recently_used:
-            self.record_use(api_key)
+        api_key = api_key_from_entry(key, db)
+        self.record_use(api_key)
         return api_key.user, api_key
 
     def authenticate_header(self, request: Request) -> str:

@@ -1,15 +1,16 @@
 """Every cache key and the invalidation protocol, in one place.
 
-Each client (by its lookup value) and each key (by its prefix) has an *entry* and a
-*generation*: a random token. An entry is stored together with the generation read
-*before* its rows were loaded, and is used only while that generation is still current.
-An invalidation writes a new token after the transaction commits, so:
+Each client (by its lookup value) has a *generation*: a random token. The decision for a
+request, the client's state and the presented key's state together, is cached per
+(client, key prefix) along with the generation read *before* its rows were loaded, and is
+used only while that generation is still current. Every write that changes a decision
+writes a new token for each client it touches, after the transaction commits, so:
 
 * every process sees it at once (the generation lives in the shared cache);
 * no stale fill: a reader that loaded rows before the invalidation tags them with the old
   token, and its late write is never trusted;
-* a warm request is one ``get_many`` (one round trip): generations, entries and the
-  last-used marker together.
+* a warm request is one round trip: the generation and the entry in one ``get_many``,
+  or the generation alone when this process already holds an entry under that token.
 
 A cache error never opens anything: the reader falls back to the database and logs a
 warning. An invalidation that cannot be written is logged and retried; until it lands,
@@ -23,9 +24,9 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.core.cache import BaseCache, caches
 from django.db import connections, transaction
@@ -35,41 +36,14 @@ from .conf import conf
 logger = logging.getLogger("drf_llm_keys")
 
 Entry = dict[str, Any]
-Loader = Callable[[], Entry]
+# (client lookup value, key prefix or None) -> {"client": ..., "key": ... or None}
+Loader = Callable[[str, "str | None"], Entry]
 
 # What a failed read "found": nothing, and no generation worth creating either.
 _UNHEALTHY: dict[str, Any] = {}
 
 # The only isolation levels where a transaction's snapshot can predate a generation read.
 _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
-
-
-@dataclass(frozen=True)
-class Stale:
-    """What a write made stale: client lookup values and key prefixes."""
-
-    clients: frozenset[str] = field(default_factory=frozenset)
-    keys: frozenset[str] = field(default_factory=frozenset)
-
-    @classmethod
-    def of(cls, clients: Iterable[Any] = (), keys: Iterable[Any] = ()) -> Stale:
-        return cls(
-            frozenset(str(c) for c in clients if c is not None),
-            frozenset(str(k) for k in keys if k is not None),
-        )
-
-    def __or__(self, other: Stale) -> Stale:
-        return Stale(self.clients | other.clients, self.keys | other.keys)
-
-    def __bool__(self) -> bool:
-        return bool(self.clients or self.keys)
-
-
-class Lookup(NamedTuple):
-    client: Entry
-    key: Entry | None
-    # True when some process recorded a use of this key within LAST_USED_RESOLUTION.
-    recently_used: bool
 
 
 def get_cache() -> BaseCache:
@@ -83,87 +57,74 @@ def _client_id(value: str) -> str:
 
 
 def _name(kind: str, ident: str) -> str:
-    return f"{conf.CACHE_KEY_PREFIX}:1:{kind}:{ident}"
+    return f"{conf.CACHE_KEY_PREFIX}:2:{kind}:{ident}"
 
 
-def client_names(value: str) -> tuple[str, str]:
-    """(generation, entry) cache keys of a client lookup value."""
-    ident = _client_id(value)
-    return _name("cg", ident), _name("c", ident)
+def generation_name(client_value: str) -> str:
+    return _name("g", _client_id(client_value))
 
 
-def key_names(prefix: str) -> tuple[str, str]:
-    """(generation, entry) cache keys of an API key prefix."""
-    return _name("kg", prefix), _name("k", prefix)
+def decision_name(client_value: str, prefix: str | None) -> str:
+    # Prefixes are checked against crypto's pattern before they get here: safe in a key.
+    return _name("d", f"{_client_id(client_value)}:{prefix or ''}")
 
 
 def last_used_name(prefix: str) -> str:
     return _name("u", prefix)
 
 
-def generation_names(stale: Stale) -> set[str]:
-    names = {client_names(value)[0] for value in stale.clients}
-    return names | {key_names(prefix)[0] for prefix in stale.keys}
-
-
 def lookup(
-    client_value: str,
-    prefix: str | None,
-    load_client: Callable[[str], Entry],
-    load_key: Callable[[str], Entry],
-    *,
-    using: str,
-    refresh: bool = False,
-) -> Lookup:
-    """The client's entry and, when a prefix is given, the key's: cached or loaded."""
+    client_value: str, prefix: str | None, load: Loader, *, using: str, refresh: bool = False
+) -> Entry:
+    """The decision entry for a client and a key prefix (or none): cached, or loaded.
+
+    One round trip: the generation alone when this process holds the entry, else the
+    generation and the shared entry together.
+    """
     _flush_pending()
-    client_gen, client_entry = client_names(client_value)
-    names = [client_gen, client_entry]
-    if prefix is not None:
-        key_gen, key_entry = key_names(prefix)
-        names += [key_gen, key_entry, last_used_name(prefix)]
+    gen_name, entry_name = generation_name(client_value), decision_name(client_value, prefix)
+    held = None if refresh else _held.get(entry_name)
     try:
-        found = get_cache().get_many(names)
+        if held is None:
+            found = get_cache().get_many([gen_name, entry_name])
+        else:
+            found = {gen_name: get_cache().get(gen_name)}
     except Exception:
         logger.warning("drf_llm_keys: cache read failed, using the database", exc_info=True)
         found = _UNHEALTHY
-    healthy = found is not _UNHEALTHY
-
-    fills: dict[str, Any] = {}
-    client = None if refresh else _current(found, client_gen, client_entry)
-    if client is None:
-        client = _load(lambda: load_client(client_value), client_gen, client_entry, found, fills)
-    key = None
-    if prefix is not None:
-        key = _current(found, key_gen, key_entry)
-        if key is None:
-            key = _load(lambda: load_key(prefix), key_gen, key_entry, found, fills)
-    if healthy and fills and _fill_is_safe(using):
-        _quietly(lambda: get_cache().set_many(fills, conf.CACHE_TIMEOUT), "write")
-    recently_used = not healthy or (prefix is not None and last_used_name(prefix) in found)
-    return Lookup(client, key, recently_used)
-
-
-def _current(found: dict[str, Any], gen_name: str, entry_name: str) -> Entry | None:
-    gen, cached = found.get(gen_name), found.get(entry_name)
-    if gen is not None and isinstance(cached, tuple) and cached[0] == gen:
-        entry: Entry = cached[1]
-        return entry
-    return None
-
-
-def _load(
-    loader: Loader, gen_name: str, entry_name: str, found: dict[str, Any], fills: dict[str, Any]
-) -> Entry:
+    gen = found.get(gen_name)
+    if gen is not None:
+        if held is not None and held[0] == gen:
+            return held[1]
+        cached = found.get(entry_name)
+        if not refresh and isinstance(cached, tuple) and cached[0] == gen:
+            _hold(entry_name, cached)
+            entry: Entry = cached[1]
+            return entry
     # The generation must be known *before* the rows are read: that is what makes a late
     # write of these rows harmless after an invalidation.
-    gen = found.get(gen_name)
     if gen is None and found is not _UNHEALTHY:
         gen = _ensure_generation(gen_name)
-    entry = loader()
-    if gen is not None:
-        fills[entry_name] = (gen, entry)
+    entry = load(client_value, prefix)
+    if gen is not None and _fill_is_safe(using):
+        _quietly(lambda: get_cache().set(entry_name, (gen, entry), conf.CACHE_TIMEOUT), "write")
+        _hold(entry_name, (gen, entry))
     return entry
+
+
+# Entries this process has seen, by name: checked against the shared generation on every
+# use, so they save the entry's transfer, never a round trip or a revocation.
+_held: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
+_held_lock = threading.Lock()
+
+
+def _hold(entry_name: str, cached: tuple[str, Entry]) -> None:
+    size = conf.LOCAL_ENTRIES
+    with _held_lock:
+        _held[entry_name] = cached
+        _held.move_to_end(entry_name)
+        while len(_held) > size:
+            _held.popitem(last=False)
 
 
 def _ensure_generation(gen_name: str) -> str | None:
@@ -202,10 +163,20 @@ def _quietly(operation: Callable[[], Any], what: str) -> bool:
     return True
 
 
+# --- last use -------------------------------------------------------------------------
+
+# When this process last claimed each prefix: it asks the cache once per resolution.
+_claimed_at: dict[str, float] = {}
+
+
 def claim_last_used(prefix: str) -> bool:
     """True for the one process, per LAST_USED_RESOLUTION, that should record a use."""
+    now, resolution = time.monotonic(), conf.LAST_USED_RESOLUTION
+    if now - _claimed_at.get(prefix, -resolution) < resolution:
+        return False
+    _claimed_at[prefix] = now
     try:
-        return bool(get_cache().add(last_used_name(prefix), 1, conf.LAST_USED_RESOLUTION))
+        return bool(get_cache().add(last_used_name(prefix), 1, resolution))
     except Exception:
         logger.warning("drf_llm_keys: cache write failed", exc_info=True)
         return False
@@ -220,10 +191,12 @@ _retry_timer: threading.Timer | None = None
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def invalidate(stale: Stale, using: str) -> None:
-    """Make ``stale`` entries unusable in every process once the transaction commits."""
-    if stale:
-        transaction.on_commit(lambda: publish(generation_names(stale)), using=using)
+def invalidate(client_values: Iterable[Any], using: str) -> None:
+    """Make every cached decision of these clients unusable, in every process, once the
+    transaction on ``using`` commits (at once outside a transaction)."""
+    names = {generation_name(str(value)) for value in client_values if value is not None}
+    if names:
+        transaction.on_commit(lambda: publish(names), using=using)
 
 
 def publish(names: Iterable[str], attempt: int = 0) -> bool:

@@ -12,6 +12,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds an entry lives; also the worst stale window after a lost invalidation.
     "CACHE_TIMEOUT": 300,
     "CACHE_KEY_PREFIX": "drf_llm_keys",
+    # Decision entries each process keeps, checked against the shared generation on use.
+    "LOCAL_ENTRIES": 4096,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "AUTH_KEYWORDS": ("Bearer", "Token"),
@@ -25,12 +27,17 @@ CLIENT_MODEL_SETTING = "DRF_LLM_KEYS_CLIENT_MODEL"
 DEFAULT_CLIENT_MODEL = "drf_llm_keys.LLMClient"
 
 
-def install_client_model_default() -> None:
-    """Give the swappable setting its default, as Django's global settings do for
-    AUTH_USER_MODEL: the migration autodetector reads it for every foreign key to the
-    client model, in the project's apps too."""
+def install_defaults() -> None:
+    """Give our two settings defaults, as Django's global settings do for AUTH_USER_MODEL.
+
+    The migration autodetector reads the swappable setting for every foreign key to the
+    client model, in the project's apps too; and a missing ``DRF_LLM_KEYS`` would cost
+    an AttributeError inside ``settings`` on every read, on the hot path.
+    """
     if not hasattr(settings, CLIENT_MODEL_SETTING):
         setattr(settings, CLIENT_MODEL_SETTING, DEFAULT_CLIENT_MODEL)
+    if not hasattr(settings, "DRF_LLM_KEYS"):
+        settings.DRF_LLM_KEYS = {}
 
 
 class Settings:
@@ -52,6 +59,10 @@ class Settings:
     @property
     def CACHE_KEY_PREFIX(self) -> str:
         return str(self._get("CACHE_KEY_PREFIX"))
+
+    @property
+    def LOCAL_ENTRIES(self) -> int:
+        return int(self._get("LOCAL_ENTRIES"))
 
     @property
     def CLIENT_URL_KWARG(self) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -11,12 +12,12 @@ from django.db.models import Exists, OuterRef
 from django.utils.translation import gettext_lazy as _
 
 from . import cache, crypto, get_client_model
-from .conf import conf, install_client_model_default
+from .conf import conf, install_defaults
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-install_client_model_default()
+install_defaults()
 
 ModelT = TypeVar("ModelT", bound=models.Model)
 
@@ -24,21 +25,27 @@ ModelT = TypeVar("ModelT", bound=models.Model)
 USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
 
 
-def client_lookup_values(clients: models.QuerySet[Any]) -> list[Any]:
-    return list(clients.values_list(conf.CLIENT_LOOKUP_FIELD, flat=True))
+def client_lookup_values(clients: models.QuerySet[Any]) -> set[Any]:
+    return set(clients.values_list(conf.CLIENT_LOOKUP_FIELD, flat=True))
 
 
 class InvalidatingQuerySet(models.QuerySet[Any]):
     """Bulk writes that change a decision invalidate like ``save()`` does.
 
-    ``delete()`` needs nothing here: the receivers in ``signals`` make Django send
-    ``pre_delete`` for each row, so it never takes the signal-free fast path.
+    ``delete()`` needs nothing here: the ``pre_delete`` receivers in ``signals`` (on
+    clients and mappings, which a key's delete cascades to) keep Django off the signal-free
+    fast path.
     """
 
     # Fields whose bulk update changes no decision.
     cache_free_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:  # pragma: no cover
+    def affected_clients(self, pks: Iterable[Any]) -> set[Any]:  # pragma: no cover
+        """Lookup values of the clients whose decisions these rows take part in."""
+        raise NotImplementedError
+
+    def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:  # pragma: no cover
+        """The same for new rows, from the objects (some backends return no pks)."""
         raise NotImplementedError
 
     def update(self, **kwargs: Any) -> int:
@@ -46,10 +53,10 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             return super().update(**kwargs)
         with transaction.atomic(using=self.db, savepoint=False):
             pks = list(self.values_list("pk", flat=True))
-            before = self.stale_for(pks)
+            before = self.affected_clients(pks)
             count = super().update(**kwargs)
-            # After too: an update can move a row to a new lookup value.
-            cache.invalidate(before | self.stale_for(pks), using=self.db)
+            # After too: an update can move a row to another client or lookup value.
+            cache.invalidate(before | self.affected_clients(pks), using=self.db)
         return count
 
     update.alters_data = True  # type: ignore[attr-defined]
@@ -57,7 +64,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         with transaction.atomic(using=self.db, savepoint=False):
             created = super().bulk_create(objs, *args, **kwargs)
-            cache.invalidate(self.stale_of(created), using=self.db)
+            cache.invalidate(self.affected_clients_of(created), using=self.db)
         return created
 
     def bulk_update(self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any) -> int:
@@ -66,23 +73,19 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             return super().bulk_update(objs, fields, **kwargs)
         with transaction.atomic(using=self.db, savepoint=False):
             pks = [o.pk for o in objs]
-            before = self.stale_for(pks)
+            before = self.affected_clients(pks)
             count = super().bulk_update(objs, fields, **kwargs)
-            cache.invalidate(before | self.stale_for(pks), using=self.db)
+            cache.invalidate(before | self.affected_clients(pks), using=self.db)
         return count
-
-    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:  # pragma: no cover
-        """What new rows make stale, from the objects (some backends return no pks)."""
-        raise NotImplementedError
 
 
 class LLMClientQuerySet(InvalidatingQuerySet):
-    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:
-        return cache.Stale.of(clients=client_lookup_values(self.model._base_manager.filter(pk__in=list(pks))))
+    def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
+        return client_lookup_values(self.model._base_manager.filter(pk__in=list(pks)))
 
-    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:
+    def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
         # A lookup value that was unknown may sit in the cache as "no such client".
-        return cache.Stale.of(clients=(getattr(o, conf.CLIENT_LOOKUP_FIELD) for o in objs))
+        return {getattr(o, conf.CLIENT_LOOKUP_FIELD) for o in objs}
 
 
 class AbstractLLMClient(models.Model):
@@ -126,14 +129,12 @@ class LLMClient(AbstractLLMClient):
 class APIKeyQuerySet(InvalidatingQuerySet):
     cache_free_fields = frozenset({"last_used_at"})
 
-    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:
-        rows = APIKey._base_manager.filter(pk__in=list(pks)).values_list(
-            "prefix", f"client_links__llm_client__{conf.CLIENT_LOOKUP_FIELD}"
-        )
-        return cache.Stale.of(clients=(c for _, c in rows), keys=(p for p, _ in rows))
+    def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
+        links = LLMClientAPIKey._base_manager.filter(api_key__in=list(pks))
+        return set(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True))
 
-    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:
-        return cache.Stale.of(keys=(o.prefix for o in objs))
+    def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
+        return set()  # a new key is mapped to no client yet
 
 
 class APIKeyManager(models.Manager["APIKey"]):
@@ -187,19 +188,13 @@ class APIKey(models.Model):
 
 
 class LLMClientAPIKeyQuerySet(InvalidatingQuerySet):
-    def stale_for(self, pks: Iterable[Any]) -> cache.Stale:
-        rows = LLMClientAPIKey._base_manager.filter(pk__in=list(pks)).values_list(
-            "api_key__prefix", f"llm_client__{conf.CLIENT_LOOKUP_FIELD}"
-        )
-        return cache.Stale.of(clients=(c for _, c in rows), keys=(p for p, _ in rows))
+    def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
+        links = LLMClientAPIKey._base_manager.filter(pk__in=list(pks))
+        return set(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True))
 
-    def stale_of(self, objs: Iterable[Any]) -> cache.Stale:
-        objs = list(objs)
+    def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
         clients = get_client_model()._base_manager.filter(pk__in=[o.llm_client_id for o in objs])
-        keys = APIKey._base_manager.filter(pk__in=[o.api_key_id for o in objs])
-        return cache.Stale.of(
-            clients=client_lookup_values(clients), keys=keys.values_list("prefix", flat=True)
-        )
+        return client_lookup_values(clients)
 
 
 class LLMClientAPIKey(models.Model):
@@ -348,20 +343,30 @@ def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
 
 
 def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    # from_db() takes the values in the order of the model's concrete fields.
-    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    names = _concrete_order(model, tuple(values))
     return model.from_db(db, names, [values[name] for name in names])
 
 
+@functools.lru_cache(maxsize=64)
+def _concrete_order(model: type[models.Model], names: tuple[str, ...]) -> list[str]:
+    # from_db() takes the values in the order of the model's concrete fields.
+    return [f.attname for f in model._meta.concrete_fields if f.attname in names]
+
+
+def load_decision(client_value: str, prefix: str | None) -> cache.Entry:
+    """What a decision needs from the database: at most two queries."""
+    client = load_client_entry(client_value)
+    protected = client["id"] is not None and (client["require_api_key"] or client["has_active_key"])
+    key = load_key_entry(prefix) if prefix is not None and protected else None
+    return {"client": client, "key": key}
+
+
 def client_entry(value: Any, refresh: bool = False) -> cache.Entry:
-    return cache.lookup(
-        str(value),
-        None,
-        load_client_entry,
-        load_key_entry,
-        using=router.db_for_read(LLMClientAPIKey),
-        refresh=refresh,
-    ).client
+    decision = cache.lookup(
+        str(value), None, load_decision, using=router.db_for_read(LLMClientAPIKey), refresh=refresh
+    )
+    client: cache.Entry = decision["client"]
+    return client
 
 
 def _has_field(model: type[models.Model], name: str) -> bool:

@@ -23,9 +23,8 @@ from .models import (
     user_cache_fields,
 )
 
-# Attributes on an instance holding what it was before a save.
-_OLD_LOOKUP = "_drf_llm_keys_old_lookup"
-_OLD_STALE = "_drf_llm_keys_old_stale"
+# Set on an instance by pre_save: the clients it touched before the save, as lookup values.
+_OLD_CLIENTS = "_drf_llm_keys_old_clients"
 
 
 def _updated(update_fields: Any, fields: set[str]) -> bool:
@@ -48,7 +47,7 @@ def client_pre_save(
         return
     if _updated(update_fields, _client_decision_fields()):
         old = client_lookup_values(sender._base_manager.using(using).filter(pk=instance.pk))
-        setattr(instance, _OLD_LOOKUP, old)
+        setattr(instance, _OLD_CLIENTS, old)
 
 
 def client_post_save(
@@ -62,37 +61,34 @@ def client_post_save(
     if not (created or _updated(update_fields, _client_decision_fields())):
         return
     # A new client may replace a cached "no such client" for its lookup value.
-    old = instance.__dict__.pop(_OLD_LOOKUP, [])
-    cache.invalidate(cache.Stale.of(clients=[*old, getattr(instance, conf.CLIENT_LOOKUP_FIELD)]), using)
+    old = instance.__dict__.pop(_OLD_CLIENTS, set())
+    cache.invalidate([*old, getattr(instance, conf.CLIENT_LOOKUP_FIELD)], using)
 
 
 def client_pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
-    cache.invalidate(cache.Stale.of(clients=[getattr(instance, conf.CLIENT_LOOKUP_FIELD)]), using)
+    cache.invalidate([getattr(instance, conf.CLIENT_LOOKUP_FIELD)], using)
 
 
 def api_key_post_save(
     sender: type[APIKey], instance: APIKey, created: bool, using: str, update_fields: Any, **kwargs: Any
 ) -> None:
-    if update_fields is not None and set(update_fields) <= APIKeyQuerySet.cache_free_fields:
+    # A new key is mapped to no client yet; last_used_at is in no decision.
+    if created or (update_fields is not None and set(update_fields) <= APIKeyQuerySet.cache_free_fields):
         return
-    cache.invalidate(APIKey.objects.using(using).stale_for([instance.pk]), using)
-
-
-def api_key_pre_delete(sender: type[APIKey], instance: APIKey, using: str, **kwargs: Any) -> None:
-    cache.invalidate(APIKey.objects.using(using).stale_for([instance.pk]), using)
+    cache.invalidate(APIKey.objects.using(using).affected_clients([instance.pk]), using)
 
 
 def link_pre_save(
     sender: type[LLMClientAPIKey], instance: LLMClientAPIKey, using: str, **kwargs: Any
 ) -> None:
     if instance.pk is not None and not instance._state.adding:
-        # Saving an existing mapping can move it: its old client and key are stale too.
-        setattr(instance, _OLD_STALE, LLMClientAPIKey.objects.using(using).stale_for([instance.pk]))
+        # Saving an existing mapping can move it: its old client is affected too.
+        setattr(instance, _OLD_CLIENTS, LLMClientAPIKey.objects.using(using).affected_clients([instance.pk]))
 
 
 def link_changed(sender: type[LLMClientAPIKey], instance: LLMClientAPIKey, using: str, **kwargs: Any) -> None:
-    old = instance.__dict__.pop(_OLD_STALE, cache.Stale())
-    cache.invalidate(old | LLMClientAPIKey.objects.using(using).stale_of([instance]), using)
+    old = instance.__dict__.pop(_OLD_CLIENTS, set())
+    cache.invalidate(old | LLMClientAPIKey.objects.using(using).affected_clients_of([instance]), using)
 
 
 def user_post_save(
@@ -115,8 +111,8 @@ def user_pre_delete(sender: type[models.Model], instance: models.Model, using: s
 
 
 def _invalidate_keys_of(user: models.Model, using: str) -> None:
-    prefixes = APIKey._base_manager.using(using).filter(user=user).values_list("prefix", flat=True)
-    cache.invalidate(cache.Stale.of(keys=prefixes), using)
+    links = LLMClientAPIKey._base_manager.using(using).filter(api_key__user=user)
+    cache.invalidate(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True), using)
 
 
 def connect() -> None:
@@ -127,7 +123,6 @@ def connect() -> None:
     post_save.connect(client_post_save, sender=client_model, dispatch_uid=f"{uid}.client_post_save")
     pre_delete.connect(client_pre_delete, sender=client_model, dispatch_uid=f"{uid}.client_pre_delete")
     post_save.connect(api_key_post_save, sender=APIKey, dispatch_uid=f"{uid}.api_key_post_save")
-    pre_delete.connect(api_key_pre_delete, sender=APIKey, dispatch_uid=f"{uid}.api_key_pre_delete")
     pre_save.connect(link_pre_save, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_save")
     post_save.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_post_save")
     pre_delete.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_delete")

@@ -21,6 +21,7 @@ def empty_cache() -> Iterator[None]:
     # The Redis run uses a database of its own (see .ci/run): clearing it is safe.
     cache.clear()
     llm_cache._pending.clear()
+    llm_cache._held.clear()
     yield
     llm_cache._pending.clear()
 

@@ -14,7 +14,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from drf_llm_keys import cache as llm_cache
-from drf_llm_keys.models import APIKey, load_client_entry, load_key_entry
+from drf_llm_keys.models import APIKey, load_decision
 
 from .conftest import bearer
 
@@ -96,6 +96,10 @@ def test_warm_request_makes_one_cache_round_trip(api, key, counting):
     warm(api, plaintext)
     counting.calls.clear()
     warm(api, plaintext)
+    assert sum(counting.calls.values()) == 1
+    llm_cache._held.clear()  # a process that has not seen the entry yet
+    counting.calls.clear()
+    warm(api, plaintext)
     assert counting.calls == Counter(get_many=1)
 
 
@@ -106,7 +110,7 @@ def test_warm_public_request_runs_no_sql_and_one_round_trip(
     counting.calls.clear()
     with django_assert_num_queries(0):
         assert api.get("/clients/public-bot/echo/").status_code == 200
-    assert counting.calls == Counter(get_many=1)
+    assert sum(counting.calls.values()) == 1
 
 
 def test_warm_refusal_runs_no_sql(api, key, django_assert_num_queries):
@@ -118,9 +122,7 @@ def test_warm_refusal_runs_no_sql(api, key, django_assert_num_queries):
 def test_cold_request_runs_at_most_two_sql_queries(api, key):
     _, plaintext = key
     api.get(URL, **bearer(plaintext))  # records last use: not part of the decision
-    caches["default"].delete_many(
-        [*llm_cache.client_names("protected-bot"), *llm_cache.key_names(key[0].prefix)]
-    )
+    caches["default"].delete(llm_cache.generation_name("protected-bot"))
     with CaptureQueriesContext(connection) as queries:
         assert api.get(URL, **bearer(plaintext)).status_code == 200
     assert len(queries) <= 2, [q["sql"] for q in queries]
@@ -159,19 +161,15 @@ def test_a_reader_that_loaded_before_a_revoke_cannot_fill_its_stale_entry(make_k
     make_key(protected_client)
     api_key, _ = make_key(protected_client)
 
-    def load_then_revoke(prefix: str) -> dict[str, Any]:
-        entry = load_key_entry(prefix)  # the slow reader's database read: still active
+    def load_then_revoke(client_value: str, prefix: str | None) -> dict[str, Any]:
+        entry = load_decision(client_value, prefix)  # the slow reader's read: still active
         APIKey.objects.filter(pk=api_key.pk).update(is_active=False)  # commits, invalidates
         return entry
 
-    stale = llm_cache.lookup(
-        "protected-bot", api_key.prefix, load_client_entry, load_then_revoke, using="default"
-    )
-    assert stale.key["is_active"] is True  # what the slow reader saw, and wrote late
-    fresh = llm_cache.lookup(
-        "protected-bot", api_key.prefix, load_client_entry, load_key_entry, using="default"
-    )
-    assert fresh.key["is_active"] is False
+    stale = llm_cache.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
+    assert stale["key"]["is_active"] is True  # what the slow reader saw, and wrote late
+    fresh = llm_cache.lookup("protected-bot", api_key.prefix, load_decision, using="default")
+    assert fresh["key"]["is_active"] is False
 
 
 def test_a_reader_that_finds_no_generation_cannot_fill_a_stale_entry(make_key, protected_client):
@@ -180,30 +178,28 @@ def test_a_reader_that_finds_no_generation_cannot_fill_a_stale_entry(make_key, p
     api_key, _ = make_key(protected_client)
     caches["default"].clear()
 
-    def load_then_revoke(prefix: str) -> dict[str, Any]:
-        entry = load_key_entry(prefix)
+    def load_then_revoke(client_value: str, prefix: str | None) -> dict[str, Any]:
+        entry = load_decision(client_value, prefix)
         api_key.is_active = False
         api_key.save()  # commits, invalidates
         return entry
 
-    llm_cache.lookup("protected-bot", api_key.prefix, load_client_entry, load_then_revoke, using="default")
-    fresh = llm_cache.lookup(
-        "protected-bot", api_key.prefix, load_client_entry, load_key_entry, using="default"
-    )
-    assert fresh.key["is_active"] is False
+    llm_cache.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
+    fresh = llm_cache.lookup("protected-bot", api_key.prefix, load_decision, using="default")
+    assert fresh["key"]["is_active"] is False
 
 
 def test_no_fill_inside_a_repeatable_read_transaction(key, monkeypatch):
     """Its snapshot may predate an invalidation that the reader has already seen."""
     monkeypatch.setattr(connection, "isolation_level", "repeatable read", raising=False)
     with transaction.atomic():
-        llm_cache.lookup("protected-bot", key[0].prefix, load_client_entry, load_key_entry, using="default")
-    assert caches["default"].get(llm_cache.key_names(key[0].prefix)[1]) is None
+        llm_cache.lookup("protected-bot", key[0].prefix, load_decision, using="default")
+    assert caches["default"].get(llm_cache.decision_name("protected-bot", key[0].prefix)) is None
 
 
 def test_fill_outside_a_transaction(key):
-    llm_cache.lookup("protected-bot", key[0].prefix, load_client_entry, load_key_entry, using="default")
-    assert caches["default"].get(llm_cache.key_names(key[0].prefix)[1]) is not None
+    llm_cache.lookup("protected-bot", key[0].prefix, load_decision, using="default")
+    assert caches["default"].get(llm_cache.decision_name("protected-bot", key[0].prefix)) is not None
 
 
 # --- fail closed ----------------------------------------------------------------------
@@ -255,7 +251,7 @@ def test_failed_invalidation_is_retried_before_the_next_read(
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
     assert "invalidation failed" in caplog.text
-    assert llm_cache.key_names(api_key.prefix)[0] in llm_cache.pending_invalidations()
+    assert llm_cache.generation_name("protected-bot") in llm_cache.pending_invalidations()
     flaky.down = False
     assert api.get(URL, **bearer(plaintext)).status_code == 401
     assert llm_cache.pending_invalidations() == frozenset()
