@@ -42,6 +42,9 @@ Loader = Callable[[str, "str | None"], Entry]
 # What a failed read "found": nothing, and no generation worth creating either.
 _UNHEALTHY: dict[str, Any] = {}
 
+# Set in an entry that must answer its own request only (see models.load_client_entry).
+UNCACHEABLE = "uncacheable"
+
 # The only isolation levels where a transaction's snapshot can predate a generation read.
 _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
 
@@ -106,7 +109,7 @@ def lookup(
     if gen is None and found is not _UNHEALTHY:
         gen = _ensure_generation(gen_name)
     entry = load(client_value, prefix)
-    if gen is not None and _fill_is_safe(using):
+    if gen is not None and not entry.get(UNCACHEABLE) and _fill_is_safe(using):
         _quietly(lambda: get_cache().set(entry_name, (gen, entry), conf.CACHE_TIMEOUT), "write")
         _hold(entry_name, (gen, entry))
     return entry
@@ -141,7 +144,8 @@ def _ensure_generation(gen_name: str) -> str | None:
 
 
 def _fill_is_safe(using: str) -> bool:
-    """False inside a transaction whose snapshot may be older than the generation read.
+    """False inside a transaction that wrote a decision and has not committed, or whose
+    snapshot may be older than the generation read.
 
     Under REPEATABLE READ (MySQL's, or one set in OPTIONS) a read inside an open
     transaction can return rows from before an invalidation that the reader already saw.
@@ -149,6 +153,11 @@ def _fill_is_safe(using: str) -> bool:
     connection = connections[using]
     if not connection.in_atomic_block:
         return True
+    if _has_unpublished_writes(connection):
+        # It may read its own uncommitted writes, and a rollback publishes nothing that
+        # would retire what it cached: a rolled-back revoke would stay in force, or a
+        # rolled-back "last key revoked" would open a protected client.
+        return False
     level = getattr(connection, "isolation_level", None)
     name = str(getattr(level, "name", level)).lower().replace("_", " ")
     return name not in _SNAPSHOT_LEVELS
@@ -191,12 +200,31 @@ _retry_timer: threading.Timer | None = None
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+class _Invalidation:
+    """The ``on_commit`` callback of a write; while it waits, its transaction is dirty."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.published = False
+
+    def __call__(self) -> None:
+        self.published = True
+        publish(self.names)
+
+
 def invalidate(client_values: Iterable[Any], using: str) -> None:
     """Make every cached decision of these clients unusable, in every process, once the
     transaction on ``using`` commits (at once outside a transaction)."""
     names = {generation_name(str(value)) for value in client_values if value is not None}
     if names:
-        transaction.on_commit(lambda: publish(names), using=using)
+        transaction.on_commit(_Invalidation(names), using=using)
+
+
+def _has_unpublished_writes(connection: Any) -> bool:
+    # Django drops the callbacks of a rolled-back transaction or savepoint from this list.
+    return any(
+        isinstance(entry[1], _Invalidation) and not entry[1].published for entry in connection.run_on_commit
+    )
 
 
 def publish(names: Iterable[str], attempt: int = 0) -> bool:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models, router, transaction
 from django.db.models import Exists, OuterRef
 from django.utils.translation import gettext_lazy as _
@@ -271,9 +271,9 @@ def user_cache_fields() -> list[str]:
 def load_client_entry(value: str) -> cache.Entry:
     client_model = get_client_model()
     if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
-        return {"id": None}
+        return {"id": None, cache.UNCACHEABLE: True}
     active = LLMClientAPIKey.objects.filter(llm_client=OuterRef("pk"), api_key__is_active=True)
-    columns = ["pk", "has_active"]
+    columns = ["pk", "has_active", conf.CLIENT_LOOKUP_FIELD]
     if _has_field(client_model, "require_api_key"):
         columns.append("require_api_key")
     try:
@@ -283,11 +283,19 @@ def load_client_entry(value: str) -> cache.Entry:
             .values_list(*columns)
             .first()
         )
-    except (ValueError, TypeError):  # a value the lookup field cannot hold
+    except (ValueError, TypeError, ValidationError):  # a value the lookup field cannot hold
         row = None
     if row is None:
-        return {"id": None}
-    return {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[2:] and row[2])}
+        # Not cached: under a case-insensitive collation a client created later as "Bot"
+        # would answer "bot" too, and its creation invalidates "Bot" only.
+        return {"id": None, cache.UNCACHEABLE: True}
+    entry = {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[3:] and row[3])}
+    if str(row[2]) != value:
+        # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
+        # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
+        # value only, so an entry cached under this spelling would outlive them.
+        entry[cache.UNCACHEABLE] = True
+    return entry
 
 
 def load_key_entry(prefix: str) -> cache.Entry:
@@ -358,7 +366,7 @@ def load_decision(client_value: str, prefix: str | None) -> cache.Entry:
     client = load_client_entry(client_value)
     protected = client["id"] is not None and (client["require_api_key"] or client["has_active_key"])
     key = load_key_entry(prefix) if prefix is not None and protected else None
-    return {"client": client, "key": key}
+    return {"client": client, "key": key, cache.UNCACHEABLE: client.get(cache.UNCACHEABLE, False)}
 
 
 def client_entry(value: Any, refresh: bool = False) -> cache.Entry:

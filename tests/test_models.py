@@ -108,12 +108,14 @@ def test_has_active_api_key_ignores_revoked_keys(make_key, protected_client):
     assert LLMClientAPIKey.has_active_api_key(protected_client) is False
 
 
+@pytest.mark.django_db(transaction=True)  # fills wait for the writes' commit
 def test_has_active_api_key_is_cached(key, protected_client, django_assert_num_queries):
     LLMClientAPIKey.has_active_api_key(protected_client)
     with django_assert_num_queries(0):
         assert LLMClientAPIKey.has_active_api_key(protected_client) is True
 
 
+@pytest.mark.django_db(transaction=True)  # fills wait for the writes' commit
 def test_invalidate_reloads_from_the_database(key, protected_client, django_assert_num_queries):
     LLMClientAPIKey.has_active_api_key(protected_client)
     with django_assert_num_queries(1):
@@ -127,6 +129,7 @@ def test_get_cached_objects_lists_the_mappings_of_active_keys(make_key, protecte
     assert [row.api_key for row in rows] == [active]
 
 
+@pytest.mark.django_db(transaction=True)  # fills wait for the writes' commit
 def test_get_cached_objects_is_empty_for_a_public_client_without_a_query(
     public_client, django_assert_num_queries
 ):
