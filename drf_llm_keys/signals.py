@@ -16,7 +16,14 @@ from django.dispatch import Signal
 
 from . import cache
 from .conf import conf
-from .models import APIKey, LLMClientAPIKey, client_lookup_values, get_client_model, user_cache_fields
+from .models import (
+    APIKey,
+    APIKeyQuerySet,
+    LLMClientAPIKey,
+    client_lookup_values,
+    get_client_model,
+    user_cache_fields,
+)
 
 # --- public signals -------------------------------------------------------------------
 # The lifecycle signals are sent by ``drf_llm_keys.keys`` (the command and the admin both go
@@ -94,7 +101,7 @@ def client_pre_delete(sender: type[models.Model], instance: models.Model, using:
 def api_key_post_save(
     sender: type[APIKey], instance: APIKey, created: bool, using: str, update_fields: Any, **kwargs: Any
 ) -> None:
-    if update_fields is not None and set(update_fields) <= APIKey.objects.cache_free_fields:
+    if update_fields is not None and set(update_fields) <= APIKeyQuerySet.cache_free_fields:
         return
     cache.invalidate(APIKey.objects.using(using).stale_for([instance.pk]), using)
 
