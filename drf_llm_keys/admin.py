@@ -227,10 +227,15 @@ class APIKeyAdmin(admin.ModelAdmin):
             "title": title,
             "form": form,
             "action": action,
-            "selected": [(k, keys.clients_left_public(k) if k.is_active else []) for k in selected],
+            "selected": [(k, self.left_public(k)) for k in selected],
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/drf_llm_keys/apikey/confirm_action.html", context)
+
+    def left_public(self, api_key: APIKey) -> list[str]:
+        if not api_key.is_active:
+            return []
+        return [keys.lookup_value(c) for c in keys.clients_left_public(api_key)]
 
 
 class APIKeyLinkInline(admin.TabularInline):
