@@ -15,6 +15,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import display_for_value
 from django.contrib.auth import get_user_model
 from django.db import models
 from django.http import HttpRequest, HttpResponse
@@ -274,12 +275,12 @@ class APIKeyLinkInline(admin.TabularInline):
         return link.api_key.is_active
 
     @admin.display(description=_("expires at"))
-    def key_expires_at(self, link: LLMClientAPIKey) -> Any:
-        return link.api_key.expires_at
+    def key_expires_at(self, link: LLMClientAPIKey) -> str:
+        return display_for_value(link.api_key.expires_at, self.get_empty_value_display())
 
     @admin.display(description=_("last used at"))
-    def key_last_used_at(self, link: LLMClientAPIKey) -> Any:
-        return link.api_key.last_used_at
+    def key_last_used_at(self, link: LLMClientAPIKey) -> str:
+        return display_for_value(link.api_key.last_used_at, self.get_empty_value_display())
 
 
 class LLMClientAdmin(admin.ModelAdmin):

@@ -52,8 +52,8 @@ class LastActiveKeyError(KeyLifecycleError):
         names = ", ".join(lookup_value(c) for c in clients)
         super().__init__(
             f"Key {api_key.prefix} is the last active key of {names}: revoking it would make "
-            "that client public (served to anyone without a key). Create or rotate in another "
-            "key first, set require_api_key on the client, or confirm that it may turn public."
+            "that client public (served to anyone without a key). Create another key for it "
+            "first, or set require_api_key on the client."
         )
 
 
@@ -296,7 +296,7 @@ def _names(clients: Sequence[models.Model]) -> list[str]:
 def _describe(api_key: APIKey) -> str:
     if api_key.expires_at is None:
         return api_key.prefix
-    return f"{api_key.prefix} expiring {api_key.expires_at.isoformat(timespec='seconds')}"
+    return f"{api_key.prefix} expiring {timezone.localtime(api_key.expires_at).isoformat(timespec='seconds')}"
 
 
 def _announce(event: str, signal: Signal, using: str, log: dict[str, Any], **arguments: Any) -> None:

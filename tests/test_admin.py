@@ -294,3 +294,26 @@ def test_actions_need_the_change_permission(client, key):
     client.force_login(staff)
     page = client.get(CHANGELIST).content.decode()
     assert "revoke_keys" not in page and "rotate_keys" not in page
+
+
+def test_saving_a_client_keeps_its_keys(admin_client, api, key, protected_client):
+    _, plaintext = key
+    link = LLMClientAPIKey.objects.get()
+    url = reverse("admin:drf_llm_keys_llmclient_change", args=[protected_client.pk])
+    data = {
+        "name": "Renamed",
+        "slug": "protected-bot",
+        "owner": "",
+        "api_key_links-TOTAL_FORMS": "1",
+        "api_key_links-INITIAL_FORMS": "1",
+        "api_key_links-MIN_NUM_FORMS": "0",
+        "api_key_links-MAX_NUM_FORMS": "1000",
+        "api_key_links-0-id": str(link.pk),
+        "api_key_links-0-llm_client": str(protected_client.pk),
+    }
+    assert post(admin_client, url, data).status_code == 302
+    protected_client.refresh_from_db()
+    assert protected_client.name == "Renamed"
+    assert LLMClientAPIKey.objects.get() == link
+    assert api.get("/clients/protected-bot/echo/").status_code == 401
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200

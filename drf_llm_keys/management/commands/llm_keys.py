@@ -134,7 +134,7 @@ class Command(BaseCommand):
         except keys.AlreadyRevoked as exc:
             made_public, note = [], str(exc)
         except keys.LastActiveKeyError as exc:
-            raise CommandError(f"{exc} Pass --yes to revoke it anyway.") from exc
+            raise CommandError(f"{exc} Pass --yes to revoke it anyway and make it public.") from exc
         else:
             note = f"Revoked key {api_key.prefix} ({api_key.name}); it is refused from now on."
         public = [keys.lookup_value(c) for c in made_public]
