@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +19,7 @@ from django.db import models, router, transaction
 from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
+from django.utils.dateparse import parse_date, parse_datetime
 
 from . import get_client_model, signals
 from .conf import conf
@@ -77,11 +77,15 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_expiry(text: str) -> datetime:
-    """An ISO 8601 date and time; without an offset it is read in the current time zone."""
+    """An ISO 8601 date and time (a date alone means its midnight); without an offset it is
+    read in the current time zone."""
     try:
         value = parse_datetime(text.strip())
+        day = parse_date(text.strip()) if value is None else None
     except ValueError:  # well formed but impossible, like February 30
-        value = None
+        value = day = None
+    if day is not None:  # Python 3.11+ parses a date alone as a datetime; 3.10 does not
+        value = datetime.combine(day, time())
     if value is None:
         raise ValueError(f"Invalid date and time {text!r}: use ISO 8601, e.g. 2027-01-31T12:00:00+00:00.")
     if settings.USE_TZ and timezone.is_naive(value):
