@@ -256,7 +256,7 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
         llm_clients=clients,
         made_public=made_public,
     )
-    api_key.is_active = False
+    api_key.is_active = False  # the caller's instance now tells the truth too
     return made_public
 
 
