@@ -12,7 +12,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from . import cache, crypto
+from . import cache, crypto, signals
 from .conf import conf
 from .models import APIKey, api_key_from_entry, load_decision
 
@@ -36,6 +36,13 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         client_value = self.get_client_lookup_value(request)
         if client_value is None:
             return None
+        try:
+            return self.authenticate_client(request, client_value)
+        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed) as exc:
+            self.refused(request, client_value, str(exc.detail))
+            raise
+
+    def authenticate_client(self, request: Request, client_value: str) -> tuple[Any, APIKey] | None:
         plaintext = self.get_credentials(request)
         prefix = crypto.split_key(plaintext) if plaintext else None
         db = router.db_for_read(APIKey)
@@ -115,6 +122,24 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     def refuse(self, message: str) -> None:
         raise exceptions.AuthenticationFailed(message)
+
+    def refused(self, request: Request, client_value: str, reason: str) -> None:
+        """Log and signal a 401. Only the key's public prefix is named, never the key."""
+        try:
+            plaintext = self.get_credentials(request)
+        except exceptions.AuthenticationFailed:
+            plaintext = None  # malformed: nothing worth naming
+        prefix = crypto.split_key(plaintext) if plaintext else None
+        logger.info(
+            "drf_llm_keys: authentication refused client=%r prefix=%s reason=%s",
+            client_value,
+            prefix,
+            reason,
+            extra={"event": "authentication_refused", "llm_client": client_value, "prefix": prefix},
+        )
+        signals.authentication_refused.send(
+            sender=type(self), request=request, llm_client=client_value, prefix=prefix, reason=reason
+        )
 
     # --- success ------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Model signal receivers that keep the cache in step with every write, connected in ``apps``.
+"""Public signals, then the model signal receivers that keep the cache in step with every
+write (connected in ``apps``).
 
 Each receiver works out what the write made stale while the rows are still there and hands
 it to ``cache.invalidate``, which acts once the transaction commits.
@@ -11,6 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models.signals import post_save, pre_delete, pre_save
+from django.dispatch import Signal
 
 from . import cache
 from .conf import conf
@@ -22,6 +24,33 @@ from .models import (
     get_client_model,
     user_cache_fields,
 )
+
+# --- public signals -------------------------------------------------------------------
+# The lifecycle signals are sent by ``drf_llm_keys.keys`` (the command and the admin both go
+# through it) once the transaction has committed; ``sender`` is the APIKey class. None of
+# them carries a plaintext key or a digest.
+
+# A key was created and mapped to its clients.
+# Arguments: api_key (APIKey), llm_clients (list of client instances).
+key_created = Signal()
+
+# A key was replaced by a new one with the same owner, name and clients.
+# Arguments: api_key (the new APIKey), old_key (the replaced APIKey, now expiring),
+# grace (timedelta until old_key expires), llm_clients (list of client instances).
+key_rotated = Signal()
+
+# A key was revoked (is_active set to False).
+# Arguments: api_key (APIKey), llm_clients (list of client instances it was mapped to),
+# made_public (the subset of llm_clients left with no active key, hence public).
+key_revoked = Signal()
+
+# The authentication class refused a request to a protected client (a 401); sent by
+# ``LLMClientAPIKeyAuthentication``, which is the sender.
+# Arguments: request (DRF Request), llm_client (the client's lookup value, str),
+# prefix (public part of the key presented, or None), reason (the refusal message, str).
+authentication_refused = Signal()
+
+# --- receivers --------------------------------------------------------------------------
 
 # Set on an instance by pre_save: the clients it touched before the save, as lookup values.
 _OLD_CLIENTS = "_drf_llm_keys_old_clients"

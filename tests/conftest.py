@@ -22,6 +22,7 @@ def empty_cache() -> Iterator[None]:
     cache.clear()
     llm_cache._pending.clear()
     llm_cache._held.clear()
+    llm_cache._claimed_at.clear()
     yield
     llm_cache._pending.clear()
 

@@ -1,0 +1,301 @@
+"""Admin for keys and clients: a new key's plaintext is shown once, digests never.
+
+Creating, rotating and revoking go through ``drf_llm_keys.keys``, like the command. The
+plaintext page is rendered straight into the response (never through ``messages``, which
+would put it in a cookie or the session) and is marked not to be cached. ``is_active`` is
+read-only on the form: revocation is an action, so the last-key guard cannot be bypassed,
+and only revoked keys can be deleted (deleting an active key would bypass it as well).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import display_for_value
+from django.contrib.auth import get_user_model
+from django.db import models
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from . import get_client_model, keys
+from .conf import conf
+from .models import APIKey, LLMClient, LLMClientAPIKey
+
+# Where the plaintexts of a request's new keys wait for the response, on the request only.
+_NEW_KEYS = "_drf_llm_keys_new_keys"
+
+
+class APIKeyAddForm(forms.ModelForm):
+    llm_clients = forms.ModelMultipleChoiceField(queryset=LLMClient.objects.none(), label=_("LLM clients"))
+
+    class Meta:
+        model = APIKey
+        fields = ("name", "user", "llm_clients", "description", "expires_at")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["llm_clients"].queryset = get_client_model()._default_manager.all()
+        self.fields["user"].required = True
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not self.errors:
+            try:
+                keys.check_new_key(user=data["user"], name=data["name"], expires_at=data.get("expires_at"))
+            except keys.KeyLifecycleError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return data
+
+
+class RotateForm(forms.Form):
+    grace = forms.CharField(
+        label=_("Grace period"),
+        initial="24h",
+        help_text=_("How long the old keys keep working: 45s, 30m, 12h, 90d, 2w, or 0 for not at all."),
+    )
+
+    def clean_grace(self) -> Any:
+        try:
+            return keys.parse_duration(self.cleaned_data["grace"])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+class RevokeForm(forms.Form):
+    allow_public = forms.BooleanField(
+        label=_("Also revoke a client's last active key, which makes that client public."),
+        required=False,
+    )
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "name", "user", "client_list", "is_active", "expires_at", "last_used_at")
+    list_filter = ("is_active",)
+    list_select_related = ("user",)
+    ordering = ("-created_at",)
+    actions = ("rotate_keys", "revoke_keys")
+    readonly_fields = ("prefix", "is_active", "client_list", "last_used_at", "created_at", "updated_at")
+    fields = (
+        "prefix",
+        "name",
+        "user",
+        "client_list",
+        "description",
+        "is_active",
+        "expires_at",
+        "last_used_at",
+        "created_at",
+        "updated_at",
+    )
+    raw_id_fields = ("user",)
+
+    def get_search_fields(self, request: HttpRequest) -> Sequence[str]:
+        return (
+            "prefix",
+            "name",
+            f"user__{get_user_model().USERNAME_FIELD}",
+            f"client_links__llm_client__{conf.CLIENT_LOOKUP_FIELD}",
+        )
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet[APIKey]:
+        return super().get_queryset(request).prefetch_related("client_links__llm_client")
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would delete active keys too
+        return actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: APIKey | None = None) -> bool:
+        return (obj is None or not obj.is_active) and super().has_delete_permission(request, obj)
+
+    @admin.display(description=_("LLM clients"))
+    def client_list(self, api_key: APIKey) -> str:
+        return ", ".join(keys.lookup_value(link.llm_client) for link in api_key.client_links.all()) or "-"
+
+    # --- adding: one-time plaintext ----------------------------------------------------
+
+    def get_form(self, request: HttpRequest, obj: APIKey | None = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = APIKeyAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: APIKey | None = None) -> Sequence[str]:
+        return APIKeyAddForm.Meta.fields if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: APIKey | None = None) -> Sequence[str]:
+        return () if obj is None else self.readonly_fields
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        # ``?llm_clients=1,2`` preselects clients, as the client page's link does.
+        initial = super().get_changeform_initial_data(request)
+        if "llm_clients" in initial:
+            initial["llm_clients"] = str(initial["llm_clients"]).split(",")
+        return initial
+
+    def save_model(self, request: HttpRequest, obj: APIKey, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        data = form.cleaned_data
+        api_key, plaintext = keys.create_key(
+            list(data["llm_clients"]),
+            user=data["user"],
+            name=data["name"],
+            description=data["description"],
+            expires_at=data["expires_at"],
+        )
+        # The admin carries on with ``obj`` (to log the addition): make it the saved key.
+        for field in APIKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(api_key, field.attname))
+        obj._state.adding, obj._state.db = False, api_key._state.db
+        setattr(request, _NEW_KEYS, [(api_key, plaintext)])
+
+    def response_add(self, request: HttpRequest, obj: APIKey, post_url_continue: str | None = None) -> Any:
+        new_keys = getattr(request, _NEW_KEYS, None)
+        if new_keys is None:
+            return super().response_add(request, obj, post_url_continue)
+        return self.plaintext_response(request, _("API key created"), new_keys)
+
+    def plaintext_response(
+        self, request: HttpRequest, title: str, new_keys: list[tuple[APIKey, str]]
+    ) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            "new_keys": new_keys,
+        }
+        response = TemplateResponse(request, "admin/drf_llm_keys/apikey/plaintext.html", context)
+        add_never_cache_headers(response)
+        return response
+
+    # --- actions -----------------------------------------------------------------------
+
+    @admin.action(description=_("Rotate selected API keys"), permissions=["change"])
+    def rotate_keys(self, request: HttpRequest, queryset: models.QuerySet[APIKey]) -> HttpResponse | None:
+        form = RotateForm(request.POST if "confirm" in request.POST else None)
+        if not form.is_valid():
+            return self.confirm_response(request, queryset, form, "rotate_keys", _("Rotate API keys"))
+        new_keys = []
+        for api_key in queryset:
+            try:
+                new_keys.append(keys.rotate_key(api_key, form.cleaned_data["grace"]))
+            except keys.KeyLifecycleError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+        if not new_keys:
+            return None
+        return self.plaintext_response(request, _("API keys rotated"), new_keys)
+
+    @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: models.QuerySet[APIKey]) -> HttpResponse | None:
+        form = RevokeForm(request.POST if "confirm" in request.POST else None)
+        if not form.is_valid():
+            return self.confirm_response(request, queryset, form, "revoke_keys", _("Revoke API keys"))
+        for api_key in queryset:
+            try:
+                made_public = keys.revoke_key(api_key, allow_public=form.cleaned_data["allow_public"])
+            except keys.AlreadyRevoked as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            except keys.KeyLifecycleError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                public = ", ".join(keys.lookup_value(c) for c in made_public)
+                note = _(" Now public: %s.") % public if public else ""
+                self.message_user(request, _("Revoked %s.") % api_key.prefix + note, messages.SUCCESS)
+        return None
+
+    def confirm_response(
+        self,
+        request: HttpRequest,
+        queryset: models.QuerySet[APIKey],
+        form: forms.Form,
+        action: str,
+        title: str,
+    ) -> HttpResponse:
+        selected = list(queryset)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            "form": form,
+            "action": action,
+            "selected": [(k, self.left_public(k)) for k in selected],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/drf_llm_keys/apikey/confirm_action.html", context)
+
+    def left_public(self, api_key: APIKey) -> list[str]:
+        if not api_key.is_active:
+            return []
+        return [keys.lookup_value(c) for c in keys.clients_left_public(api_key)]
+
+
+class APIKeyLinkInline(admin.TabularInline):
+    """The client's keys, read-only: keys are created, rotated and revoked on their own page."""
+
+    model = LLMClientAPIKey
+    fk_name = "llm_client"
+    fields = ("key", "key_name", "key_owner", "key_active", "key_expires_at", "key_last_used_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name = _("API key")
+    verbose_name_plural = _("API keys")
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet[LLMClientAPIKey]:
+        return super().get_queryset(request).select_related("api_key__user")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("prefix"))
+    def key(self, link: LLMClientAPIKey) -> str:
+        url = reverse("admin:drf_llm_keys_apikey_change", args=[link.api_key_id])
+        return format_html('<a href="{}">{}</a>', url, link.api_key.prefix)
+
+    @admin.display(description=_("name"))
+    def key_name(self, link: LLMClientAPIKey) -> str:
+        return link.api_key.name
+
+    @admin.display(description=_("owner"))
+    def key_owner(self, link: LLMClientAPIKey) -> Any:
+        return link.api_key.user
+
+    @admin.display(description=_("active"), boolean=True)
+    def key_active(self, link: LLMClientAPIKey) -> bool:
+        return link.api_key.is_active
+
+    @admin.display(description=_("expires at"))
+    def key_expires_at(self, link: LLMClientAPIKey) -> str:
+        return display_for_value(link.api_key.expires_at, self.get_empty_value_display())
+
+    @admin.display(description=_("last used at"))
+    def key_last_used_at(self, link: LLMClientAPIKey) -> str:
+        return display_for_value(link.api_key.last_used_at, self.get_empty_value_display())
+
+
+class LLMClientAdmin(admin.ModelAdmin):
+    """Usable for a swapped client model too: ``admin.site.register(MyClient, LLMClientAdmin)``."""
+
+    list_display = ("name", "slug", "owner", "require_api_key", "add_key")
+    search_fields = ("name", "slug")
+    raw_id_fields = ("owner",)
+    inlines = (APIKeyLinkInline,)
+
+    @admin.display(description=_("new key"))
+    def add_key(self, llm_client: models.Model) -> str:
+        url = reverse("admin:drf_llm_keys_apikey_add") + f"?llm_clients={llm_client.pk}"
+        return format_html('<a href="{}">{}</a>', url, _("Create a key"))
+
+
+if get_client_model() is LLMClient:
+    admin.site.register(LLMClient, LLMClientAdmin)

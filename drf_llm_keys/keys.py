@@ -1,0 +1,314 @@
+"""Key lifecycle: create-and-map, rotate with a grace period, revoke with the last-key guard.
+
+The one place these operations live: the ``llm_keys`` command and the admin both call them.
+Each runs in one transaction and either does all of its work or none of it; the public
+signals and the log lines follow once the transaction has committed. Locks are taken
+clients first, then the key, so two operations never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, router, transaction
+from django.db.models import Q
+from django.dispatch import Signal
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from . import get_client_model, signals
+from .conf import conf
+from .models import APIKey, LLMClientAPIKey
+
+logger = logging.getLogger("drf_llm_keys")
+
+# How long a rotated key keeps working when no grace is given.
+DEFAULT_GRACE = timedelta(hours=24)
+# Far enough for any key policy, near enough that ``now + duration`` cannot overflow.
+MAX_DURATION = timedelta(days=100 * 365)
+
+_DURATION_RE = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class KeyLifecycleError(Exception):
+    """A refused operation; nothing was changed. The message says why."""
+
+
+class AlreadyRevoked(KeyLifecycleError):
+    pass
+
+
+class LastActiveKeyError(KeyLifecycleError):
+    """Revoking the key would leave ``clients`` with no active key: they would turn public."""
+
+    def __init__(self, api_key: APIKey, clients: Sequence[models.Model]) -> None:
+        self.clients = list(clients)
+        names = ", ".join(lookup_value(c) for c in clients)
+        super().__init__(
+            f"Key {api_key.prefix} is the last active key of {names}: revoking it would make "
+            "that client public (served to anyone without a key). Create another key for it "
+            "first, or set require_api_key on the client."
+        )
+
+
+# --- input ------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` or ``0``; ValueError with the reason otherwise."""
+    text = text.strip()
+    if text == "0":
+        return timedelta(0)
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"Invalid duration {text!r}: use a whole number with a unit s, m, h, d or w "
+            "(45s, 30m, 12h, 90d, 2w), or 0."
+        )
+    if int(match[1]) > MAX_DURATION / timedelta(**{_UNITS[match[2]]: 1}):
+        raise ValueError(f"Invalid duration {text!r}: longer than 100 years.")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def parse_expiry(text: str) -> datetime:
+    """An ISO 8601 date and time (a date alone means its midnight); without an offset it is
+    read in the current time zone."""
+    try:
+        value = parse_datetime(text.strip())
+        day = parse_date(text.strip()) if value is None else None
+    except ValueError:  # well formed but impossible, like February 30
+        value = day = None
+    if day is not None:  # Python 3.11+ parses a date alone as a datetime; 3.10 does not
+        value = datetime.combine(day, time())
+    if value is None:
+        raise ValueError(f"Invalid date and time {text!r}: use ISO 8601, e.g. 2027-01-31T12:00:00+00:00.")
+    if settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return value
+
+
+# --- queries ----------------------------------------------------------------------------
+
+
+def lookup_value(llm_client: models.Model) -> str:
+    return str(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD))
+
+
+def clients_of(api_key: APIKey) -> models.QuerySet[Any]:
+    return get_client_model()._default_manager.filter(api_key_links__api_key=api_key)
+
+
+def active_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
+    """Keys that keep the client protected: not revoked (expired ones included)."""
+    return APIKey.objects.filter(is_active=True, client_links__llm_client=llm_client)
+
+
+def working_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
+    """Active keys that have not expired yet."""
+    return active_keys(llm_client).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+
+
+def clients_left_public(api_key: APIKey, clients: Sequence[models.Model] | None = None) -> list[models.Model]:
+    """The clients that revoking ``api_key`` would leave with no active key: public."""
+    if clients is None:
+        clients = list(clients_of(api_key))
+    return [
+        c
+        for c in clients
+        if not getattr(c, "require_api_key", False) and not active_keys(c).exclude(pk=api_key.pk).exists()
+    ]
+
+
+# --- operations -------------------------------------------------------------------------
+
+
+def create_key(
+    llm_clients: Sequence[models.Model],
+    *,
+    user: Any,
+    name: str,
+    expires_at: datetime | None = None,
+    description: str = "",
+) -> tuple[APIKey, str]:
+    """Create a key mapped to ``llm_clients``; returns ``(api_key, plaintext)``."""
+    check_new_key(user=user, name=name, expires_at=expires_at)
+    using = router.db_for_write(APIKey)
+    with transaction.atomic(using=using):
+        api_key, plaintext = _create_mapped(
+            llm_clients, user=user, name=name, description=description, expires_at=expires_at
+        )
+    _announce(
+        "key_created",
+        signals.key_created,
+        using,
+        log={"prefix": api_key.prefix, "llm_clients": _names(llm_clients), "user_id": user.pk},
+        api_key=api_key,
+        llm_clients=list(llm_clients),
+    )
+    return api_key, plaintext
+
+
+def rotate_key(
+    api_key: APIKey, grace: timedelta = DEFAULT_GRACE, *, expires_at: datetime | None = None
+) -> tuple[APIKey, str]:
+    """Issue a replacement (same owner, name, description and clients; it expires at
+    ``expires_at``, by default never) and make ``api_key`` expire after ``grace``.
+
+    Both happen in one transaction. The old key's expiry only ever moves earlier, so
+    running this again never extends it; each run issues one more replacement.
+    """
+    if grace < timedelta(0):
+        raise KeyLifecycleError("The grace period cannot be negative.")
+    _check_expiry(expires_at)
+    using = router.db_for_write(APIKey)
+    with transaction.atomic(using=using):
+        clients = _lock_clients(api_key, using)
+        old = APIKey.objects.using(using).select_for_update().get(pk=api_key.pk)
+        if not old.is_active:
+            raise KeyLifecycleError(f"Key {old.prefix} is revoked: create a new key instead of rotating it.")
+        owner = old.user
+        if owner is None or not getattr(owner, "is_active", True):
+            raise KeyLifecycleError(
+                f"Key {old.prefix} has no active owner, so its replacement would be refused too: "
+                "create a new key for another user instead."
+            )
+        new, plaintext = _create_mapped(
+            clients, user=owner, name=old.name, description=old.description, expires_at=expires_at
+        )
+        retire_at = timezone.now() + grace
+        if old.expires_at is None or old.expires_at > retire_at:
+            old.expires_at = retire_at
+            old.save(update_fields=["expires_at", "updated_at"])
+    _announce(
+        "key_rotated",
+        signals.key_rotated,
+        using,
+        log={
+            "prefix": new.prefix,
+            "old_prefix": old.prefix,
+            "old_expires_at": old.expires_at.isoformat() if old.expires_at else None,
+            "llm_clients": _names(clients),
+        },
+        api_key=new,
+        old_key=old,
+        grace=grace,
+        llm_clients=clients,
+    )
+    return new, plaintext
+
+
+def rotate_client_key(
+    llm_client: models.Model, grace: timedelta = DEFAULT_GRACE, *, expires_at: datetime | None = None
+) -> tuple[APIKey, APIKey, str]:
+    """Rotate the client's one working key; returns ``(old_key, new_key, plaintext)``.
+
+    Refused when the client has no working key or several (a rotation still in its grace
+    period leaves two): which one to replace is then the caller's choice, by prefix. So
+    running it again during the grace period changes nothing.
+    """
+    using = router.db_for_write(APIKey)
+    with transaction.atomic(using=using):
+        # Serializes concurrent rotations of one client: the second sees two working keys.
+        get_client_model()._base_manager.using(using).select_for_update().filter(pk=llm_client.pk).first()
+        working = list(working_keys(llm_client).using(using).order_by("created_at", "pk"))
+        name = lookup_value(llm_client)
+        if not working:
+            raise KeyLifecycleError(f"Client {name} has no working key to rotate: create one instead.")
+        if len(working) > 1:
+            listed = ", ".join(_describe(k) for k in working)
+            raise KeyLifecycleError(
+                f"Client {name} has {len(working)} working keys ({listed}); name the PREFIX of "
+                "the one to rotate."
+            )
+        new, plaintext = rotate_key(working[0], grace, expires_at=expires_at)
+    return working[0], new, plaintext
+
+
+def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Model]:
+    """Revoke ``api_key``; returns the clients this made public (none unless ``allow_public``).
+
+    Refused with ``LastActiveKeyError`` when a client would be left with no active key
+    (and is not ``require_api_key``), unless ``allow_public``.
+    """
+    using = router.db_for_write(APIKey)
+    with transaction.atomic(using=using):
+        clients = _lock_clients(api_key, using)
+        old = APIKey.objects.using(using).select_for_update().get(pk=api_key.pk)
+        if not old.is_active:
+            raise AlreadyRevoked(f"Key {old.prefix} is already revoked; nothing changed.")
+        made_public = clients_left_public(old, clients)
+        if made_public and not allow_public:
+            raise LastActiveKeyError(old, made_public)
+        old.is_active = False
+        old.save(update_fields=["is_active", "updated_at"])
+    _announce(
+        "key_revoked",
+        signals.key_revoked,
+        using,
+        log={"prefix": old.prefix, "llm_clients": _names(clients), "made_public": _names(made_public)},
+        api_key=old,
+        llm_clients=clients,
+        made_public=made_public,
+    )
+    api_key.is_active = False  # the caller's instance now tells the truth too
+    return made_public
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _create_mapped(clients: Sequence[models.Model], **fields: Any) -> tuple[APIKey, str]:
+    api_key, plaintext = APIKey.objects.create_key(**fields)
+    for llm_client in clients:
+        LLMClientAPIKey.objects.create(llm_client=llm_client, api_key=api_key)
+    return api_key, plaintext
+
+
+def _lock_clients(api_key: APIKey, using: str) -> list[models.Model]:
+    # Two steps, no join: FOR UPDATE on a join would lock the link rows too, and
+    # ``select_for_update(of=...)`` is not available on every backend.
+    pks = LLMClientAPIKey.objects.using(using).filter(api_key=api_key).values_list("llm_client_id", flat=True)
+    clients = get_client_model()._base_manager.using(using).select_for_update().filter(pk__in=list(pks))
+    return list(clients.order_by("pk"))
+
+
+def check_new_key(*, user: Any, name: str, expires_at: datetime | None) -> None:
+    """Refuse a key that could never work; the admin's form runs the same checks."""
+    if user is None or not getattr(user, "is_active", True):
+        raise KeyLifecycleError("The key's owner must be an active user: keys of inactive users are refused.")
+    limit = APIKey._meta.get_field("name").max_length or 0
+    if not name.strip() or len(name) > limit:
+        raise KeyLifecycleError(f"The key needs a name of 1 to {limit} characters.")
+    _check_expiry(expires_at)
+
+
+def _check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at <= timezone.now():
+        raise KeyLifecycleError(f"The expiry {expires_at.isoformat()} is not in the future.")
+
+
+def _names(clients: Sequence[models.Model]) -> list[str]:
+    return [lookup_value(c) for c in clients]
+
+
+def _describe(api_key: APIKey) -> str:
+    if api_key.expires_at is None:
+        return api_key.prefix
+    return f"{api_key.prefix} expiring {timezone.localtime(api_key.expires_at).isoformat(timespec='seconds')}"
+
+
+def _announce(event: str, signal: Signal, using: str, log: dict[str, Any], **arguments: Any) -> None:
+    """Log ``event`` and send ``signal`` once the transaction commits; never with a secret."""
+
+    def send() -> None:
+        fields = " ".join(f"{name}={value}" for name, value in log.items())
+        logger.info("drf_llm_keys: %s %s", event, fields, extra={"event": event, **log})
+        signal.send(sender=APIKey, **arguments)
+
+    transaction.on_commit(send, using=using)

@@ -1,0 +1,319 @@
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import TestCase
+from django.urls import reverse
+from django.utils import timezone
+from model_bakery import baker
+
+from drf_llm_keys import crypto
+from drf_llm_keys.models import APIKey, LLMClientAPIKey
+
+from .conftest import bearer
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:drf_llm_keys_apikey_changelist")
+ADD = reverse("admin:drf_llm_keys_apikey_add")
+PLAINTEXT = re.compile(r"llmk_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}")
+
+
+def change_url(api_key: APIKey) -> str:
+    return reverse("admin:drf_llm_keys_apikey_change", args=[api_key.pk])
+
+
+def post(admin_client: Any, url: str, data: dict[str, Any]) -> Any:
+    """POST as a committed request would be: the invalidations it queued run."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return admin_client.post(url, data)
+
+
+def add_data(owner: Any, *clients: Any, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": "from admin",
+        "user": owner.pk,
+        "llm_clients": [c.pk for c in clients],
+        "description": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        **fields,
+    }
+
+
+def action(admin_client: Any, name: str, *api_keys: APIKey, **data: Any) -> Any:
+    return post(
+        admin_client, CHANGELIST, {"action": name, "_selected_action": [k.pk for k in api_keys], **data}
+    )
+
+
+def shown_plaintexts(response: Any) -> list[str]:
+    return PLAINTEXT.findall(response.content.decode())
+
+
+# --- adding -----------------------------------------------------------------------------
+
+
+def test_adding_a_key_shows_its_plaintext_once(admin_client, owner, protected_client):
+    response = post(admin_client, ADD, add_data(owner, protected_client))
+    assert response.status_code == 200
+    (plaintext,) = shown_plaintexts(response)
+    api_key = APIKey.objects.get()
+    assert api_key.digest == crypto.hash_key(plaintext)
+    assert "cannot be shown again" in response.content.decode()
+    page = admin_client.get(change_url(api_key)).content.decode()
+    assert plaintext not in page and api_key.prefix in page
+
+
+def test_the_plaintext_page_is_never_cached_nor_put_in_a_cookie_or_session(
+    admin_client, owner, protected_client
+):
+    response = post(admin_client, ADD, add_data(owner, protected_client))
+    (plaintext,) = shown_plaintexts(response)
+    assert "no-store" in response["Cache-Control"]
+    assert plaintext not in str(response.cookies)
+    assert plaintext.partition(".")[2] not in str(dict(admin_client.session))
+
+
+def test_an_added_key_is_mapped_and_works(admin_client, api, owner, protected_client, public_client):
+    response = post(admin_client, ADD, add_data(owner, protected_client, public_client))
+    (plaintext,) = shown_plaintexts(response)
+    api_key = APIKey.objects.get()
+    assert set(api_key.client_links.values_list("llm_client", flat=True)) == {
+        protected_client.pk,
+        public_client.pk,
+    }
+    assert api.get("/clients/protected-bot/echo/").status_code == 401
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"llm_clients": []}, "This field is required"),
+        ({"name": ""}, "This field is required"),
+        ({"user": ""}, "This field is required"),
+        ({"expires_at_0": "2001-01-01", "expires_at_1": "00:00:00"}, "not in the future"),
+    ],
+)
+def test_adding_a_key_that_could_not_work_is_a_form_error(
+    admin_client, owner, protected_client, fields, message
+):
+    response = post(admin_client, ADD, add_data(owner, protected_client, **fields))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not APIKey.objects.exists() and not LLMClientAPIKey.objects.exists()
+
+
+def test_adding_a_key_for_an_inactive_user_is_a_form_error(admin_client, protected_client):
+    gone = baker.make("auth.User", username="gone", is_active=False)
+    response = post(admin_client, ADD, add_data(gone, protected_client))
+    assert "active user" in response.content.decode()
+    assert not APIKey.objects.exists()
+
+
+def test_the_add_form_preselects_clients_from_the_query_string(admin_client, protected_client):
+    page = admin_client.get(f"{ADD}?llm_clients={protected_client.pk}").content.decode()
+    assert re.search(rf'<option value="{protected_client.pk}" selected>', page)
+
+
+# --- showing and finding ----------------------------------------------------------------
+
+
+def test_no_admin_page_shows_a_digest(admin_client, key, protected_client):
+    api_key, _ = key
+    client_url = reverse("admin:drf_llm_keys_llmclient_change", args=[protected_client.pk])
+    for url in (CHANGELIST, change_url(api_key), client_url):
+        response = admin_client.get(url)
+        assert response.status_code == 200
+        assert api_key.digest not in response.content.decode()
+
+
+def test_the_changelist_searches_by_prefix(admin_client, make_key, protected_client):
+    wanted, _ = make_key(protected_client)
+    other, _ = make_key(protected_client)
+    page = admin_client.get(CHANGELIST, {"q": wanted.prefix}).content.decode()
+    assert wanted.prefix in page and other.prefix not in page
+
+
+def test_the_changelist_searches_by_name(admin_client, make_key, protected_client):
+    wanted, _ = make_key(protected_client)
+    APIKey.objects.filter(pk=wanted.pk).update(name="billing bot")
+    other, _ = make_key(protected_client)
+    page = admin_client.get(CHANGELIST, {"q": "billing"}).content.decode()
+    assert wanted.prefix in page and other.prefix not in page
+
+
+def test_a_clients_page_lists_its_keys_inline(admin_client, make_key, protected_client, public_client):
+    mine, _ = make_key(protected_client)
+    theirs, _ = make_key(public_client)
+    page = admin_client.get(reverse("admin:drf_llm_keys_llmclient_change", args=[protected_client.pk]))
+    content = page.content.decode()
+    assert change_url(mine) in content and theirs.prefix not in content
+
+
+def test_the_change_form_cannot_revoke(admin_client, key):
+    api_key, _ = key
+    data = {
+        "name": "renamed",
+        "user": api_key.user_id,
+        "description": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+    }
+    response = post(admin_client, change_url(api_key), data)  # no is_active: a checkbox left unticked
+    assert response.status_code == 302
+    api_key.refresh_from_db()
+    assert api_key.name == "renamed" and api_key.is_active
+
+
+def test_an_expiry_set_in_the_change_form_refuses_the_key_at_once(admin_client, api, key):
+    api_key, plaintext = key
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+    past = timezone.localtime(timezone.now() - timedelta(minutes=5))
+    data = {
+        "name": api_key.name,
+        "user": api_key.user_id,
+        "description": "",
+        "expires_at_0": past.strftime("%Y-%m-%d"),
+        "expires_at_1": past.strftime("%H:%M:%S"),
+    }
+    assert post(admin_client, change_url(api_key), data).status_code == 302
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
+
+
+# --- deleting ---------------------------------------------------------------------------
+
+
+def test_an_active_key_cannot_be_deleted(admin_client, key):
+    api_key, _ = key
+    delete_url = reverse("admin:drf_llm_keys_apikey_delete", args=[api_key.pk])
+    assert admin_client.get(delete_url).status_code == 403
+    assert "delete_selected" not in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_a_revoked_key_can_be_deleted(admin_client, make_key, protected_client):
+    api_key, _ = make_key(protected_client, is_active=False)
+    delete_url = reverse("admin:drf_llm_keys_apikey_delete", args=[api_key.pk])
+    assert post(admin_client, delete_url, {"post": "yes"}).status_code == 302
+    assert not APIKey.objects.exists()
+
+
+# --- rotating ---------------------------------------------------------------------------
+
+
+def test_rotate_asks_for_the_grace_period_first(admin_client, key):
+    api_key, _ = key
+    response = action(admin_client, "rotate_keys", api_key)
+    assert response.status_code == 200
+    assert "Grace period" in response.content.decode()
+    assert APIKey.objects.count() == 1
+
+
+def test_rotate_shows_each_new_plaintext_once(admin_client, api, key):
+    old, old_plaintext = key
+    response = action(admin_client, "rotate_keys", old, confirm="yes", grace="1h")
+    (plaintext,) = shown_plaintexts(response)
+    assert "no-store" in response["Cache-Control"]
+    new = APIKey.objects.get(digest=crypto.hash_key(plaintext))
+    assert new.client_links.get().llm_client.slug == "protected-bot"
+    old.refresh_from_db()
+    assert abs(old.expires_at - (timezone.now() + timedelta(hours=1))) < timedelta(seconds=30)
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+    assert api.get("/clients/protected-bot/echo/", **bearer(old_plaintext)).status_code == 200
+
+
+def test_rotate_with_a_bad_grace_is_a_form_error_and_changes_nothing(admin_client, key):
+    api_key, _ = key
+    response = action(admin_client, "rotate_keys", api_key, confirm="yes", grace="soon")
+    assert "Invalid duration" in response.content.decode()
+    assert APIKey.objects.count() == 1
+    api_key.refresh_from_db()
+    assert api_key.expires_at is None
+
+
+def test_rotate_of_a_revoked_key_is_reported(admin_client, make_key, protected_client):
+    api_key, _ = make_key(protected_client, is_active=False)
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "rotate_keys", "_selected_action": [api_key.pk], "confirm": "yes", "grace": "0"},
+        follow=True,
+    )
+    assert "is revoked" in response.content.decode()
+    assert APIKey.objects.count() == 1
+
+
+# --- revoking ---------------------------------------------------------------------------
+
+
+def test_revoke_warns_about_a_clients_last_key_before_asking(admin_client, key):
+    api_key, _ = key
+    page = action(admin_client, "revoke_keys", api_key).content.decode()
+    assert "Last active key of" in page and "protected-bot" in page and "public" in page
+    api_key.refresh_from_db()
+    assert api_key.is_active
+
+
+def test_revoke_of_a_clients_last_key_is_refused_unless_allowed(admin_client, key):
+    api_key, _ = key
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = admin_client.post(
+            CHANGELIST,
+            {"action": "revoke_keys", "_selected_action": [api_key.pk], "confirm": "yes"},
+            follow=True,
+        )
+    assert "last active key of protected-bot" in response.content.decode()
+    api_key.refresh_from_db()
+    assert api_key.is_active
+
+
+def test_revoke_of_a_clients_last_key_when_allowed_makes_it_public(admin_client, api, key):
+    api_key, _ = key
+    action(admin_client, "revoke_keys", api_key, confirm="yes", allow_public="on")
+    api_key.refresh_from_db()
+    assert not api_key.is_active
+    assert api.get("/clients/protected-bot/echo/").status_code == 200
+
+
+def test_revoke_is_refused_at_once_when_another_key_remains(
+    admin_client, api, key, make_key, protected_client
+):
+    api_key, plaintext = key
+    make_key(protected_client)
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+    action(admin_client, "revoke_keys", api_key, confirm="yes")
+    api_key.refresh_from_db()
+    assert not api_key.is_active
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
+
+
+def test_actions_need_the_change_permission(client, key):
+    staff = baker.make("auth.User", username="viewer", is_staff=True, is_active=True)
+    staff.user_permissions.add(*staff.user_permissions.model.objects.filter(codename="view_apikey"))
+    client.force_login(staff)
+    page = client.get(CHANGELIST).content.decode()
+    assert "revoke_keys" not in page and "rotate_keys" not in page
+
+
+def test_saving_a_client_keeps_its_keys(admin_client, api, key, protected_client):
+    _, plaintext = key
+    link = LLMClientAPIKey.objects.get()
+    url = reverse("admin:drf_llm_keys_llmclient_change", args=[protected_client.pk])
+    data = {
+        "name": "Renamed",
+        "slug": "protected-bot",
+        "owner": "",
+        "api_key_links-TOTAL_FORMS": "1",
+        "api_key_links-INITIAL_FORMS": "1",
+        "api_key_links-MIN_NUM_FORMS": "0",
+        "api_key_links-MAX_NUM_FORMS": "1000",
+        "api_key_links-0-id": str(link.pk),
+        "api_key_links-0-llm_client": str(protected_client.pk),
+    }
+    assert post(admin_client, url, data).status_code == 302
+    protected_client.refresh_from_db()
+    assert protected_client.name == "Renamed"
+    assert LLMClientAPIKey.objects.get() == link
+    assert api.get("/clients/protected-bot/echo/").status_code == 401
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200

@@ -1,0 +1,485 @@
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.db.models.signals import post_save
+from django.test import TestCase
+from django.utils import timezone
+from model_bakery import baker
+
+from drf_llm_keys import crypto
+from drf_llm_keys.models import APIKey, LLMClientAPIKey
+
+from .conftest import bearer
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> tuple[str, str]:
+    """Run ``llm_keys`` as a committed operation would: on-commit work (invalidation) runs."""
+    out, err = StringIO(), StringIO()
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        call_command("llm_keys", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def snapshot() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return (
+        list(APIKey.objects.order_by("pk").values()),
+        list(LLMClientAPIKey.objects.order_by("pk").values()),
+    )
+
+
+def refused(*args: str) -> str:
+    """Run a command that must fail; returns its message after checking nothing changed."""
+    before = snapshot()
+    with pytest.raises(CommandError) as excinfo:
+        run(*args)
+    assert snapshot() == before
+    return str(excinfo.value)
+
+
+def status(api: Any, plaintext: str | None, client: str = "protected-bot") -> int:
+    headers = bearer(plaintext) if plaintext else {}
+    return api.get(f"/clients/{client}/echo/", **headers).status_code
+
+
+# --- create -----------------------------------------------------------------------------
+
+
+def test_create_prints_the_plaintext_alone_on_stdout(owner, protected_client):
+    out, _err = run("create", "protected-bot", "--user", "owner", "--name", "ci")
+    plaintext = out.strip()
+    api_key = APIKey.objects.get()
+    assert out == plaintext + "\n"
+    assert crypto.split_key(plaintext) == api_key.prefix
+    assert api_key.digest == crypto.hash_key(plaintext)
+
+
+def test_create_warns_on_stderr_that_the_key_cannot_be_shown_again(owner, protected_client):
+    out, err = run("create", "protected-bot", "--user", "owner", "--name", "ci")
+    assert "cannot be shown again" in err
+    assert out.strip() not in err
+
+
+def test_create_maps_the_key_to_the_client_which_then_requires_it(api, owner, protected_client):
+    assert status(api, None) == 200
+    out, _ = run("create", "protected-bot", "--user", "owner", "--name", "ci")
+    api_key = APIKey.objects.get()
+    assert api_key.user == owner and api_key.name == "ci" and api_key.expires_at is None
+    assert list(LLMClientAPIKey.objects.values_list("llm_client", "api_key")) == [
+        (protected_client.pk, api_key.pk)
+    ]
+    assert status(api, None) == 401
+    assert status(api, out.strip()) == 200
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [("90d", timedelta(days=90)), ("12h", timedelta(hours=12)), ("2w", timedelta(weeks=2))],
+)
+def test_create_expires_in_sets_the_expiry(owner, protected_client, flag, expected):
+    run("create", "protected-bot", "--user", "owner", "--name", "ci", "--expires-in", flag)
+    expires_at = APIKey.objects.get().expires_at
+    assert abs(expires_at - (timezone.now() + expected)) < timedelta(seconds=30)
+
+
+def test_create_expires_at_takes_an_iso_8601_date_and_time(owner, protected_client):
+    run("create", "protected-bot", "--user", "owner", "--name", "ci", "--expires-at", "2099-01-31T12:00:00Z")
+    assert APIKey.objects.get().expires_at.isoformat() == "2099-01-31T12:00:00+00:00"
+
+
+def test_create_expires_at_without_offset_is_read_in_the_current_time_zone(owner, protected_client, settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    run("create", "protected-bot", "--user", "owner", "--name", "ci", "--expires-at", "2099-01-31T12:00")
+    assert APIKey.objects.get().expires_at.isoformat() == "2099-01-31T11:00:00+00:00"
+
+
+def test_create_json_holds_the_plaintext_and_the_record(owner, protected_client):
+    out, _ = run("create", "protected-bot", "--user", "owner", "--name", "ci", "--json")
+    document = json.loads(out)
+    api_key = APIKey.objects.get()
+    assert crypto.hash_key(document["key"]) == api_key.digest
+    assert document["prefix"] == api_key.prefix
+    assert document["clients"] == ["protected-bot"]
+    assert document["owner"] == "owner"
+    assert "digest" not in document
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["unknown-bot", "--user", "owner", "--name", "ci"], "No LLM client with slug 'unknown-bot'"),
+        (["protected-bot", "--user", "nobody", "--name", "ci"], "No user 'nobody'"),
+        (["protected-bot", "--user", "owner", "--name", "  "], "needs a name"),
+        (["protected-bot", "--user", "owner", "--name", "ci", "--expires-in", "90"], "Invalid duration '90'"),
+        (["protected-bot", "--user", "owner", "--name", "ci", "--expires-in", "3y"], "Invalid duration '3y'"),
+        (["protected-bot", "--user", "owner", "--name", "ci", "--expires-in=-5d"], "Invalid duration"),
+        (["protected-bot", "--user", "owner", "--name", "ci", "--expires-in", "0"], "at once"),
+        (["protected-bot", "--user", "owner", "--name", "ci", "--expires-in", "99999w"], "100 years"),
+        (
+            ["protected-bot", "--user", "owner", "--name", "ci", "--expires-at", "2001-01-01T00:00Z"],
+            "not in the future",
+        ),
+        (["protected-bot", "--user", "owner", "--name", "ci", "--expires-at", "tomorrow"], "ISO 8601"),
+        (
+            ["protected-bot", "--user", "owner", "--name", "ci", "--expires-at", "2099-02-30T00:00"],
+            "ISO 8601",
+        ),
+        (
+            [
+                "protected-bot",
+                "--user",
+                "owner",
+                "--name",
+                "ci",
+                "--expires-in",
+                "1d",
+                "--expires-at",
+                "2099-01-01T00:00",
+            ],
+            "not allowed with argument",
+        ),
+        (["protected-bot", "--name", "ci"], "--user"),
+        (["protected-bot", "--user", "owner"], "--name"),
+    ],
+)
+def test_create_bad_input_is_a_command_error_and_changes_nothing(owner, protected_client, args, message):
+    assert message in refused("create", *args)
+
+
+def test_create_for_an_inactive_user_is_refused(protected_client):
+    baker.make("auth.User", username="gone", is_active=False)
+    assert "active user" in refused("create", "protected-bot", "--user", "gone", "--name", "ci")
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+def test_list_shows_prefix_name_owner_clients_and_state(make_key, protected_client):
+    api_key, _plaintext = make_key(protected_client)
+    out, _ = run("list")
+    header, row = out.splitlines()
+    assert header.split() == ["PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST", "USED"]
+    assert row.split() == [api_key.prefix, "test", "key", "owner", "protected-bot", "yes", "never", "never"]
+
+
+def test_list_never_shows_a_digest_or_a_plaintext(make_key, protected_client):
+    api_key, plaintext = make_key(protected_client)
+    out, err = run("list", "--all", "--json")
+    text, _ = run("list", "--all")
+    for shown in (out, err, text):
+        assert api_key.digest not in shown
+        assert plaintext.partition(".")[2] not in shown
+
+
+def test_list_hides_revoked_keys_unless_all(make_key, protected_client):
+    live, _ = make_key(protected_client)
+    revoked, _ = make_key(protected_client, is_active=False)
+    assert [r["prefix"] for r in json.loads(run("list", "--json")[0])] == [live.prefix]
+    assert {r["prefix"] for r in json.loads(run("list", "--all", "--json")[0])} == {
+        live.prefix,
+        revoked.prefix,
+    }
+    assert "revoked" in run("list", "--all")[0]
+
+
+def test_list_filters_by_client(make_key, protected_client, public_client):
+    mine, _ = make_key(protected_client)
+    make_key(public_client)
+    records = json.loads(run("list", "protected-bot", "--json")[0])
+    assert [r["prefix"] for r in records] == [mine.prefix]
+
+
+def test_list_json_gives_each_field(make_key, protected_client):
+    expires_at = timezone.now() - timedelta(days=1)
+    api_key, _ = make_key(protected_client, expires_at=expires_at)
+    APIKey.objects.filter(pk=api_key.pk).update(last_used_at=expires_at)
+    (record,) = json.loads(run("list", "--json")[0])
+    assert record == {
+        "prefix": api_key.prefix,
+        "name": "test key",
+        "owner": "owner",
+        "clients": ["protected-bot"],
+        "is_active": True,
+        "expired": True,
+        "expires_at": timezone.localtime(expires_at).isoformat(timespec="seconds"),
+        "last_used_at": timezone.localtime(expires_at).isoformat(timespec="seconds"),
+        "created_at": timezone.localtime(api_key.created_at).isoformat(timespec="seconds"),
+    }
+
+
+def test_list_marks_expired_keys(make_key, protected_client):
+    make_key(protected_client, expires_at=timezone.now() - timedelta(minutes=1))
+    assert "(expired)" in run("list")[0]
+
+
+def test_list_of_an_unknown_client_is_a_command_error(db):
+    assert "No LLM client" in refused("list", "nope")
+
+
+# --- rotate -----------------------------------------------------------------------------
+
+
+def test_rotate_by_prefix_issues_a_replacement_with_the_same_owner_name_and_clients(
+    make_key, protected_client, public_client
+):
+    old, _ = make_key(protected_client, public_client, description="for CI")
+    out, _ = run("rotate", old.prefix)
+    new = APIKey.objects.get(digest=crypto.hash_key(out.strip()))
+    assert new.pk != old.pk
+    assert (new.user, new.name, new.description, new.expires_at) == (old.user, old.name, "for CI", None)
+    assert set(new.client_links.values_list("llm_client", flat=True)) == {
+        protected_client.pk,
+        public_client.pk,
+    }
+
+
+def test_rotate_keeps_the_old_key_working_for_the_grace_period(api, key):
+    old, old_plaintext = key
+    assert status(api, old_plaintext) == 200  # warm the cache
+    out, err = run("rotate", old.prefix, "--grace", "2h")
+    old.refresh_from_db()
+    assert abs(old.expires_at - (timezone.now() + timedelta(hours=2))) < timedelta(seconds=30)
+    assert "keeps working until" in err
+    assert status(api, old_plaintext) == 200
+    assert status(api, out.strip()) == 200
+
+
+def test_rotate_defaults_to_a_24_hour_grace(key):
+    old, _ = key
+    run("rotate", old.prefix)
+    old.refresh_from_db()
+    assert abs(old.expires_at - (timezone.now() + timedelta(hours=24))) < timedelta(seconds=30)
+
+
+def test_rotate_with_grace_0_stops_the_old_key_at_once(api, key):
+    old, old_plaintext = key
+    assert status(api, old_plaintext) == 200
+    out, err = run("rotate", old.prefix, "--grace", "0")
+    assert "no longer works" in err
+    response = api.get("/clients/protected-bot/echo/", **bearer(old_plaintext))
+    assert response.status_code == 401
+    assert response.json()["detail"] == "API key has expired."
+    assert status(api, out.strip()) == 200
+
+
+def test_rotate_by_client_replaces_its_one_working_key(key, make_key, protected_client):
+    old, _ = key
+    make_key(protected_client, is_active=False)
+    make_key(protected_client, expires_at=timezone.now() - timedelta(days=1))
+    out, err = run("rotate", "protected-bot")
+    assert old.prefix in err
+    old.refresh_from_db()
+    assert old.expires_at is not None
+    assert crypto.split_key(out.strip()) in err
+
+
+def test_rotate_by_client_again_during_the_grace_period_is_refused(key):
+    old, _ = key
+    run("rotate", "protected-bot")
+    message = refused("rotate", "protected-bot")
+    assert "2 working keys" in message and old.prefix in message and "PREFIX" in message
+
+
+def test_rotate_by_client_with_several_keys_is_refused_and_names_them(make_key, protected_client):
+    first, _ = make_key(protected_client)
+    second, _ = make_key(protected_client)
+    message = refused("rotate", "protected-bot")
+    assert first.prefix in message and second.prefix in message
+
+
+def test_rotate_by_client_without_a_working_key_is_refused(make_key, protected_client):
+    make_key(protected_client, expires_at=timezone.now() - timedelta(days=1))
+    assert "no working key" in refused("rotate", "protected-bot")
+
+
+def test_rotate_by_prefix_again_issues_another_key_and_never_extends_the_old_one(key):
+    old, _ = key
+    first, _ = run("rotate", old.prefix, "--grace", "1h")
+    old.refresh_from_db()
+    retire_at = old.expires_at
+    second, _ = run("rotate", old.prefix, "--grace", "2d")
+    old.refresh_from_db()
+    assert old.expires_at == retire_at
+    assert first != second
+    assert APIKey.objects.filter(is_active=True).count() == 3
+
+
+def test_rotate_never_moves_an_earlier_expiry_later(make_key, protected_client):
+    soon = timezone.now() + timedelta(minutes=5)
+    old, _ = make_key(protected_client, expires_at=soon)
+    run("rotate", old.prefix, "--grace", "1d")
+    old.refresh_from_db()
+    assert old.expires_at == soon
+
+
+def test_rotate_expires_in_sets_the_new_keys_expiry(key):
+    old, _ = key
+    out, _ = run("rotate", old.prefix, "--expires-in", "30d")
+    new = APIKey.objects.get(digest=crypto.hash_key(out.strip()))
+    assert abs(new.expires_at - (timezone.now() + timedelta(days=30))) < timedelta(seconds=30)
+
+
+def test_rotate_json_holds_the_new_key_and_the_old_one(key):
+    old, _ = key
+    out, _ = run("rotate", old.prefix, "--json")
+    document = json.loads(out)
+    assert crypto.hash_key(document["key"]) == APIKey.objects.get(prefix=document["prefix"]).digest
+    assert document["old_key"]["prefix"] == old.prefix
+    assert document["old_key"]["expires_at"] is not None
+
+
+def test_rotate_creates_and_expires_in_one_transaction(key, protected_client):
+    old, _ = key
+
+    def fail(**kwargs: Any) -> None:
+        raise RuntimeError("mapping failed")
+
+    post_save.connect(fail, sender=LLMClientAPIKey, dispatch_uid="test-fail")
+    try:
+        before = snapshot()
+        with pytest.raises(RuntimeError):
+            run("rotate", old.prefix)
+        assert snapshot() == before
+    finally:
+        post_save.disconnect(dispatch_uid="test-fail", sender=LLMClientAPIKey)
+
+
+def test_rotate_a_revoked_key_is_refused(make_key, protected_client):
+    old, _ = make_key(protected_client, is_active=False)
+    assert "revoked" in refused("rotate", old.prefix)
+
+
+def test_rotate_a_key_without_an_owner_is_refused(key, owner):
+    old, _ = key
+    owner.delete()
+    assert "no active owner" in refused("rotate", old.prefix)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nothing"], "No API key prefix or LLM client 'nothing'"),
+        (["protected-bot", "--grace", "soon"], "Invalid duration 'soon'"),
+        (["protected-bot", "--grace=-1h"], "Invalid duration"),
+        (["protected-bot", "--expires-in", "0"], "at once"),
+        (["protected-bot", "--expires-at", "2001-01-01T00:00Z"], "not in the future"),
+    ],
+)
+def test_rotate_bad_input_is_a_command_error_and_changes_nothing(key, args, message):
+    assert message in refused("rotate", *args)
+
+
+def test_rotate_a_name_that_is_both_a_prefix_and_a_client_is_refused(key):
+    old, _ = key
+    baker.make_recipe("tests.llm_client", slug=old.prefix)
+    assert "both a key prefix and a client" in refused("rotate", old.prefix)
+
+
+# --- revoke -----------------------------------------------------------------------------
+
+
+def test_revoke_refuses_a_clients_last_active_key_and_says_why(key):
+    api_key, _ = key
+    message = refused("revoke", api_key.prefix)
+    assert "last active key of protected-bot" in message
+    assert "public" in message and "--yes" in message
+
+
+def test_revoke_yes_revokes_the_last_key_and_the_client_turns_public(api, key):
+    api_key, _plaintext = key
+    assert status(api, None) == 401
+    out, _ = run("revoke", api_key.prefix, "--yes")
+    api_key.refresh_from_db()
+    assert not api_key.is_active
+    assert "Now public" in out and "protected-bot" in out
+    assert status(api, None) == 200
+
+
+def test_revoke_takes_effect_at_once(api, key, make_key, protected_client):
+    api_key, plaintext = key
+    make_key(protected_client)
+    assert status(api, plaintext) == 200  # cached as valid
+    out, _ = run("revoke", api_key.prefix)
+    assert "Revoked" in out
+    response = api.get("/clients/protected-bot/echo/", **bearer(plaintext))
+    assert response.status_code == 401
+    assert response.json()["detail"] == "API key has been revoked."
+
+
+def test_revoke_needs_no_yes_when_the_client_requires_a_key_anyway(make_key):
+    llm_client = baker.make_recipe("tests.protected_client")
+    api_key, _ = make_key(llm_client)
+    run("revoke", api_key.prefix)
+    api_key.refresh_from_db()
+    assert not api_key.is_active
+
+
+def test_revoke_needs_no_yes_when_an_expired_key_keeps_the_client_protected(
+    api, key, make_key, protected_client
+):
+    api_key, _ = key
+    make_key(protected_client, expires_at=timezone.now() - timedelta(days=1))
+    run("revoke", api_key.prefix)
+    assert status(api, None) == 401
+
+
+def test_revoke_an_already_revoked_key_changes_nothing(make_key, protected_client):
+    api_key, _ = make_key(protected_client, is_active=False)
+    before = snapshot()
+    out, _ = run("revoke", api_key.prefix)
+    assert "already revoked" in out
+    assert snapshot() == before
+
+
+def test_revoke_json_gives_the_record_and_the_clients_made_public(key):
+    api_key, _ = key
+    document = json.loads(run("revoke", api_key.prefix, "--yes", "--json")[0])
+    assert document["prefix"] == api_key.prefix
+    assert document["is_active"] is False
+    assert document["made_public"] == ["protected-bot"]
+
+
+def test_revoke_an_unknown_prefix_is_a_command_error(key):
+    assert "No API key with prefix 'llmk_nope'" in refused("revoke", "llmk_nope")
+
+
+# --- from a shell -----------------------------------------------------------------------
+
+
+def manage(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env["DRF_LLM_KEYS_TEST_DB_NAME"] = connection.settings_dict["NAME"]
+    return subprocess.run(
+        [sys.executable, "-m", "django", "llm_keys", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refusal_exits_non_zero_with_the_message_on_stderr(owner, protected_client):
+    result = manage("create", "unknown-bot", "--user", "owner", "--name", "ci")
+    assert result.returncode == 1
+    assert "CommandError: No LLM client with slug 'unknown-bot'" in result.stderr
+    assert result.stdout == ""
+    assert not APIKey.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shell_can_capture_just_the_key(owner, protected_client):
+    result = manage("create", "protected-bot", "--user", "owner", "--name", "ci")
+    assert result.returncode == 0, result.stderr
+    assert APIKey.objects.get().digest == crypto.hash_key(result.stdout.strip())

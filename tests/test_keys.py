@@ -1,0 +1,113 @@
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import DatabaseError, connection
+from django.utils import timezone
+from model_bakery import baker
+
+from drf_llm_keys import keys
+from drf_llm_keys.models import APIKey
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45s", timedelta(seconds=45)),
+        ("30m", timedelta(minutes=30)),
+        ("12h", timedelta(hours=12)),
+        ("90d", timedelta(days=90)),
+        ("2w", timedelta(weeks=2)),
+        ("0", timedelta(0)),
+        (" 7d ", timedelta(days=7)),
+    ],
+)
+def test_parse_duration_reads_a_number_and_a_unit(text, expected):
+    assert keys.parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "90", "d", "1.5h", "1h30m", "-1h", "3y", "90D", "5 d", "99999999999d"])
+def test_parse_duration_refuses_anything_else(text):
+    with pytest.raises(ValueError, match="Invalid duration"):
+        keys.parse_duration(text)
+
+
+def test_parse_expiry_keeps_an_explicit_offset():
+    assert keys.parse_expiry("2099-01-31T12:00:00+02:00").isoformat() == "2099-01-31T12:00:00+02:00"
+
+
+def test_parse_expiry_reads_a_date_alone_as_its_midnight_in_the_current_time_zone(settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    assert keys.parse_expiry("2099-01-31").isoformat() == "2099-01-31T00:00:00+01:00"
+
+
+@pytest.mark.parametrize("text", ["", "2099-02-30", "31/01/2099 12:00", "2099-13-01T00:00", "tomorrow"])
+def test_parse_expiry_refuses_what_is_not_an_iso_date_and_time(text):
+    with pytest.raises(ValueError, match="ISO 8601"):
+        keys.parse_expiry(text)
+
+
+def test_clients_left_public_ignores_clients_that_require_a_key(make_key, protected_client):
+    closed = baker.make_recipe("tests.protected_client")
+    api_key, _ = make_key(protected_client, closed)
+    assert keys.clients_left_public(api_key) == [protected_client]
+
+
+def race(*operations: Callable[[], Any]) -> list[Any]:
+    """Run the operations at the same moment in threads; returns each result or exception."""
+    barrier = threading.Barrier(len(operations))
+    results: list[Any] = [None] * len(operations)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = operations[index]()
+        except (keys.KeyLifecycleError, DatabaseError) as exc:
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(operations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_revokes_of_a_clients_last_two_keys_leave_it_protected(make_key, protected_client):
+    first, _ = make_key(protected_client)
+    second, _ = make_key(protected_client)
+    results = race(lambda: keys.revoke_key(first), lambda: keys.revoke_key(second))
+    # The loser is refused by the guard (PostgreSQL waits on the client row lock) or by
+    # the database itself (SQLite's writer lock); either way one key stays active.
+    assert sum(isinstance(r, Exception) for r in results) == 1, results
+    assert APIKey.objects.filter(is_active=True).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_rotations_of_one_client_issue_one_replacement(make_key, protected_client):
+    make_key(protected_client)
+    results = race(
+        lambda: keys.rotate_client_key(protected_client, timedelta(hours=1)),
+        lambda: keys.rotate_client_key(protected_client, timedelta(hours=1)),
+    )
+    assert sum(isinstance(r, Exception) for r in results) == 1, results
+    assert APIKey.objects.count() == 2
+    assert keys.working_keys(protected_client).count() == 2
+
+
+def test_rotating_an_expired_key_issues_a_working_replacement_and_keeps_it_expired(
+    make_key, protected_client
+):
+    expired_at = timezone.now() - timedelta(days=1)
+    old, _ = make_key(protected_client, expires_at=expired_at)
+    new, _ = keys.rotate_key(old, timedelta(days=1))
+    old.refresh_from_db()
+    assert old.expires_at == expired_at
+    assert list(keys.working_keys(protected_client)) == [new]
