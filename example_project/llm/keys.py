@@ -11,9 +11,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from drf_llm_keys import get_client_model
+from drf_llm_keys.conf import conf
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 
 
@@ -37,12 +39,36 @@ def rotate_key(llm_client: models.Model, user: Any, grace: timedelta) -> tuple[A
         return create_key(llm_client, user, name=f"{llm_client} (rotated)")
 
 
-def revoke_key(prefix: str) -> APIKey:
-    """Revoke a key: refused at once by every process that shares the cache. The row stays,
-    so its clients stay protected."""
+class LastActiveKey(Exception):
+    """Revoking the key would leave a client without an active key: public."""
+
+
+def revoke_key(prefix: str, make_public: bool = False) -> APIKey:
+    """Revoke a key: refused at once by every process that shares the cache.
+
+    Like ``llm_keys revoke``, it refuses to revoke a client's last active key, which would
+    serve that client to anyone, unless ``make_public`` says so.
+    """
     api_key = APIKey.objects.get(prefix=prefix)
+    if not make_public:
+        exposed = clients_left_public(api_key)
+        if exposed:
+            raise LastActiveKey(
+                f"{prefix} is the last active key of {', '.join(exposed)}: revoking it makes them public."
+            )
     api_key.is_active = False
     # A full save: save(update_fields=...) of an APIKey trips a bug in drf_llm_keys.signals
     # (api_key_post_save reads cache_free_fields from the manager, not the queryset).
     api_key.save()
     return api_key
+
+
+def clients_left_public(api_key: APIKey) -> list[str]:
+    """The clients (by slug) that have no active key but this one and do not require a key."""
+    others = APIKey.objects.filter(is_active=True, client_links__llm_client=OuterRef("pk")).exclude(
+        pk=api_key.pk
+    )
+    clients = get_client_model()._default_manager.filter(
+        api_key_links__api_key=api_key, require_api_key=False
+    )
+    return sorted(str(getattr(c, conf.CLIENT_LOOKUP_FIELD)) for c in clients.exclude(Exists(others)))
