@@ -19,9 +19,16 @@ from .errors import UpstreamError, UpstreamRefused, UpstreamTimeout
 # server's own upstream key is wrong; 5xx) are the server's failure: a 502.
 RELAYED_STATUSES = {400, 404, 409, 413, 422, 429}
 
+# settings.LLM_UPSTREAM_<NAME>, read at call time; a project without them uses the echo model.
+UPSTREAM_DEFAULTS = {"URL": "", "API_KEY": "", "TIMEOUT": 60.0}
+
+
+def upstream_setting(name: str) -> Any:
+    return getattr(settings, f"LLM_UPSTREAM_{name}", UPSTREAM_DEFAULTS[name])
+
 
 def configured() -> bool:
-    return bool(settings.LLM_UPSTREAM_URL)
+    return bool(upstream_setting("URL"))
 
 
 def models() -> dict[str, Any]:
@@ -55,17 +62,17 @@ def chat_completion_stream(body: dict[str, Any]) -> Iterator[bytes]:
 
 
 def _open(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    url = settings.LLM_UPSTREAM_URL.rstrip("/") + "/" + path
+    url = upstream_setting("URL").rstrip("/") + "/" + path
     headers = {"Accept": "application/json"}
-    if settings.LLM_UPSTREAM_API_KEY:
-        headers["Authorization"] = f"Bearer {settings.LLM_UPSTREAM_API_KEY}"
+    if upstream_setting("API_KEY"):
+        headers["Authorization"] = f"Bearer {upstream_setting('API_KEY')}"
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        return urllib.request.urlopen(request, timeout=settings.LLM_UPSTREAM_TIMEOUT)
+        return urllib.request.urlopen(request, timeout=float(upstream_setting("TIMEOUT")))
     except urllib.error.HTTPError as exc:
         with exc:
             raise _refusal(exc.code, exc.read()) from exc

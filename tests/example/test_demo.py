@@ -1,0 +1,71 @@
+"""The README's walkthrough: ``migrate`` then ``demo`` on a fresh database, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from example_project.llm.server import MANAGE_PY, running_server
+
+
+@pytest.fixture
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    """A new SQLite file and file cache, whatever this machine's environment says."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "EXAMPLE_VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "LLM_UPSTREAM_URL": "",
+    }
+    manage(env, "migrate", "--verbosity", "0")
+    return env
+
+
+def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(MANAGE_PY), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
+    output = manage(fresh_env, "demo", "--grace", "1").stdout
+    assert "anonymous request: 200" in output
+    assert "no key: 401" in output
+    assert "demo-other's key: 401" in output
+    assert "within the grace period: 200" in output
+    assert "after the grace period: 401" in output
+    assert "revoked key llmk_" in output and '401  error: "API key has been revoked."' in output
+    assert "All 8 steps behaved as expected." in output
+
+
+def test_demo_runs_again_on_what_it_left(fresh_env):
+    manage(fresh_env, "demo", "--grace", "0.5")
+    assert "All 8 steps behaved as expected." in manage(fresh_env, "demo", "--grace", "0.5").stdout
+
+
+def test_demo_drives_a_server_already_running(fresh_env):
+    with running_server(fresh_env) as url:
+        output = manage(fresh_env, "demo", "--grace", "0.5", "--url", url).stdout
+    assert f"Server: {url}" in output
+    assert "All 8 steps behaved as expected." in output
+
+
+def test_demo_fails_when_the_server_does_not_share_the_cache(fresh_env, tmp_path):
+    # The same database, another cache: the server never learns of the rotation.
+    database = {"DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'db.sqlite3'}"}
+    server_env = {**fresh_env, **database, "EXAMPLE_VAR_DIR": str(tmp_path / "elsewhere")}
+    with running_server(server_env) as url:
+        finished = manage({**fresh_env, **database}, "demo", "--grace", "0.5", "--url", url, check=False)
+    assert finished.returncode == 1
+    assert "after the grace period: 200, expected 401" in finished.stderr
