@@ -69,15 +69,16 @@ def _describe(exc: exceptions.APIException) -> tuple[str, str | None, str | None
     detail: Any = exc.detail
     path = ""
     # A validation error: report its first problem, as OpenAI reports one ``param``.
-    while isinstance(detail, (dict, list)) and detail:
-        if isinstance(detail, dict):
-            field, detail = next((k, v) for k, v in detail.items() if v)
-            if field != "non_field_errors":
-                path = f"{path}.{field}" if path else field
-        else:
-            index, detail = next((i, v) for i, v in enumerate(detail) if v)
-            if not isinstance(detail, str):  # a list of objects, not of messages
-                path += f"[{index}]"
+    while isinstance(detail, (dict, list)):
+        items = detail.items() if isinstance(detail, dict) else enumerate(detail)
+        first = next(((key, value) for key, value in items if value), None)
+        if first is None:
+            break
+        key, detail = first
+        if isinstance(key, int):  # DRF reports items of a list field by index
+            path += f".{key}" if not isinstance(detail, str) else ""
+        elif key != "non_field_errors":
+            path = f"{path}.{key}" if path else key
     param = path or None
     code = CODES.get(type(exc)) or getattr(detail, "code", None) or exc.default_code
     message = str(detail) if detail else str(exc.default_detail)

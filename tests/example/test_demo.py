@@ -11,6 +11,9 @@ import pytest
 
 from example_project.llm.server import MANAGE_PY, running_server
 
+# Long enough for two requests on a busy machine: the old key must still work for step 6.
+GRACE = "2"
+
 
 @pytest.fixture
 def fresh_env(tmp_path: Path) -> dict[str, str]:
@@ -39,7 +42,7 @@ def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
 
 
 def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
-    output = manage(fresh_env, "demo", "--grace", "1").stdout
+    output = manage(fresh_env, "demo", "--grace", GRACE).stdout
     assert "anonymous request: 200" in output
     assert "no key: 401" in output
     assert "demo-other's key: 401" in output
@@ -50,13 +53,13 @@ def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
 
 
 def test_demo_runs_again_on_what_it_left(fresh_env):
-    manage(fresh_env, "demo", "--grace", "0.5")
-    assert "All 8 steps behaved as expected." in manage(fresh_env, "demo", "--grace", "0.5").stdout
+    manage(fresh_env, "demo", "--grace", GRACE)
+    assert "All 8 steps behaved as expected." in manage(fresh_env, "demo", "--grace", GRACE).stdout
 
 
 def test_demo_drives_a_server_already_running(fresh_env):
     with running_server(fresh_env) as url:
-        output = manage(fresh_env, "demo", "--grace", "0.5", "--url", url).stdout
+        output = manage(fresh_env, "demo", "--grace", GRACE, "--url", url).stdout
     assert f"Server: {url}" in output
     assert "All 8 steps behaved as expected." in output
 
