@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from example_project.config import cache_settings, database_from_url
+from example_project.llm.server import MANAGE_PY
 
 
 def test_sqlite_url_with_an_absolute_path():
@@ -48,3 +52,18 @@ def test_without_redis_the_cache_is_files_shared_by_every_process(tmp_path):
     config = cache_settings(None, tmp_path)
     assert config["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache"
     assert config["LOCATION"] == str(tmp_path)
+
+
+def test_example_passes_the_system_checks_with_its_default_services(tmp_path):
+    # DRF_LLM_KEYS' own checks included: the cache is shared, our class comes first.
+    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"DJANGO_SETTINGS_MODULE": "example_project.settings", "EXAMPLE_VAR_DIR": str(tmp_path)}
+    finished = subprocess.run(
+        [sys.executable, str(MANAGE_PY), "check", "--fail-level", "WARNING"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "no issues" in finished.stdout
