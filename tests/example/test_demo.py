@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from example_project.llm.server import MANAGE_PY, running_server
+from example_project.llm.server import MANAGE_PY, free_port, running_server
 
 # Long enough for two requests on a busy machine: the old key must still work for step 6.
 GRACE = "2"
 
 
-@pytest.fixture
-def fresh_env(tmp_path: Path) -> dict[str, str]:
-    """A new SQLite file and file cache, whatever this machine's environment says."""
-    env = {
+def example_env(var_dir: Path) -> dict[str, str]:
+    """The example's defaults in ``var_dir``, whatever this machine's environment says."""
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "EXAMPLE_VAR_DIR": str(tmp_path / "var"),
+        "EXAMPLE_VAR_DIR": str(var_dir),
         "DATABASE_URL": "",
         "REDIS_URL": "",
         "LLM_UPSTREAM_URL": "",
     }
-    manage(env, "migrate", "--verbosity", "0")
-    return env
+
+
+@pytest.fixture(scope="module")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    var_dir = tmp_path_factory.mktemp("migrated")
+    manage(example_env(var_dir), "migrate", "--verbosity", "0")
+    return var_dir / "db.sqlite3"
+
+
+@pytest.fixture
+def fresh_env(tmp_path: Path, migrated_database: Path) -> dict[str, str]:
+    """A freshly migrated SQLite file (a copy: migrating takes a while) and an empty file cache."""
+    (tmp_path / "var").mkdir()
+    shutil.copy(migrated_database, tmp_path / "var" / "db.sqlite3")
+    return example_env(tmp_path / "var")
 
 
 def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -72,3 +85,15 @@ def test_demo_fails_when_the_server_does_not_share_the_cache(fresh_env, tmp_path
         finished = manage({**fresh_env, **database}, "demo", "--grace", "0.5", "--url", url, check=False)
     assert finished.returncode == 1
     assert "after the grace period: 200, expected 401" in finished.stderr
+
+
+def test_demo_refuses_a_grace_period_that_is_not_positive(fresh_env):
+    finished = manage(fresh_env, "demo", "--grace", "0", check=False)
+    assert finished.returncode == 1
+    assert "--grace must be a positive number of seconds." in finished.stderr
+
+
+def test_demo_answers_with_the_echo_model_even_where_an_upstream_is_configured(fresh_env):
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # forwarding there would fail every step
+    output = manage({**fresh_env, "LLM_UPSTREAM_URL": closed}, "demo", "--grace", GRACE).stdout
+    assert "All 8 steps behaved as expected." in output

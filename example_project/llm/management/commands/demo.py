@@ -59,13 +59,16 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["grace"] <= 0:
+            raise CommandError("--grace must be a positive number of seconds.")
         self.grace = timedelta(seconds=options["grace"])
         self.step_number = 0
         self.setup()
         server: AbstractContextManager[str] = (
             nullcontext(options["url"].rstrip("/"))
             if options["url"]
-            else running_server({"DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE})
+            # The echo model answers, even where an upstream is configured.
+            else running_server({"DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE, "LLM_UPSTREAM_URL": ""})
         )
         with server as base_url:
             self.base_url = base_url
@@ -155,3 +158,5 @@ class Command(BaseCommand):
                 return Reply(error.code, json.load(error), error.headers.get("WWW-Authenticate"))
         except urllib.error.URLError as error:
             raise CommandError(f"Cannot reach {self.base_url}: {error.reason}") from error
+        except ValueError as error:  # a reply that is not JSON: not the example's server
+            raise CommandError(f"{self.base_url} did not answer with JSON: is it the example?") from error
