@@ -16,7 +16,7 @@ from example_project.llm.server import MANAGE_PY, free_port, running_server
 GRACE = "2"
 
 
-def example_env(var_dir: Path) -> dict[str, str]:
+def defaults_env(var_dir: Path) -> dict[str, str]:
     """The example's defaults in ``var_dir``, whatever this machine's environment says."""
     return {
         **os.environ,
@@ -31,7 +31,7 @@ def example_env(var_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     var_dir = tmp_path_factory.mktemp("migrated")
-    manage(example_env(var_dir), "migrate", "--verbosity", "0")
+    manage(defaults_env(var_dir), "migrate", "--verbosity", "0")
     return var_dir / "db.sqlite3"
 
 
@@ -40,7 +40,7 @@ def fresh_env(tmp_path: Path, migrated_database: Path) -> dict[str, str]:
     """A freshly migrated SQLite file (a copy: migrating takes a while) and an empty file cache."""
     (tmp_path / "var").mkdir()
     shutil.copy(migrated_database, tmp_path / "var" / "db.sqlite3")
-    return example_env(tmp_path / "var")
+    return defaults_env(tmp_path / "var")
 
 
 def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
