@@ -1,0 +1,162 @@
+"""``manage.py demo``: the whole mission, step by step, against a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from drf_llm_keys import get_client_model
+from drf_llm_keys.models import APIKey
+from example_project.llm import keys
+from example_project.llm.server import running_server
+
+USERNAME = "demo"
+PUBLIC, PROTECTED, OTHER = "demo-public", "demo-protected", "demo-other"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+    www_authenticate: str | None
+
+    def summary(self) -> str:
+        if "error" in self.body:
+            text = f'error: "{self.body["error"].get("message")}"'
+        else:
+            text = f'reply: "{self.body["choices"][0]["message"]["content"]}"'
+        if self.www_authenticate:
+            text += f"  (WWW-Authenticate: {self.www_authenticate})"
+        return text
+
+
+class Command(BaseCommand):
+    help = (
+        "Walk through public and protected LLM clients, key rotation with a grace period and "
+        "revocation, against a server started for the purpose (or --url). Recreates the demo "
+        "clients and keys on each run."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--url",
+            help="Drive a server that is already running (e.g. runserver in another terminal) "
+            "with the same database and cache, instead of starting one.",
+        )
+        parser.add_argument(
+            "--grace", type=float, default=3.0, help="Seconds the old key keeps working after rotation."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["grace"] <= 0:
+            raise CommandError("--grace must be a positive number of seconds.")
+        self.grace = timedelta(seconds=options["grace"])
+        self.step_number = 0
+        self.setup()
+        server: AbstractContextManager[str] = (
+            nullcontext(options["url"].rstrip("/"))
+            if options["url"]
+            # The echo model answers, even where an upstream is configured.
+            else running_server({"DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE, "LLM_UPSTREAM_URL": ""})
+        )
+        with server as base_url:
+            self.base_url = base_url
+            self.say(f"Server: {base_url}  (each client's OpenAI base_url is {base_url}/v1/clients/<slug>)")
+            self.walk_through()
+        self.say(self.style.SUCCESS(f"\nAll {self.step_number} steps behaved as expected."))
+
+    def setup(self) -> None:
+        """A fresh start: the demo's own user, clients and keys, whatever a last run left."""
+        user_model = get_user_model()
+        self.user, _ = user_model._default_manager.get_or_create(
+            **{user_model.USERNAME_FIELD: USERNAME}, defaults={"is_active": True}
+        )
+        client_model = get_client_model()
+        client_model._default_manager.filter(slug__in=[PUBLIC, PROTECTED, OTHER]).delete()
+        APIKey.objects.filter(user=self.user).delete()
+        self.public = client_model._default_manager.create(slug=PUBLIC, name="Demo public bot")
+        self.protected = client_model._default_manager.create(slug=PROTECTED, name="Demo protected bot")
+        other = client_model._default_manager.create(slug=OTHER, name="Demo other bot")
+        self.protected_key, self.protected_plaintext = keys.create_key(self.protected, self.user, "demo key")
+        _, self.other_plaintext = keys.create_key(other, self.user, "other bot's key")
+        self.say(
+            f"Created clients {PUBLIC} (public: no key), {PROTECTED} (key {self.protected_key.prefix}) "
+            f"and {OTHER} (a key of its own)."
+        )
+
+    def walk_through(self) -> None:
+        self.heading("A public client serves anyone")
+        self.expect(200, PUBLIC, None, "anonymous request")
+
+        self.heading("A protected client needs its own key")
+        self.expect(401, PROTECTED, None, "no key")
+        self.expect(200, PROTECTED, self.protected_plaintext, f"its key {self.protected_key.prefix}")
+        self.expect(401, PROTECTED, self.other_plaintext, f"{OTHER}'s key")
+
+        self.heading(f"Rotation with a grace period of {self.grace.total_seconds():g} s")
+        old_prefix, old_plaintext = self.protected_key.prefix, self.protected_plaintext
+        new_key, new_plaintext = keys.rotate_key(self.protected, self.user, self.grace)
+        expires_at = APIKey.objects.get(prefix=old_prefix).expires_at
+        self.say(
+            f"  rotated: new key {new_key.prefix}; old key {old_prefix} expires at {expires_at:%H:%M:%S}"
+        )
+        self.expect(200, PROTECTED, new_plaintext, f"new key {new_key.prefix}")
+        self.expect(200, PROTECTED, old_plaintext, f"old key {old_prefix}, within the grace period")
+        if expires_at is not None:
+            time.sleep(max(0.0, (expires_at - timezone.now()).total_seconds()) + 0.1)
+        self.expect(401, PROTECTED, old_plaintext, f"old key {old_prefix}, after the grace period")
+
+        self.heading("Revocation takes effect at once")
+        keys.revoke_key(new_key.prefix)
+        self.say(f"  revoked {new_key.prefix} (in this process; the server learns it from the shared cache)")
+        self.expect(401, PROTECTED, new_plaintext, f"revoked key {new_key.prefix}")
+
+    # --- helpers ------------------------------------------------------------------
+
+    def heading(self, text: str) -> None:
+        self.say(self.style.MIGRATE_HEADING(f"\n{text}"))
+
+    def say(self, text: str) -> None:
+        self.stdout.write(text)
+
+    def expect(self, status: int, slug: str, key: str | None, what: str) -> None:
+        self.step_number += 1
+        reply = self.chat(slug, key, f"Hello from step {self.step_number}")
+        line = f"  {self.step_number}. POST /v1/clients/{slug}/chat/completions, {what}: {reply.status}"
+        if reply.status != status:
+            raise CommandError(f"{line}, expected {status}. {reply.summary()}")
+        style = self.style.SUCCESS if status < 400 else self.style.WARNING
+        self.say(f"{style(line)}  {reply.summary()}")
+
+    def chat(self, slug: str, key: str | None, text: str) -> Reply:
+        body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": text}]}).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}/v1/clients/{slug}/chat/completions",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {key}"} if key else {}),
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return Reply(response.status, json.load(response), None)
+        except urllib.error.HTTPError as error:
+            with error:
+                return Reply(error.code, json.load(error), error.headers.get("WWW-Authenticate"))
+        except urllib.error.URLError as error:
+            raise CommandError(f"Cannot reach {self.base_url}: {error.reason}") from error
+        except ValueError as error:  # a reply that is not JSON: not the example's server
+            raise CommandError(f"{self.base_url} did not answer with JSON: is it the example?") from error

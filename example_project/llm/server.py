@@ -1,0 +1,92 @@
+"""Start the example with ``manage.py runserver`` on a free loopback port, for the demo and
+the end-to-end tests: a real server in its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
+HOST = "127.0.0.1"
+ATTEMPTS = 3
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class PortTaken(ServerError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(env: Mapping[str, str] | None = None, timeout: float = 60.0) -> Iterator[str]:
+    """Yield the base URL (``http://127.0.0.1:PORT``) of a running server; stop it after.
+
+    ``env`` is added to this process's environment; ``DJANGO_SETTINGS_MODULE`` defaults to
+    the example's settings.
+    """
+    environ = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings", **(env or {})}
+    with tempfile.TemporaryFile() as log:
+        process, url = _start(environ, log, timeout)
+        try:
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _start(environ: dict[str, str], log: IO[bytes], timeout: float) -> tuple[subprocess.Popen[bytes], str]:
+    for _attempt in range(ATTEMPTS - 1):
+        try:
+            return _start_once(environ, log, timeout)
+        except PortTaken:
+            continue
+    return _start_once(environ, log, timeout)
+
+
+def _start_once(
+    environ: dict[str, str], log: IO[bytes], timeout: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    # Free a moment ago: another program may take it first, and then runserver exits early.
+    port = free_port()
+    log.seek(0)
+    log.truncate()
+    command = [sys.executable, str(MANAGE_PY), "runserver", "--noreload", f"{HOST}:{port}"]
+    process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        return process, f"http://{HOST}:{port}"
+    exited = process.poll() is not None
+    process.kill()
+    process.wait()
+    log.seek(0)
+    output = log.read().decode(errors="replace")
+    if exited and "already in use" in output:
+        raise PortTaken(output)
+    raise ServerError(f"runserver did not start on {HOST}:{port}:\n{output}")

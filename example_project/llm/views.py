@@ -1,0 +1,116 @@
+"""OpenAI-compatible endpoints per LLM client: ``/v1/clients/<slug>/chat/completions`` and
+``/v1/clients/<slug>/models``. Who may call them is decided by drf-llm-keys alone: the
+client's slug comes from the ``llm_client`` URL kwarg (``CLIENT_URL_KWARG``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django.db import models
+from django.http import StreamingHttpResponse
+from rest_framework import exceptions, serializers
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from drf_llm_keys import get_client_model
+from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
+from drf_llm_keys.conf import conf
+
+from . import echo, upstream
+from .errors import openai_exception_handler
+
+
+class JSONOnlyNegotiation(DefaultContentNegotiation):
+    """Answer JSON (or a stream) whatever ``Accept`` says, as OpenAI's API does."""
+
+    def select_renderer(
+        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        return renderers[0], renderers[0].media_type
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    # A string or a list of content parts; the echo model reads the text parts.
+    content = serializers.JSONField(required=False, allow_null=True)
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    """What the endpoint checks; other parameters (temperature, tools...) go upstream as sent."""
+
+    model = serializers.CharField()
+    messages = MessageSerializer(many=True, allow_empty=False)
+    stream = serializers.BooleanField(default=False)
+    stream_options = serializers.DictField(required=False, allow_null=True)
+
+
+class OpenAICompatibleView(APIView):
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser]
+    content_negotiation_class = JSONOnlyNegotiation
+
+    def get_exception_handler(self) -> Any:
+        # On the view, not in settings: the endpoints answer in OpenAI's shape in any project.
+        return openai_exception_handler
+
+    def get_llm_client_or_404(self) -> models.Model:
+        value = self.kwargs[conf.CLIENT_URL_KWARG]
+        llm_client = get_client_model()._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value}).first()
+        if llm_client is None:
+            raise exceptions.NotFound(f"No LLM client {value!r}.", code="client_not_found")
+        return llm_client
+
+
+class ModelListView(OpenAICompatibleView):
+    """``GET models``, authenticated by ``DEFAULT_AUTHENTICATION_CLASSES``."""
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        self.get_llm_client_or_404()
+        if upstream.configured():
+            return Response(upstream.models())
+        return Response({"object": "list", "data": echo.models()})
+
+
+class ChatCompletionView(OpenAICompatibleView):
+    """``POST chat/completions``, streamed as server-sent events when ``stream`` is true."""
+
+    # Its own classes, so that only the key decides: with SessionAuthentication after ours
+    # (the default), a browser's session would authenticate a public client's POST and make
+    # it need a CSRF token.
+    authentication_classes = [LLMClientAPIKeyAuthentication]
+
+    def post(self, request: Request, **kwargs: Any) -> Response | StreamingHttpResponse:
+        self.get_llm_client_or_404()
+        serializer = ChatCompletionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        body: dict[str, Any] = serializer.validated_data
+        if upstream.configured():
+            if body["stream"]:
+                return event_stream(upstream.chat_completion_stream(request.data))
+            return Response(upstream.chat_completion(request.data))
+        if body["model"] != echo.MODEL_ID:
+            raise exceptions.NotFound(f"The model {body['model']!r} does not exist.", code="model_not_found")
+        messages = [dict(message) for message in body["messages"]]
+        if body["stream"]:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return event_stream(server_sent_events(echo.completion_chunks(messages, include_usage)))
+        return Response(echo.completion(messages))
+
+
+def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def event_stream(lines: Iterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(lines, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on as it comes
+    return response

@@ -1,0 +1,76 @@
+"""Settings of the example project. Nothing is required from the environment:
+
+DATABASE_URL          postgres://USER@HOST:PORT/NAME or sqlite:///PATH  (default: SQLite in var/)
+REDIS_URL             redis://HOST:PORT/DB                  (default: a file-based cache in var/)
+EXAMPLE_VAR_DIR       where the default SQLite file and cache live (default: example_project/var)
+LLM_UPSTREAM_URL      an OpenAI-compatible base URL, e.g. https://api.openai.com/v1; unset, the
+                      local echo model answers
+LLM_UPSTREAM_API_KEY  the key sent upstream (never the client's key)
+LLM_UPSTREAM_TIMEOUT  seconds (default 60)
+DJANGO_SECRET_KEY, DJANGO_DEBUG=1, DJANGO_ALLOWED_HOSTS (comma-separated)
+"""
+
+import os
+from pathlib import Path
+
+from example_project.config import cache_settings, database_from_url
+
+BASE_DIR = Path(__file__).resolve().parent
+VAR_DIR = Path(os.environ.get("EXAMPLE_VAR_DIR") or BASE_DIR / "var")
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# Only for trying the example locally: set DJANGO_SECRET_KEY anywhere else.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-insecure-secret-key-for-local-use-only")
+DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"] + [
+    host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host
+]
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "rest_framework",
+    "drf_llm_keys",
+    "example_project.llm",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+
+DATABASES = {
+    "default": database_from_url(os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+}
+CACHES = {"default": cache_settings(os.environ.get("REDIS_URL"), VAR_DIR / "cache")}
+
+REST_FRAMEWORK = {
+    # Ours first: only the first class's WWW-Authenticate makes a refusal a 401 (DESIGN.md).
+    # Sessions come after it for views that are no LLM client's (none here yet).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "drf_llm_keys.authentication.LLMClientAPIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    # The key check is authentication: a public client's endpoints are open to anyone.
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+}
+
+DRF_LLM_KEYS = {
+    "CLIENT_URL_KWARG": "llm_client",
+    "CLIENT_LOOKUP_FIELD": "slug",
+}
+
+LLM_UPSTREAM_URL = os.environ.get("LLM_UPSTREAM_URL", "")
+LLM_UPSTREAM_API_KEY = os.environ.get("LLM_UPSTREAM_API_KEY", "")
+LLM_UPSTREAM_TIMEOUT = float(os.environ.get("LLM_UPSTREAM_TIMEOUT", "60"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"drf_llm_keys": {"handlers": ["console"], "level": "INFO"}},
+}
