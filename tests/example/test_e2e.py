@@ -9,7 +9,7 @@ import urllib.request
 import openai
 import pytest
 
-from example_project.llm import keys
+from drf_llm_keys import keys
 
 from .conftest import openai_client
 
@@ -72,7 +72,7 @@ def test_key_revoked_in_another_process_is_refused_at_once(example_server, key, 
     # The server now holds the key's entry in the cache, as valid.
     assert client.chat.completions.create(model="echo", messages=HELLO).choices[0].message.content
 
-    keys.revoke_key(api_key.prefix)  # here, in the test process
+    keys.revoke_key(api_key)  # here, in the test process
 
     with pytest.raises(openai.AuthenticationError) as refused:
         client.chat.completions.create(model="echo", messages=HELLO)
@@ -98,7 +98,7 @@ def test_revoking_the_last_key_serves_the_client_to_anyone(example_server, key):
     client = openai_client(example_server, "protected-bot", plaintext)
     assert client.models.list().data
 
-    keys.revoke_key(api_key.prefix, make_public=True)
+    keys.revoke_key(api_key, allow_public=True)
 
     anonymous = openai_client(example_server, "protected-bot")
     assert anonymous.chat.completions.create(model="echo", messages=HELLO).choices[0].message.content

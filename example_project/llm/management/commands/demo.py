@@ -16,9 +16,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from drf_llm_keys import get_client_model
+from drf_llm_keys import get_client_model, keys
 from drf_llm_keys.models import APIKey
-from example_project.llm import keys
 from example_project.llm.server import running_server
 
 USERNAME = "demo"
@@ -88,8 +87,10 @@ class Command(BaseCommand):
         self.public = client_model._default_manager.create(slug=PUBLIC, name="Demo public bot")
         self.protected = client_model._default_manager.create(slug=PROTECTED, name="Demo protected bot")
         other = client_model._default_manager.create(slug=OTHER, name="Demo other bot")
-        self.protected_key, self.protected_plaintext = keys.create_key(self.protected, self.user, "demo key")
-        _, self.other_plaintext = keys.create_key(other, self.user, "other bot's key")
+        self.protected_key, self.protected_plaintext = keys.create_key(
+            [self.protected], user=self.user, name="demo key"
+        )
+        _, self.other_plaintext = keys.create_key([other], user=self.user, name="other bot's key")
         self.say(
             f"Created clients {PUBLIC} (public: no key), {PROTECTED} (key {self.protected_key.prefix}) "
             f"and {OTHER} (a key of its own)."
@@ -106,7 +107,8 @@ class Command(BaseCommand):
 
         self.heading(f"Rotation with a grace period of {self.grace.total_seconds():g} s")
         old_prefix, old_plaintext = self.protected_key.prefix, self.protected_plaintext
-        new_key, new_plaintext = keys.rotate_key(self.protected, self.user, self.grace)
+        # What `manage.py llm_keys rotate demo-protected --grace 3s` does.
+        _, new_key, new_plaintext = keys.rotate_client_key(self.protected, self.grace)
         expires_at = APIKey.objects.get(prefix=old_prefix).expires_at
         self.say(
             f"  rotated: new key {new_key.prefix}; old key {old_prefix} expires at {expires_at:%H:%M:%S}"
@@ -118,7 +120,9 @@ class Command(BaseCommand):
         self.expect(401, PROTECTED, old_plaintext, f"old key {old_prefix}, after the grace period")
 
         self.heading("Revocation takes effect at once")
-        keys.revoke_key(new_key.prefix)
+        # What `manage.py llm_keys revoke PREFIX` does; the expired old key keeps the client
+        # protected, so this is not its last active key.
+        keys.revoke_key(new_key)
         self.say(f"  revoked {new_key.prefix} (in this process; the server learns it from the shared cache)")
         self.expect(401, PROTECTED, new_plaintext, f"revoked key {new_key.prefix}")
 
