@@ -90,3 +90,23 @@ def check_authentication_order(**kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register()
+def check_throttle_rates(**kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .throttling import parse_rate
+
+    rates = {
+        "DRF_LLM_KEYS['THROTTLE_RATE']": conf.THROTTLE_RATE,
+        "DRF_LLM_KEYS['ANONYMOUS_THROTTLE_RATE']": conf.ANONYMOUS_THROTTLE_RATE,
+    }
+    rates |= {f"DRF_LLM_KEYS['THROTTLE_RATES'][{c!r}]": rate for c, rate in conf.THROTTLE_RATES.items()}
+    messages: list[CheckMessage] = []
+    for name, rate in rates.items():
+        try:
+            parse_rate(rate)
+        except ImproperlyConfigured as exc:
+            messages.append(Error(f"{name}: {exc}", id="drf_llm_keys.E004"))
+    return messages
