@@ -40,6 +40,9 @@ Loader = Callable[[], Entry]
 # What a failed read "found": nothing, and no generation worth creating either.
 _UNHEALTHY: dict[str, Any] = {}
 
+# Set in an entry that must answer this request only (see models.load_client_entry).
+UNCACHEABLE = "uncacheable"
+
 # The only isolation levels where a transaction's snapshot can predate a generation read.
 _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
 
@@ -168,7 +171,7 @@ def _load(
     if gen is None and found is not _UNHEALTHY:
         gen = _ensure_generation(gen_name)
     entry = loader()
-    if gen is not None:
+    if gen is not None and not entry.get(UNCACHEABLE):
         fills[entry_name] = (gen, entry)
     return entry
 

@@ -278,7 +278,7 @@ def load_client_entry(value: str) -> cache.Entry:
     if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
         return {"id": None}
     active = LLMClientAPIKey.objects.filter(llm_client=OuterRef("pk"), api_key__is_active=True)
-    columns = ["pk", "has_active"]
+    columns = ["pk", "has_active", conf.CLIENT_LOOKUP_FIELD]
     if _has_field(client_model, "require_api_key"):
         columns.append("require_api_key")
     try:
@@ -292,7 +292,13 @@ def load_client_entry(value: str) -> cache.Entry:
         row = None
     if row is None:
         return {"id": None}
-    return {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[2:] and row[2])}
+    entry = {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[3:] and row[3])}
+    if str(row[2]) != value:
+        # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
+        # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
+        # value only, so an entry cached under this spelling would outlive them.
+        entry[cache.UNCACHEABLE] = True
+    return entry
 
 
 def load_key_entry(prefix: str) -> cache.Entry:
