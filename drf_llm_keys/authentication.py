@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.db import DatabaseError, router
 from django.utils import timezone
@@ -15,6 +15,9 @@ from rest_framework.request import Request
 from . import cache, crypto
 from .conf import conf
 from .models import APIKey, api_key_from_entry, load_client_entry, load_key_entry
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -114,12 +117,12 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             value = ""
         return self._checked(value, _("Invalid Authorization header. The key must be printable ASCII."))
 
-    def _checked(self, value: str, message: str) -> str:
+    def _checked(self, value: str, message: StrOrPromise) -> str:
         if not value or not value.isascii() or not value.isprintable() or " " in value:
             self.refuse(message)
         return value
 
-    def refuse(self, message: str) -> None:
+    def refuse(self, message: StrOrPromise) -> NoReturn:
         raise exceptions.AuthenticationFailed(message)
 
     # --- success ------------------------------------------------------------------

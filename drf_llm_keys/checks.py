@@ -28,7 +28,7 @@ def check_cache(**kwargs: Any) -> list[CheckMessage]:
                 id="drf_llm_keys.E001",
             )
         ]
-    config = settings.CACHES[alias]
+    config: dict[str, Any] = settings.CACHES[alias]
     messages: list[CheckMessage] = []
     if config.get("BACKEND") in PER_PROCESS_BACKENDS:
         messages.append(
@@ -61,6 +61,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         for name in conf.unknown_names
     ]
     client_model = get_client_model()
+    field: Any  # a Field, or None for no such field
     try:
         field = client_model._meta.get_field(conf.CLIENT_LOOKUP_FIELD)
     except FieldDoesNotExist:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -60,7 +60,9 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             cache.invalidate(self.stale_of(created), using=self.db)
         return created
 
-    def bulk_update(self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any) -> int:
+    def bulk_update(  # type: ignore[override]  # fields is read twice: a Sequence, not any Iterable
+        self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any
+    ) -> int:
         objs = list(objs)
         if set(fields) <= self.cache_free_fields:
             return super().bulk_update(objs, fields, **kwargs)
@@ -144,7 +146,11 @@ class APIKeyManager(models.Manager["APIKey"]):
         """Create a key and return ``(api_key, plaintext)``; only the digest is stored."""
         prefix, plaintext = crypto.generate_key(conf.KEY_PREFIX)
         api_key = self.create(
-            user=user, name=name, prefix=prefix, digest=crypto.hash_key(plaintext), **fields
+            user=user,  # type: ignore[misc]  # the stubs take AUTH_USER_MODEL for the test project's User
+            name=name,
+            prefix=prefix,
+            digest=crypto.hash_key(plaintext),
+            **fields,
         )
         return api_key, plaintext
 
@@ -247,12 +253,14 @@ class LLMClientAPIKey(models.Model):
         Which case applies comes from the cache, so a public client costs no query; the
         rows themselves are never cached (they would carry the owner and the digest).
         """
-        rows = cls.objects.filter(api_key__is_active=True).select_related("api_key")
+        rows: models.QuerySet[LLMClientAPIKey] = cls.objects.filter(api_key__is_active=True).select_related(
+            "api_key"
+        )
         if llm_client is None:
             return rows
         if not cls.has_active_api_key(llm_client, invalidate=invalidate):
-            return cls.objects.none()
-        return rows.filter(llm_client=llm_client)
+            return cast("models.QuerySet[LLMClientAPIKey]", cls.objects.none())
+        return rows.filter(llm_client=llm_client)  # type: ignore[misc,no-any-return]  # swappable client model
 
 
 # --- what the cache holds -------------------------------------------------------------
@@ -349,14 +357,15 @@ def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
             "user_id": user.pk,
         },
     )
-    APIKey._meta.get_field("user").set_cached_value(api_key, user)
+    APIKey._meta.get_field("user").set_cached_value(api_key, user)  # type: ignore[union-attr]
     return api_key
 
 
 def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
     # from_db() takes the values in the order of the model's concrete fields.
     names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
-    return model.from_db(db, names, [values[name] for name in names])
+    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
+    return instance
 
 
 def client_entry(value: Any, refresh: bool = False) -> cache.Entry:

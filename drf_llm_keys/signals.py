@@ -12,9 +12,9 @@ from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models.signals import post_save, pre_delete, pre_save
 
-from . import cache
+from . import cache, get_client_model
 from .conf import conf
-from .models import APIKey, LLMClientAPIKey, client_lookup_values, get_client_model, user_cache_fields
+from .models import APIKey, LLMClientAPIKey, client_lookup_values, user_cache_fields
 
 # Attribute on a client instance holding its lookup value as it was before a save.
 _OLD_LOOKUP = "_drf_llm_keys_old_lookup"
