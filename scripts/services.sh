@@ -66,9 +66,12 @@ start_postgres() {
 }
 
 start_mariadb() {
-    # mysqlclient, the driver Django documents, has no Linux wheels: pip compiles it
-    # against these headers.
+    # mysqlclient, the driver Django documents, has no Linux wheels: pip compiles it, which
+    # takes the MariaDB client headers, a C compiler and Python's headers.
     pkg-config --exists libmariadb 2>/dev/null || apt_install libmariadb-dev pkg-config
+    command -v cc >/dev/null || apt_install gcc
+    python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+        || apt_install python3-dev
     if ! answers 127.0.0.1 3306; then
         command -v mariadbd >/dev/null || apt_install mariadb-server
         service mariadb start >/dev/null
