@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("drf_llm_keys")
 
+# Where the request's client entry is left for later steps (drf_llm_keys.throttling).
+CLIENT_ATTRIBUTE = "drf_llm_keys_client"
+
 # Compared against when the prefix is unknown, so both refusals cost one digest comparison.
 _DUMMY_DIGEST = crypto.hash_key("unknown")
 
@@ -49,6 +52,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             using=router.db_for_read(APIKey),
         )
         client = found.client
+        setattr(request, CLIENT_ATTRIBUTE, client)  # APIKeyRateThrottle needs no second lookup
         if client["id"] is None:
             return None  # unknown client: the view's 404, not ours
         if not (client["require_api_key"] or client["has_active_key"]):

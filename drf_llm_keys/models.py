@@ -300,7 +300,13 @@ def load_client_entry(value: str) -> cache.Entry:
         row = None
     if row is None:
         return {"id": None}
-    entry = {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[3:] and row[3])}
+    entry = {
+        "id": row[0],
+        "has_active_key": bool(row[1]),
+        "require_api_key": bool(row[3:] and row[3]),
+        # The stored spelling, which names the client in settings (THROTTLE_RATES).
+        "lookup": str(row[2]),
+    }
     if str(row[2]) != value:
         # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
         # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
