@@ -11,9 +11,9 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from . import cache
-from .authentication import LLMClientAPIKeyAuthentication
+from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
-from .models import APIKey
+from .models import APIKey, client_entry
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -55,17 +55,19 @@ class APIKeyRateThrottle(BaseThrottle):
         self.retry_at: float | None = None
 
     def allow_request(self, request: Request, view: APIView) -> bool:
-        client_value = self.authentication_class().get_client_lookup_value(request)
-        if client_value is None:
-            return True
+        client = self.get_client(request)
+        if client is None or client["id"] is None:
+            return True  # not an LLM client's view, or an unknown client (the view's 404)
+        # The stored spelling: "BOT" for "bot" (MariaDB collations) must not get a budget of its own.
+        lookup = str(client["lookup"])
         api_key = request.auth if isinstance(request.auth, APIKey) else None
-        limit = parse_rate(self.get_rate(client_value, keyed=api_key is not None))
+        limit = parse_rate(self.get_rate(lookup, keyed=api_key is not None))
         if limit is None:
             return True
         requests, seconds = limit
         ident = f"key:{api_key.prefix}" if api_key is not None else f"ip:{self.get_ident(request)}"
         window = int(time.time() // seconds)
-        count = self.hit(cache.throttle_name(client_value, ident, seconds, window), seconds)
+        count = self.hit(cache.throttle_name(lookup, ident, seconds, window), seconds)
         if count is None or count <= requests:
             return True
         self.retry_at = (window + 1) * seconds
@@ -73,6 +75,14 @@ class APIKeyRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return None if self.retry_at is None else max(0.0, self.retry_at - time.time())
+
+    def get_client(self, request: Request) -> cache.Entry | None:
+        """The request's client entry: the one the authenticator found, else looked up."""
+        found: cache.Entry | None = getattr(request, CLIENT_ATTRIBUTE, None)
+        if found is not None:
+            return found
+        client_value = self.authentication_class().get_client_lookup_value(request)
+        return None if client_value is None else client_entry(client_value)
 
     def get_rate(self, client_value: str, keyed: bool) -> str | None:
         rates = conf.THROTTLE_RATES

@@ -7,12 +7,16 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.shortcuts import get_object_or_404
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory, force_authenticate
 
+from drf_llm_keys import get_client_model
 from drf_llm_keys.checks import check_throttle_rates
+from drf_llm_keys.conf import conf
+from drf_llm_keys.models import LLMClientAPIKey
 from drf_llm_keys.throttling import APIKeyRateThrottle, parse_rate
 
 from .conftest import bearer
@@ -109,6 +113,38 @@ def test_views_without_a_client_are_not_throttled(settings):
     assert [view(factory.get("/whoami/")).status_code for _ in range(2)] == [200, 200]
 
 
+class ThrottledClientEcho(ThrottledEcho):
+    """Finds its client in the database, as real views do (an unknown one is a 404)."""
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        get_object_or_404(get_client_model(), **{conf.CLIENT_LOOKUP_FIELD: kwargs["llm_client"]})
+        return super().get(request, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("lookup_field", "spelling"),
+    [
+        ("pk", "0{pk}"),  # an integer field parses "01" as 1, on every database
+        ("slug", "PROTECTED-BOT"),  # MariaDB's *_ci collations match "protected-bot"
+    ],
+)
+def test_another_spelling_of_a_client_spends_the_same_budget(
+    settings, key, protected_client, lookup_field, spelling
+):
+    canonical = str(getattr(protected_client, lookup_field))
+    spelling = spelling.format(pk=protected_client.pk)
+    settings.DRF_LLM_KEYS = {
+        "CLIENT_LOOKUP_FIELD": lookup_field,
+        "THROTTLE_RATE": "100/hour",
+        "THROTTLE_RATES": {canonical: "1/hour"},
+    }
+    _, plaintext = key
+    view = ThrottledClientEcho.as_view()
+    assert view(factory.get("/", **bearer(plaintext)), llm_client=canonical).status_code == 200
+    again = view(factory.get("/", **bearer(plaintext)), llm_client=spelling)
+    assert again.status_code in (429, 404)  # 404: a database that does not match this spelling
+
+
 def test_the_budget_comes_back_in_the_next_window(settings, key):
     settings.DRF_LLM_KEYS = {"THROTTLE_RATE": "1/second"}
     _, plaintext = key
@@ -118,9 +154,11 @@ def test_the_budget_comes_back_in_the_next_window(settings, key):
     assert echo("protected-bot", **bearer(plaintext)).status_code == 200
 
 
-def test_concurrent_requests_never_overspend_the_budget(settings, key, owner):
+def test_concurrent_requests_never_overspend_the_budget(settings, key, owner, protected_client):
     settings.DRF_LLM_KEYS = {"THROTTLE_RATE": "10/hour"}
     api_key, _ = key
+    # The threads see no uncommitted rows: they find the client in the cache, warmed here.
+    assert LLMClientAPIKey.has_active_api_key(protected_client)
     threads, per_thread = 8, 5
     barrier = threading.Barrier(threads)
     allowed: list[bool] = []
