@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.utils.translation import gettext_lazy as _
 
 
@@ -11,3 +11,5 @@ class DrfLlmKeysConfig(AppConfig):
         from . import checks, signals  # noqa: F401  (checks register on import)
 
         signals.connect()
+        if apps.is_installed("drf_spectacular"):  # optional: the "spectacular" extra
+            from .contrib import spectacular  # noqa: F401  (the extension registers on import)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.db import DatabaseError, router
 from django.utils import timezone
@@ -16,7 +16,13 @@ from . import cache, crypto, signals
 from .conf import conf
 from .models import APIKey, api_key_from_entry, load_decision
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 logger = logging.getLogger("drf_llm_keys")
+
+# Where the request's client entry is left for later steps (drf_llm_keys.throttling).
+CLIENT_ATTRIBUTE = "drf_llm_keys_client"
 
 # Compared against when the prefix is unknown, so both refusals cost one digest comparison.
 _DUMMY_DIGEST = crypto.hash_key("unknown")
@@ -48,6 +54,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         db = router.db_for_read(APIKey)
         decision = cache.lookup(client_value, prefix, load_decision, using=db)
         client = decision["client"]
+        setattr(request, CLIENT_ATTRIBUTE, client)  # APIKeyRateThrottle needs no second lookup
         if client["id"] is None:
             return None  # unknown client: the view's 404, not ours
         if not (client["require_api_key"] or client["has_active_key"]):
@@ -115,12 +122,12 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             value = ""
         return self._checked(value, _("Invalid Authorization header. The key must be printable ASCII."))
 
-    def _checked(self, value: str, message: str) -> str:
+    def _checked(self, value: str, message: StrOrPromise) -> str:
         if not value or not value.isascii() or not value.isprintable() or " " in value:
             self.refuse(message)
         return value
 
-    def refuse(self, message: str) -> None:
+    def refuse(self, message: StrOrPromise) -> NoReturn:
         raise exceptions.AuthenticationFailed(message)
 
     def refused(self, request: Request, client_value: str, reason: str) -> None:

@@ -76,6 +76,13 @@ def last_used_name(prefix: str) -> str:
     return _name("u", prefix)
 
 
+def throttle_name(client_value: str, ident: str, duration: int, window: int) -> str:
+    """The request counter of one key or client IP on one client, in one throttle window."""
+    # Hashed: an IP may come from a client-sent X-Forwarded-For, of any length and charset.
+    hashed = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return _name("t", f"{_client_id(client_value)}.{hashed}.{duration}.{window}")
+
+
 def lookup(
     client_value: str, prefix: str | None, load: Loader, *, using: str, refresh: bool = False
 ) -> Entry:

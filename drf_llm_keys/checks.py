@@ -28,7 +28,7 @@ def check_cache(**kwargs: Any) -> list[CheckMessage]:
                 id="drf_llm_keys.E001",
             )
         ]
-    config = settings.CACHES[alias]
+    config: dict[str, Any] = settings.CACHES[alias]
     messages: list[CheckMessage] = []
     if config.get("BACKEND") in PER_PROCESS_BACKENDS:
         messages.append(
@@ -61,6 +61,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         for name in conf.unknown_names
     ]
     client_model = get_client_model()
+    field: Any  # a Field, or None for no such field
     try:
         field = client_model._meta.get_field(conf.CLIENT_LOOKUP_FIELD)
     except FieldDoesNotExist:
@@ -90,3 +91,23 @@ def check_authentication_order(**kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register()
+def check_throttle_rates(**kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .throttling import parse_rate
+
+    rates = {
+        "DRF_LLM_KEYS['THROTTLE_RATE']": conf.THROTTLE_RATE,
+        "DRF_LLM_KEYS['ANONYMOUS_THROTTLE_RATE']": conf.ANONYMOUS_THROTTLE_RATE,
+    }
+    rates |= {f"DRF_LLM_KEYS['THROTTLE_RATES'][{c!r}]": rate for c, rate in conf.THROTTLE_RATES.items()}
+    messages: list[CheckMessage] = []
+    for name, rate in rates.items():
+        try:
+            parse_rate(rate)
+        except ImproperlyConfigured as exc:
+            messages.append(Error(f"{name}: {exc}", id="drf_llm_keys.E004"))
+    return messages

@@ -21,6 +21,12 @@ DEFAULTS: dict[str, Any] = {
     "KEY_PREFIX": "llmk_",
     "LAST_USED_RESOLUTION": 60,
     "REALM": "api",
+    # APIKeyRateThrottle: "N/second|minute|hour|day", None for no limit. Per API key:
+    "THROTTLE_RATE": None,
+    # per client IP, for anonymous requests to public clients:
+    "ANONYMOUS_THROTTLE_RATE": None,
+    # per client lookup value, overriding both (a client is keyed or public, never both):
+    "THROTTLE_RATES": {},
 }
 
 CLIENT_MODEL_SETTING = "DRF_LLM_KEYS_CLIENT_MODEL"
@@ -91,6 +97,20 @@ class Settings:
     @property
     def REALM(self) -> str:
         return str(self._get("REALM"))
+
+    @property
+    def THROTTLE_RATE(self) -> str | None:
+        rate = self._get("THROTTLE_RATE")
+        return None if rate is None else str(rate)
+
+    @property
+    def ANONYMOUS_THROTTLE_RATE(self) -> str | None:
+        rate = self._get("ANONYMOUS_THROTTLE_RATE")
+        return None if rate is None else str(rate)
+
+    @property
+    def THROTTLE_RATES(self) -> dict[str, str | None]:
+        return {str(client): rate for client, rate in self._get("THROTTLE_RATES").items()}
 
     @property
     def CLIENT_MODEL(self) -> str:

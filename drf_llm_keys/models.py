@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -67,7 +67,9 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             cache.invalidate(self.affected_clients_of(created), using=self.db)
         return created
 
-    def bulk_update(self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any) -> int:
+    def bulk_update(  # type: ignore[override]  # fields is read twice: a Sequence, not any Iterable
+        self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any
+    ) -> int:
         objs = list(objs)
         if set(fields) <= self.cache_free_fields:
             return super().bulk_update(objs, fields, **kwargs)
@@ -145,7 +147,11 @@ class APIKeyManager(models.Manager["APIKey"]):
         """Create a key and return ``(api_key, plaintext)``; only the digest is stored."""
         prefix, plaintext = crypto.generate_key(conf.KEY_PREFIX)
         api_key = self.create(
-            user=user, name=name, prefix=prefix, digest=crypto.hash_key(plaintext), **fields
+            user=user,  # type: ignore[misc]  # the stubs take AUTH_USER_MODEL for the test project's User
+            name=name,
+            prefix=prefix,
+            digest=crypto.hash_key(plaintext),
+            **fields,
         )
         return api_key, plaintext
 
@@ -242,12 +248,14 @@ class LLMClientAPIKey(models.Model):
         Which case applies comes from the cache, so a public client costs no query; the
         rows themselves are never cached (they would carry the owner and the digest).
         """
-        rows = cls.objects.filter(api_key__is_active=True).select_related("api_key")
+        rows: models.QuerySet[LLMClientAPIKey] = cls.objects.filter(api_key__is_active=True).select_related(
+            "api_key"
+        )
         if llm_client is None:
             return rows
         if not cls.has_active_api_key(llm_client, invalidate=invalidate):
-            return cls.objects.none()
-        return rows.filter(llm_client=llm_client)
+            return cast("models.QuerySet[LLMClientAPIKey]", cls.objects.none())
+        return rows.filter(llm_client=llm_client)  # type: ignore[misc,no-any-return]  # swappable client model
 
 
 # --- what the cache holds -------------------------------------------------------------
@@ -289,7 +297,13 @@ def load_client_entry(value: str) -> cache.Entry:
         # Not cached: under a case-insensitive collation a client created later as "Bot"
         # would answer "bot" too, and its creation invalidates "Bot" only.
         return {"id": None, cache.UNCACHEABLE: True}
-    entry = {"id": row[0], "has_active_key": bool(row[1]), "require_api_key": bool(row[3:] and row[3])}
+    entry = {
+        "id": row[0],
+        "has_active_key": bool(row[1]),
+        "require_api_key": bool(row[3:] and row[3]),
+        # The stored spelling, which names the client in settings (THROTTLE_RATES).
+        "lookup": str(row[2]),
+    }
     if str(row[2]) != value:
         # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
         # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
@@ -346,13 +360,14 @@ def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
             "user_id": user.pk,
         },
     )
-    APIKey._meta.get_field("user").set_cached_value(api_key, user)
+    APIKey._meta.get_field("user").set_cached_value(api_key, user)  # type: ignore[union-attr]
     return api_key
 
 
 def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
     names = _concrete_order(model, tuple(values))
-    return model.from_db(db, names, [values[name] for name in names])
+    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
+    return instance
 
 
 @functools.lru_cache(maxsize=64)

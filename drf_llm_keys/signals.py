@@ -14,14 +14,13 @@ from django.db import models
 from django.db.models.signals import post_save, pre_delete, pre_save
 from django.dispatch import Signal
 
-from . import cache
+from . import cache, get_client_model
 from .conf import conf
 from .models import (
     APIKey,
     APIKeyQuerySet,
     LLMClientAPIKey,
     client_lookup_values,
-    get_client_model,
     user_cache_fields,
 )
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, role root, trust on
-# loopback) answer, for the test run against real servers. Starts what is installed but
+# Make sure Redis (127.0.0.1:6379), PostgreSQL (127.0.0.1:5432, role root, trust on
+# loopback) and MariaDB (127.0.0.1:3306, root without password over TCP) answer, for the
+# test runs against real servers; and that mysqlclient can be built (libmariadb-dev). Starts what is installed but
 # stopped; on Debian/Ubuntu, run as root, installs what is missing first.
 #   scripts/services.sh start     start (and install) what is missing
 #   scripts/services.sh status    exit 1 unless both answer
@@ -64,8 +65,34 @@ start_postgres() {
     fi
 }
 
+start_mariadb() {
+    # mysqlclient, the driver Django documents, has no Linux wheels: pip compiles it, which
+    # takes the MariaDB client headers, a C compiler and Python's headers.
+    pkg-config --exists libmariadb 2>/dev/null || apt_install libmariadb-dev pkg-config
+    command -v cc >/dev/null || apt_install gcc
+    python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+        || apt_install python3-dev
+    if ! answers 127.0.0.1 3306; then
+        command -v mariadbd >/dev/null || apt_install mariadb-server
+        service mariadb start >/dev/null
+        wait_for MariaDB 127.0.0.1 3306
+    fi
+    # The tests connect as root over TCP without a password; a fresh Debian install lets
+    # root in only through the unix socket.
+    command -v mariadb >/dev/null || return 0
+    if ! mariadb -h 127.0.0.1 -u root -e "select 1" >/dev/null 2>&1; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "services: MariaDB does not accept root without a password on 127.0.0.1" >&2
+            return 1
+        fi
+        mariadb -u root -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+            GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; -- drf-llm-keys tests"
+        mariadb -h 127.0.0.1 -u root -e "select 1" >/dev/null
+    fi
+}
+
 case "${1:-start}" in
-    start) start_redis; start_postgres; echo "services: Redis and PostgreSQL are up" ;;
-    status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 ;;
+    start) start_redis; start_postgres; start_mariadb; echo "services: Redis, PostgreSQL and MariaDB are up" ;;
+    status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 && answers 127.0.0.1 3306 ;;
     *) echo "usage: $0 start|status" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 to real servers (see README, "Running the tests").
 
 DRF_LLM_KEYS_TEST_DATABASE_URL  postgres://USER@HOST:PORT/NAME   (PostgreSQL)
+                                mysql://USER@HOST:PORT/NAME      (MariaDB or MySQL, mysqlclient)
 DRF_LLM_KEYS_TEST_REDIS_URL     redis://HOST:PORT/DB               (django-redis)
 """
 
@@ -22,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "rest_framework",
+    "drf_spectacular",  # the schema test (tests/test_schema.py)
     "drf_llm_keys",
 ]
 MIDDLEWARE = [
@@ -48,11 +50,12 @@ TEMPLATES = [
 database_url = os.environ.get("DRF_LLM_KEYS_TEST_DATABASE_URL")
 if database_url:
     url = urlsplit(database_url)
-    if url.scheme not in ("postgres", "postgresql"):
+    engines = {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+    if url.scheme not in engines:
         raise RuntimeError(f"Unsupported DRF_LLM_KEYS_TEST_DATABASE_URL scheme {url.scheme!r}")
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": f"django.db.backends.{engines[url.scheme]}",
             "NAME": url.path.lstrip("/") or "test",
             "USER": url.username or "",
             "PASSWORD": url.password or "",
@@ -60,6 +63,9 @@ if database_url:
             "PORT": str(url.port or ""),
         }
     }
+    if engines[url.scheme] == "mysql":  # MariaDB through mysqlclient, the driver Django documents
+        DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
+        DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 else:
     # A file, not :memory:, so that a second process can open the same test database.
     DATABASES = {
@@ -97,6 +103,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
 # The local-memory cache is the point of the default run; the warning is for projects.

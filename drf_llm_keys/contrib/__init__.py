@@ -1,0 +1,1 @@
+"""Integrations with optional packages; each module imports its package at the top."""
