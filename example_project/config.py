@@ -12,24 +12,25 @@ FILE_CACHE_MAX_ENTRIES = 10_000
 
 
 def database_from_url(url: str) -> dict[str, Any]:
-    """``postgres://USER:PASSWORD@HOST:PORT/NAME`` or ``sqlite:///relative/path``,
-    ``sqlite:////absolute/path``."""
+    """``postgres://USER:PASSWORD@HOST:PORT/NAME``, ``mysql://...`` (MariaDB, MySQL), or
+    ``sqlite:///relative/path``, ``sqlite:////absolute/path``."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         name = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if not name:
             raise ValueError(f"DATABASE_URL {url!r} names no SQLite file")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
-    if parts.scheme in ("postgres", "postgresql"):
+    engines = {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql"}
+    if parts.scheme in engines:
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": f"django.db.backends.{engines[parts.scheme]}",
             "NAME": unquote(parts.path.lstrip("/")),
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
         }
-    raise ValueError(f"DATABASE_URL {url!r}: use postgres://... or sqlite:///...")
+    raise ValueError(f"DATABASE_URL {url!r}: use postgres://..., mysql://... or sqlite:///...")
 
 
 def cache_settings(redis_url: str | None, cache_dir: Path) -> dict[str, Any]:

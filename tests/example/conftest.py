@@ -24,12 +24,13 @@ def database_url() -> str:
     settings = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{Path(settings['NAME']).resolve()}"
-    if connection.vendor == "postgresql":
+    if connection.vendor in ("postgresql", "mysql"):
+        scheme = "postgres" if connection.vendor == "postgresql" else "mysql"
         credentials = quote(settings["USER"] or "", safe="")
         if settings["PASSWORD"]:
             credentials += ":" + quote(settings["PASSWORD"], safe="")
-        host = f"{credentials}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}"
-        return f"postgres://{host}/{settings['NAME']}"
+        port = settings["PORT"] or (5432 if scheme == "postgres" else 3306)
+        return f"{scheme}://{credentials}@{settings['HOST'] or '127.0.0.1'}:{port}/{settings['NAME']}"
     raise RuntimeError(f"The example does not run on {connection.vendor}")
 
 

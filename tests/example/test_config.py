@@ -35,7 +35,11 @@ def test_postgres_url():
     }
 
 
-@pytest.mark.parametrize("url", ["mysql://root@localhost/x", "sqlite://", "nonsense"])
+def test_mysql_url_selects_mariadb_or_mysql():
+    assert database_from_url("mysql://root@127.0.0.1:3306/llm")["ENGINE"] == "django.db.backends.mysql"
+
+
+@pytest.mark.parametrize("url", ["oracle://root@localhost/x", "sqlite://", "nonsense"])
 def test_other_database_urls_are_refused(url):
     with pytest.raises(ValueError, match="DATABASE_URL"):
         database_from_url(url)
