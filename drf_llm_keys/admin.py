@@ -9,8 +9,7 @@ and only revoked keys can be deleted (deleting an active key would bypass it as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -29,11 +28,27 @@ from . import get_client_model, keys
 from .conf import conf
 from .models import APIKey, LLMClient, LLMClientAPIKey
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+    # Generic in the stubs only: without django_stubs_ext.monkeypatch() these classes cannot
+    # be subscripted at runtime, so the typed bases exist for the type checker alone.
+    _APIKeyAddFormBase = forms.ModelForm[APIKey]
+    _APIKeyAdminBase = admin.ModelAdmin[APIKey]
+    # The parent is the client model, which may be swapped: any model.
+    _APIKeyLinkInlineBase = admin.TabularInline[LLMClientAPIKey, models.Model]
+    _LLMClientAdminBase = admin.ModelAdmin[models.Model]
+else:
+    _APIKeyAddFormBase = forms.ModelForm
+    _APIKeyAdminBase = admin.ModelAdmin
+    _APIKeyLinkInlineBase = admin.TabularInline
+    _LLMClientAdminBase = admin.ModelAdmin
+
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
 
 
-class APIKeyAddForm(forms.ModelForm):
+class APIKeyAddForm(_APIKeyAddFormBase):
     llm_clients = forms.ModelMultipleChoiceField(queryset=LLMClient.objects.none(), label=_("LLM clients"))
 
     class Meta:
@@ -42,11 +57,13 @@ class APIKeyAddForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["llm_clients"].queryset = get_client_model()._default_manager.all()
+        llm_clients = cast("forms.ModelMultipleChoiceField[models.Model]", self.fields["llm_clients"])
+        llm_clients.queryset = get_client_model()._default_manager.all()
         self.fields["user"].required = True
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        # A model form's clean() returns its cleaned_data, never None.
+        data = cast("dict[str, Any]", super().clean())
         if not self.errors:
             try:
                 keys.check_new_key(user=data["user"], name=data["name"], expires_at=data.get("expires_at"))
@@ -77,14 +94,14 @@ class RevokeForm(forms.Form):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(_APIKeyAdminBase):
     list_display = ("prefix", "name", "user", "client_list", "is_active", "expires_at", "last_used_at")
     list_filter = ("is_active",)
     list_select_related = ("user",)
     ordering = ("-created_at",)
     actions = ("rotate_keys", "revoke_keys")
-    readonly_fields = ("prefix", "is_active", "client_list", "last_used_at", "created_at", "updated_at")
-    fields = (
+    readonly_fields: ClassVar[tuple[str, ...]] = ("prefix", "is_active", "client_list", "last_used_at", "created_at", "updated_at")
+    fields: ClassVar[tuple[str, ...]] = (
         "prefix",
         "name",
         "user",
@@ -98,7 +115,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     )
     raw_id_fields = ("user",)
 
-    def get_search_fields(self, request: HttpRequest) -> Sequence[str]:
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
         return (
             "prefix",
             "name",
@@ -107,7 +124,8 @@ class APIKeyAdmin(admin.ModelAdmin):
         )
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet[APIKey]:
-        return super().get_queryset(request).prefetch_related("client_links__llm_client")
+        queryset: models.QuerySet[APIKey] = super().get_queryset(request).prefetch_related("client_links__llm_client")
+        return queryset
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
@@ -123,15 +141,17 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     # --- adding: one-time plaintext ----------------------------------------------------
 
-    def get_form(self, request: HttpRequest, obj: APIKey | None = None, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: APIKey | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[APIKey]]:
         if obj is None:
             kwargs["form"] = APIKeyAddForm
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change=change, **kwargs)
 
-    def get_fields(self, request: HttpRequest, obj: APIKey | None = None) -> Sequence[str]:
+    def get_fields(self, request: HttpRequest, obj: APIKey | None = None) -> tuple[str, ...]:
         return APIKeyAddForm.Meta.fields if obj is None else self.fields
 
-    def get_readonly_fields(self, request: HttpRequest, obj: APIKey | None = None) -> Sequence[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: APIKey | None = None) -> tuple[str, ...]:
         return () if obj is None else self.readonly_fields
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
@@ -141,7 +161,7 @@ class APIKeyAdmin(admin.ModelAdmin):
             initial["llm_clients"] = str(initial["llm_clients"]).split(",")
         return initial
 
-    def save_model(self, request: HttpRequest, obj: APIKey, form: forms.ModelForm, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: APIKey, form: forms.ModelForm[APIKey], change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -166,7 +186,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         return self.plaintext_response(request, _("API key created"), new_keys)
 
     def plaintext_response(
-        self, request: HttpRequest, title: str, new_keys: list[tuple[APIKey, str]]
+        self, request: HttpRequest, title: StrOrPromise, new_keys: list[tuple[APIKey, str]]
     ) -> HttpResponse:
         context = {
             **self.admin_site.each_context(request),
@@ -219,7 +239,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         queryset: models.QuerySet[APIKey],
         form: forms.Form,
         action: str,
-        title: str,
+        title: StrOrPromise,
     ) -> HttpResponse:
         selected = list(queryset)
         context = {
@@ -239,7 +259,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         return [keys.lookup_value(c) for c in keys.clients_left_public(api_key)]
 
 
-class APIKeyLinkInline(admin.TabularInline):
+class APIKeyLinkInline(_APIKeyLinkInlineBase):
     """The client's keys, read-only: keys are created, rotated and revoked on their own page."""
 
     model = LLMClientAPIKey
@@ -252,7 +272,8 @@ class APIKeyLinkInline(admin.TabularInline):
     verbose_name_plural = _("API keys")
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet[LLMClientAPIKey]:
-        return super().get_queryset(request).select_related("api_key__user")
+        queryset: models.QuerySet[LLMClientAPIKey] = super().get_queryset(request).select_related("api_key__user")
+        return queryset
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -283,7 +304,7 @@ class APIKeyLinkInline(admin.TabularInline):
         return display_for_value(link.api_key.last_used_at, self.get_empty_value_display())
 
 
-class LLMClientAdmin(admin.ModelAdmin):
+class LLMClientAdmin(_LLMClientAdminBase):
     """Usable for a swapped client model too: ``admin.site.register(MyClient, LLMClientAdmin)``."""
 
     list_display = ("name", "slug", "owner", "require_api_key", "add_key")

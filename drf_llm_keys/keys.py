@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import models, router, transaction
@@ -101,17 +101,22 @@ def lookup_value(llm_client: models.Model) -> str:
 
 
 def clients_of(api_key: APIKey) -> models.QuerySet[Any]:
-    return get_client_model()._default_manager.filter(api_key_links__api_key=api_key)
+    clients: models.QuerySet[Any] = get_client_model()._default_manager.filter(api_key_links__api_key=api_key)
+    return clients
 
 
 def active_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     """Keys that keep the client protected: not revoked (expired ones included)."""
-    return APIKey.objects.filter(is_active=True, client_links__llm_client=llm_client)
+    keys: models.QuerySet[APIKey] = APIKey.objects.filter(is_active=True, client_links__llm_client=llm_client)
+    return keys
 
 
 def working_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     """Active keys that have not expired yet."""
-    return active_keys(llm_client).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+    keys: models.QuerySet[APIKey] = active_keys(llm_client).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    )
+    return keys
 
 
 def clients_left_public(api_key: APIKey, clients: Sequence[models.Model] | None = None) -> list[models.Model]:
@@ -282,7 +287,7 @@ def check_new_key(*, user: Any, name: str, expires_at: datetime | None) -> None:
     """Refuse a key that could never work; the admin's form runs the same checks."""
     if user is None or not getattr(user, "is_active", True):
         raise KeyLifecycleError("The key's owner must be an active user: keys of inactive users are refused.")
-    limit = APIKey._meta.get_field("name").max_length or 0
+    limit = cast("models.CharField[Any, Any]", APIKey._meta.get_field("name")).max_length or 0
     if not name.strip() or len(name) > limit:
         raise KeyLifecycleError(f"The key needs a name of 1 to {limit} characters.")
     _check_expiry(expires_at)
