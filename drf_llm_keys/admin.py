@@ -100,7 +100,14 @@ class APIKeyAdmin(_APIKeyAdminBase):
     list_select_related = ("user",)
     ordering = ("-created_at",)
     actions = ("rotate_keys", "revoke_keys")
-    readonly_fields: ClassVar[tuple[str, ...]] = ("prefix", "is_active", "client_list", "last_used_at", "created_at", "updated_at")
+    readonly_fields: ClassVar[tuple[str, ...]] = (
+        "prefix",
+        "is_active",
+        "client_list",
+        "last_used_at",
+        "created_at",
+        "updated_at",
+    )
     fields: ClassVar[tuple[str, ...]] = (
         "prefix",
         "name",
@@ -124,7 +131,9 @@ class APIKeyAdmin(_APIKeyAdminBase):
         )
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet[APIKey]:
-        queryset: models.QuerySet[APIKey] = super().get_queryset(request).prefetch_related("client_links__llm_client")
+        queryset: models.QuerySet[APIKey] = (
+            super().get_queryset(request).prefetch_related("client_links__llm_client")
+        )
         return queryset
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
@@ -161,7 +170,9 @@ class APIKeyAdmin(_APIKeyAdminBase):
             initial["llm_clients"] = str(initial["llm_clients"]).split(",")
         return initial
 
-    def save_model(self, request: HttpRequest, obj: APIKey, form: forms.ModelForm[APIKey], change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: APIKey, form: forms.ModelForm[APIKey], change: bool
+    ) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -272,7 +283,9 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
     verbose_name_plural = _("API keys")
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet[LLMClientAPIKey]:
-        queryset: models.QuerySet[LLMClientAPIKey] = super().get_queryset(request).select_related("api_key__user")
+        queryset: models.QuerySet[LLMClientAPIKey] = (
+            super().get_queryset(request).select_related("api_key__user")
+        )
         return queryset
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

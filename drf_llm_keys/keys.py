@@ -107,16 +107,18 @@ def clients_of(api_key: APIKey) -> models.QuerySet[Any]:
 
 def active_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     """Keys that keep the client protected: not revoked (expired ones included)."""
-    keys: models.QuerySet[APIKey] = APIKey.objects.filter(is_active=True, client_links__llm_client=llm_client)
-    return keys
+    active: models.QuerySet[APIKey] = APIKey.objects.filter(
+        is_active=True, client_links__llm_client=llm_client
+    )
+    return active
 
 
 def working_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     """Active keys that have not expired yet."""
-    keys: models.QuerySet[APIKey] = active_keys(llm_client).filter(
+    working: models.QuerySet[APIKey] = active_keys(llm_client).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
     )
-    return keys
+    return working
 
 
 def clients_left_public(api_key: APIKey, clients: Sequence[models.Model] | None = None) -> list[models.Model]:

@@ -8,8 +8,9 @@ JSON document to stdout instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -22,6 +23,8 @@ from drf_llm_keys.conf import conf
 from drf_llm_keys.models import APIKey
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
+
+ParsedT = TypeVar("ParsedT")
 
 
 class Command(BaseCommand):
@@ -158,7 +161,10 @@ class Command(BaseCommand):
 
     def find_client(self, value: str) -> models.Model | None:
         try:
-            return get_client_model()._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value}).first()
+            found: models.Model | None = (
+                get_client_model()._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value}).first()
+            )
+            return found
         except (ValueError, TypeError, ValidationError):  # a value the lookup field cannot hold
             return None
 
@@ -170,7 +176,7 @@ class Command(BaseCommand):
             raise CommandError(f"No user {username!r}.") from None
 
     def get_key(self, prefix: str) -> APIKey:
-        api_key = APIKey.objects.filter(prefix=prefix).first()
+        api_key: APIKey | None = APIKey.objects.filter(prefix=prefix).first()
         if api_key is None:
             raise CommandError(f"No API key with prefix {prefix!r}.")
         return api_key
@@ -194,7 +200,7 @@ class Command(BaseCommand):
             return self.parse(keys.parse_expiry, options["expires_at"])
         return None
 
-    def parse(self, parser: Any, text: str) -> Any:
+    def parse(self, parser: Callable[[str], ParsedT], text: str) -> ParsedT:
         try:
             return parser(text)
         except ValueError as exc:
