@@ -9,5 +9,8 @@ class DrfLlmKeysConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, signals  # noqa: F401  (checks register on import)
+        from .conf import install_settings_default
+
+        install_settings_default()
 
         signals.connect()

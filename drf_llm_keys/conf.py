@@ -33,6 +33,17 @@ def install_client_model_default() -> None:
         setattr(settings, CLIENT_MODEL_SETTING, DEFAULT_CLIENT_MODEL)
 
 
+def install_settings_default() -> None:
+    """Give ``DRF_LLM_KEYS`` an empty default when the project sets none.
+
+    Django's ``settings`` remembers the names it finds, not the ones it misses: without a
+    default, each read below raised and caught an AttributeError inside ``LazySettings``
+    (about 1 µs, a dozen reads per request). ``override_settings`` still replaces it.
+    """
+    if not hasattr(settings, "DRF_LLM_KEYS"):
+        settings.DRF_LLM_KEYS = {}
+
+
 class Settings:
     def _get(self, name: str) -> Any:
         return getattr(settings, "DRF_LLM_KEYS", {}).get(name, DEFAULTS[name])
