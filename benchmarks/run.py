@@ -12,7 +12,8 @@ import hashlib
 import os
 import platform
 import time
-from collections.abc import Sequence
+import timeit
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import django
@@ -22,13 +23,18 @@ django.setup()
 
 from django.core.cache import cache  # noqa: E402
 from django.db import connection  # noqa: E402
+from django.test import RequestFactory  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
+from rest_framework.request import Request  # noqa: E402
 
 from drf_llm_keys import cache as llm_cache  # noqa: E402
+from drf_llm_keys import crypto  # noqa: E402
+from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E402
+from drf_llm_keys.models import api_key_from_entry, load_client_entry, load_key_entry  # noqa: E402
 
 from . import seed, server  # noqa: E402
 from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
-from .views import floor_cache_name  # noqa: E402
+from .views import FloorAuthentication, floor_cache_name  # noqa: E402
 
 NONE = "none (unauthenticated view)"
 FLOOR = "floor: SHA-256 + one cache GET"
@@ -137,6 +143,51 @@ def floor_by_itself(creds: seed.Credentials, repeat: int = 3000) -> float:
         cache.get(floor_cache_name(hashlib.sha256(raw).hexdigest()))
         samples.append((time.perf_counter_ns() - started) / 1000)
     return median(samples)
+
+
+def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
+    """Where a warm decision's time goes, step by step, against the floor's two steps.
+
+    Each step runs back to back (best of 5 x ``number``), so a cache round trip costs less
+    here than between requests; the point is the split of the package's own work.
+    """
+    factory = RequestFactory()
+    request = Request(
+        factory.get("/", HTTP_AUTHORIZATION=f"Bearer {creds.ours}"),
+        parser_context={"kwargs": {"llm_client": seed.PROTECTED}, "view": None},
+    )
+    floor_request = Request(factory.get("/", HTTP_AUTHORIZATION=f"Floor {creds.floor}"))
+    ours, floor = LLMClientAPIKeyAuthentication(), FloorAuthentication()
+    found = llm_cache.lookup(
+        seed.PROTECTED, creds.ours_prefix, load_client_entry, load_key_entry, using="default"
+    )
+    digest = found.key["digest"] if found.key else ""
+    names = [
+        *llm_cache.client_names(seed.PROTECTED),
+        *llm_cache.key_names(creds.ours_prefix),
+        llm_cache.last_used_name(creds.ours_prefix),
+    ]
+    floor_name = floor_cache_name(crypto.hash_key(creds.floor))
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("drf-llm-keys authenticate(), warm", lambda: ours.authenticate(request)),
+        ("  parse: client, credentials, key format", lambda: (
+            ours.get_client_lookup_value(request), crypto.split_key(ours.get_credentials(request) or "")
+        )),
+        ("  cache key names (5)", lambda: names and [
+            *llm_cache.client_names(seed.PROTECTED),
+            *llm_cache.key_names(creds.ours_prefix),
+            llm_cache.last_used_name(creds.ours_prefix),
+        ]),
+        ("  cache get_many (5 names, 1 round trip)", lambda: cache.get_many(names)),
+        ("  digest check (SHA-256, constant time)", lambda: crypto.key_matches(creds.ours, digest)),
+        ("  owner and key objects from the entry", lambda: api_key_from_entry(found.key, "default")),
+        ("floor authenticate()", lambda: floor.authenticate(floor_request)),
+        ("  cache get (1 name, 1 round trip)", lambda: cache.get(floor_name)),
+    ]  # fmt: skip
+    print("\nWhere the warm time goes (back to back, best of 5, µs per call):")
+    for label, step in steps:
+        best = min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
+        print(f"  {label:<44}{best:>8.1f}")
 
 
 # --- scale ----------------------------------------------------------------------------
@@ -256,6 +307,7 @@ def main() -> None:
         driver = Driver()
         run_main(driver, creds, args.rounds, args.per_round)
         print(f"Floor by itself, outside a request: {floor_by_itself(creds):.1f} µs")
+        breakdown(creds)
         scales = [int(s) for s in args.scales.split(",") if s]
         if scales:
             run_scale(driver, scales, max(args.rounds // 4, 2), args.per_round, args.sample)
