@@ -7,6 +7,7 @@ Both cache backends count their round trips (see ``benchmarks.counting``).
 """
 
 import os
+import tempfile
 from urllib.parse import urlsplit
 
 SECRET_KEY = "drf-llm-keys-benchmarks-only"
@@ -29,7 +30,8 @@ INSTALLED_APPS = [
 # Nothing between the server and the view: the differences are the authentication alone.
 MIDDLEWARE: list[str] = []
 
-database_url = urlsplit(os.environ.get("DRF_LLM_KEYS_BENCH_DATABASE_URL", "sqlite:///bench.sqlite3"))
+default_database = "sqlite:///" + os.path.join(tempfile.gettempdir(), "drf-llm-keys-bench.sqlite3")
+database_url = urlsplit(os.environ.get("DRF_LLM_KEYS_BENCH_DATABASE_URL", default_database))
 if database_url.scheme in ("postgres", "postgresql"):
     DATABASES = {
         "default": {
