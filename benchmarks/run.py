@@ -1,0 +1,334 @@
+"""One configuration (one database, one cache) from start to end; ``__main__`` starts one
+process per configuration, with the environment ``settings`` reads.
+
+    python -m benchmarks.run [options]   (normally through ``python -m benchmarks``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import platform
+import time
+import timeit
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+django.setup()
+
+from django.core.cache import cache  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import RequestFactory  # noqa: E402
+from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
+from rest_framework.request import Request  # noqa: E402
+
+from drf_llm_keys import cache as llm_cache  # noqa: E402
+from drf_llm_keys import crypto  # noqa: E402
+from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E402
+from drf_llm_keys.models import api_key_from_entry, load_client_entry, load_key_entry  # noqa: E402
+
+from . import seed, server  # noqa: E402
+from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
+from .views import FloorAuthentication, floor_cache_name  # noqa: E402
+
+NONE = "none (unauthenticated view)"
+FLOOR = "floor: SHA-256 + one cache GET"
+WARM = "drf-llm-keys, warm"
+PUBLIC = "drf-llm-keys, public client"
+COLD = "drf-llm-keys, cold (invalidated)"
+EMPTY = "drf-llm-keys, cold (empty cache)"
+DRF_TOKEN = "DRF TokenAuthentication"
+KNOX = "django-rest-knox"
+API_KEY = "djangorestframework-api-key"
+PEERS = (DRF_TOKEN, KNOX, API_KEY)
+
+
+def invalidate(slug: str, prefix: str) -> None:
+    """What a revocation or any other write does: new generations for the client and key."""
+    llm_cache.publish(llm_cache.generation_names(llm_cache.Stale.of(clients=[slug], keys=[prefix])))
+
+
+def evict(slug: str, prefix: str) -> None:
+    """An empty cache for this client and key (the last-used marker stays: no UPDATE)."""
+    cache.delete_many([*llm_cache.client_names(slug), *llm_cache.key_names(prefix)])
+
+
+def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
+    ours = environ(f"/ours/{seed.PROTECTED}/", f"Bearer {creds.ours}")
+    return [
+        Endpoint(NONE, [environ("/none/")]),
+        Endpoint(FLOOR, [environ("/floor/", f"Floor {creds.floor}")]),
+        Endpoint(WARM, [ours]),
+        Endpoint(PUBLIC, [environ(f"/ours/{seed.PUBLIC}/")]),
+        Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED, creds.ours_prefix)),
+        Endpoint(EMPTY, [ours], prepare=lambda i: evict(seed.PROTECTED, creds.ours_prefix)),
+        Endpoint(DRF_TOKEN, [environ("/drf-token/", f"Token {creds.drf_token}")]),
+        Endpoint(KNOX, [environ("/knox/", f"Token {creds.knox}")]),
+        Endpoint(API_KEY, [environ("/api-key/", f"Api-Key {creds.api_key}")]),
+    ]
+
+
+def run_main(driver: Driver, creds: seed.Credentials, rounds: int, per_round: int) -> dict[str, float]:
+    endpoints = main_endpoints(creds)
+    counts = {}
+    for endpoint in endpoints:
+        census(driver, endpoint, 50)  # warm-up: imports, connections, caches
+        counts[endpoint.label] = census(driver, endpoint, 100)
+    measure(driver, endpoints, rounds, per_round)
+    medians = {e.label: median(e.samples) for e in endpoints}
+    base = medians[NONE]
+    ours = medians[WARM] - base
+    print(
+        f"\nIn-process WSGI, trivial DRF view: {rounds} interleaved rounds x {per_round} requests "
+        "per endpoint (µs per request)"
+    )
+    print(
+        f"{'endpoint':<38}{'median':>8}{'p90':>8}{'added':>8}{'x ours':>8}{'SQL/req':>9}{'cache RT/req':>14}"
+    )
+    for endpoint in endpoints:
+        label = endpoint.label
+        added = medians[label] - base
+        ratio = f"{added / ours:.2f}" if label != NONE and ours > 0 else "-"
+        count: Census = counts[label]
+        print(
+            f"{label:<38}{medians[label]:>8.0f}{percentile(endpoint.samples, 0.9):>8.0f}"
+            f"{'-' if label == NONE else format(added, '.0f'):>8}{ratio:>8}"
+            f"{count.queries:>9.2f}{count.round_trips:>14.2f}"
+        )
+    report_targets(medians, counts)
+    return medians
+
+
+def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None:
+    base = medians[NONE]
+    ours = medians[WARM] - base
+    floor = medians[FLOOR] - base
+    fastest = min(PEERS, key=lambda label: medians[label])
+    peer = medians[fastest] - base
+    checks = [
+        ("0 SQL on a warm request", f"{counts[WARM].queries:.2f}", counts[WARM].queries == 0),
+        (
+            "at most 1 cache round trip (warm)",
+            f"{counts[WARM].round_trips:.2f}",
+            counts[WARM].round_trips <= 1,
+        ),
+        ("at most 2 SQL on a cold request", f"{counts[COLD].queries:.2f}", counts[COLD].queries <= 2),
+        (
+            "added within 1.5x of the floor's",
+            f"{ours / floor:.2f}x" if floor > 0 else "n/a",
+            ours <= 1.5 * floor,
+        ),
+        (
+            f"4x below the fastest peer ({fastest})",
+            f"{peer / ours:.1f}x below" if ours > 0 else "n/a",
+            peer >= 4 * ours,
+        ),
+    ]
+    print("Targets (DESIGN.md; set for PostgreSQL + Redis):")
+    for name, figure, met in checks:
+        print(f"  {'met   ' if met else 'MISSED'}  {name}: {figure}")
+    if floor > 0:
+        print(
+            f"  (the floor itself is {peer / floor:.1f}x below the fastest peer; "
+            f"ours adds {ours - floor:.0f} µs to the floor)"
+        )
+
+
+def floor_by_itself(creds: seed.Credentials, repeat: int = 3000) -> float:
+    """The floor outside any request: SHA-256 of the key and one cache GET."""
+    raw = creds.floor.encode()
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter_ns()
+        cache.get(floor_cache_name(hashlib.sha256(raw).hexdigest()))
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    return median(samples)
+
+
+def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
+    """Where a warm decision's time goes, step by step, against the floor's two steps.
+
+    Each step runs back to back (best of 5 x ``number``), so a cache round trip costs less
+    here than between requests; the point is the split of the package's own work.
+    """
+    factory = RequestFactory()
+    request = Request(
+        factory.get("/", HTTP_AUTHORIZATION=f"Bearer {creds.ours}"),
+        parser_context={"kwargs": {"llm_client": seed.PROTECTED}, "view": None},
+    )
+    floor_request = Request(factory.get("/", HTTP_AUTHORIZATION=f"Floor {creds.floor}"))
+    ours, floor = LLMClientAPIKeyAuthentication(), FloorAuthentication()
+    found = llm_cache.lookup(
+        seed.PROTECTED, creds.ours_prefix, load_client_entry, load_key_entry, using="default"
+    )
+    digest = found.key["digest"] if found.key else ""
+    names = [
+        *llm_cache.client_names(seed.PROTECTED),
+        *llm_cache.key_names(creds.ours_prefix),
+        llm_cache.last_used_name(creds.ours_prefix),
+    ]
+    floor_name = floor_cache_name(crypto.hash_key(creds.floor))
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("drf-llm-keys authenticate(), warm", lambda: ours.authenticate(request)),
+        ("  parse: client, credentials, key format", lambda: (
+            ours.get_client_lookup_value(request), crypto.split_key(ours.get_credentials(request) or "")
+        )),
+        ("  cache key names (5)", lambda: names and [
+            *llm_cache.client_names(seed.PROTECTED),
+            *llm_cache.key_names(creds.ours_prefix),
+            llm_cache.last_used_name(creds.ours_prefix),
+        ]),
+        ("  cache get_many (5 names, 1 round trip)", lambda: cache.get_many(names)),
+        ("  digest check (SHA-256, constant time)", lambda: crypto.key_matches(creds.ours, digest)),
+        ("  owner and key objects from the entry", lambda: api_key_from_entry(found.key, "default")),
+        ("floor authenticate()", lambda: floor.authenticate(floor_request)),
+        ("  cache get (1 name, 1 round trip)", lambda: cache.get(floor_name)),
+    ]  # fmt: skip
+    print("\nWhere the warm time goes (back to back, best of 5, µs per call):")
+    for label, step in steps:
+        best = min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
+        print(f"  {label:<44}{best:>8.1f}")
+
+
+# --- scale ----------------------------------------------------------------------------
+
+
+def run_scale(driver: Driver, scales: Sequence[int], rounds: int, per_round: int, sample_size: int) -> None:
+    print(
+        f"\nScale: keys and clients in the database (one key per client); warm and cold requests "
+        f"rotate over {sample_size} of them, spread across the table; µs per request"
+    )
+    print(
+        f"{'keys':>10}{'seed s':>8}{'none':>8}{'warm':>8}{'added':>8}{'SQL/req':>9}{'RT/req':>8}"
+        f"{'cold':>8}{'added':>8}{'SQL/req':>9}"
+    )
+    for scale in scales:
+        started = time.perf_counter()
+        seed.seed_scale(scale)
+        seeded = time.perf_counter() - started
+        indices = sorted(
+            {round(i * (scale - 1) / max(sample_size - 1, 1)) for i in range(min(sample_size, scale))}
+        )
+        pairs = [(seed.scale_slug(i), seed.scale_plaintext(i)) for i in indices]
+        requests = [environ(f"/ours/{slug}/", f"Bearer {plaintext}") for slug, plaintext in pairs]
+
+        def cold(i: int, pairs: list[tuple[str, str]] = pairs) -> None:
+            slug, plaintext = pairs[i % len(pairs)]
+            invalidate(slug, plaintext.partition(".")[0])
+
+        none = Endpoint(NONE, [environ("/none/")])
+        warm = Endpoint(WARM, requests)
+        cold_endpoint = Endpoint(COLD, requests, prepare=cold)
+        census(driver, none, 50)
+        census(driver, warm, len(requests))  # fills the cache for the whole sample
+        warm_count = census(driver, warm, len(requests))
+        cold_count = census(driver, cold_endpoint, len(requests))
+        measure(driver, [none, warm, cold_endpoint], rounds, per_round)
+        base, hot, chilled = (median(e.samples) for e in (none, warm, cold_endpoint))
+        print(
+            f"{scale:>10,}{seeded:>8.1f}{base:>8.0f}{hot:>8.0f}{hot - base:>8.0f}{warm_count.queries:>9.2f}"
+            f"{warm_count.round_trips:>8.2f}{chilled:>8.0f}{chilled - base:>8.0f}{cold_count.queries:>9.2f}"
+        )
+    slug, plaintext = pairs[0]
+    report_cache_bytes(slug, plaintext.partition(".")[0])
+
+
+def report_cache_bytes(slug: str, prefix: str) -> None:
+    key_names = [*llm_cache.key_names(prefix), llm_cache.last_used_name(prefix)]
+    client_names = list(llm_cache.client_names(slug))
+    key_bytes, client_bytes = _cache_bytes(key_names), _cache_bytes(client_names)
+    how = (
+        "Redis MEMORY USAGE, key names included"
+        if hasattr(cache, "client")
+        else "pickled values plus key names, without the dict's own overhead"
+    )
+    print(
+        f"Cache bytes ({how}): per API key {key_bytes} (entry, generation, last-used marker), "
+        f"per client {client_bytes} (entry, generation); a key and its client {key_bytes + client_bytes}"
+    )
+
+
+def _cache_bytes(names: Sequence[str]) -> int:
+    total = 0
+    for name in names:
+        full = cache.make_key(name)
+        if hasattr(cache, "client"):  # django-redis
+            total += cache.client.get_client(write=False).memory_usage(full) or 0
+        else:
+            stored: Any = cache._cache.get(full)  # type: ignore[attr-defined]
+            total += len(full) + (len(stored) if stored is not None else 0)
+    return total
+
+
+def describe() -> str:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            database = f"PostgreSQL {cursor.fetchone()[0]}"
+    else:
+        database = f"SQLite {connection.Database.sqlite_version} (file)"
+    if hasattr(cache, "client"):
+        info: dict[str, Any] = cache.client.get_client(write=False).info("server")
+        parser = "hiredis" if HIREDIS_AVAILABLE else "pure-Python parser"
+        backend = f"Redis {info.get('redis_version')} via django-redis ({parser})"
+    else:
+        backend = "local-memory cache"
+    return f"{database} + {backend}; Python {platform.python_version()}, Django {django.get_version()}"
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        names = (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        model = next(names, model)
+    load = ", ".join(f"{figure:.2f}" for figure in os.getloadavg())
+    return f"{os.cpu_count()} CPUs ({model}), load average {load}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=100)
+    parser.add_argument("--scales", default="10,10000")
+    parser.add_argument("--sample", type=int, default=100)
+    parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--server-rounds", type=int, default=3)
+    parser.add_argument("--server-seconds", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    print(f"=== {describe()} ===")
+    print(f"Machine: {machine()}")
+    seed.reset_database()
+    seed.reset_cache()
+    try:
+        creds = seed.create_credentials()
+        driver = Driver()
+        run_main(driver, creds, args.rounds, args.per_round)
+        print(f"Floor by itself, outside a request: {floor_by_itself(creds):.1f} µs")
+        breakdown(creds)
+        scales = [int(s) for s in args.scales.split(",") if s]
+        if scales:
+            run_scale(driver, scales, max(args.rounds // 4, 2), args.per_round, args.sample)
+        if not args.no_server:
+            connection.close()  # the workers open their own
+            server.run(
+                creds,
+                workers=args.workers,
+                concurrency=args.concurrency,
+                rounds=args.server_rounds,
+                seconds=args.server_seconds,
+            )
+    finally:
+        seed.reset_cache()
+    print(f"\nMachine at the end: {machine()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Django settings for the benchmarks, driven by environment variables set by ``__main__``.
+
+DRF_LLM_KEYS_BENCH_DATABASE_URL  postgres://USER@HOST:PORT/NAME or sqlite:///ABSOLUTE/PATH
+DRF_LLM_KEYS_BENCH_REDIS_URL     redis://HOST:PORT/DB (unset: the local-memory cache)
+
+Both cache backends count their round trips (see ``benchmarks.counting``).
+"""
+
+import os
+import tempfile
+from urllib.parse import urlsplit
+
+SECRET_KEY = "drf-llm-keys-benchmarks-only"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+ROOT_URLCONF = "benchmarks.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "knox",
+    "rest_framework_api_key",
+    "drf_llm_keys",
+]
+# Nothing between the server and the view: the differences are the authentication alone.
+MIDDLEWARE: list[str] = []
+
+default_database = "sqlite:///" + os.path.join(tempfile.gettempdir(), "drf-llm-keys-bench.sqlite3")
+database_url = urlsplit(os.environ.get("DRF_LLM_KEYS_BENCH_DATABASE_URL", default_database))
+if database_url.scheme in ("postgres", "postgresql"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": database_url.path.lstrip("/"),
+            "USER": database_url.username or "",
+            "PASSWORD": database_url.password or "",
+            "HOST": database_url.hostname or "",
+            "PORT": str(database_url.port or ""),
+            # Persistent connections, as any production deployment: without them every
+            # request would pay a PostgreSQL connection and the database peers would lose.
+            "CONN_MAX_AGE": None,
+        }
+    }
+elif database_url.scheme == "sqlite":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": database_url.path,
+            "CONN_MAX_AGE": None,
+        }
+    }
+else:
+    raise RuntimeError(f"Unsupported DRF_LLM_KEYS_BENCH_DATABASE_URL scheme {database_url.scheme!r}")
+
+redis_url = os.environ.get("DRF_LLM_KEYS_BENCH_REDIS_URL")
+# Every cache key the benchmarks write starts with this: they clean up after themselves
+# by this prefix and never flush a Redis database that others may share.
+CACHE_KEY_PREFIX = "drf-llm-keys-bench"
+if redis_url:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+            "OPTIONS": {
+                "REDIS_CLIENT_CLASS": "benchmarks.counting.CountingRedis",
+                "SOCKET_CONNECT_TIMEOUT": 2,
+                "SOCKET_TIMEOUT": 2,
+            },
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "benchmarks.counting.CountingLocMemCache",
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+            # The default of 300 entries would cull the scale runs' working set.
+            "OPTIONS": {"MAX_ENTRIES": 10_000_000},
+        }
+    }
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # A warning from the package (a cache error, say) must show: it would void the figures.
+    "loggers": {"drf_llm_keys": {"handlers": ["console"], "level": "WARNING"}},
+}
+
+# The local-memory run is a deliberate single-process measurement.
+SILENCED_SYSTEM_CHECKS = ["drf_llm_keys.W001"]

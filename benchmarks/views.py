@@ -1,0 +1,83 @@
+"""One trivial view behind each authentication under test, plus the floor."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from knox.auth import TokenAuthentication as KnoxTokenAuthentication
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, TokenAuthentication, get_authorization_header
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_api_key.permissions import HasAPIKey
+
+from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
+
+FLOOR_KEYWORD = b"floor"
+
+
+def floor_cache_name(digest: str) -> str:
+    return f"floor:{digest}"
+
+
+class FloorAuthentication(BaseAuthentication):
+    """The least a cache-backed key check can do: one SHA-256 and one cache GET.
+
+    It checks nothing else (no revocation, no binding, no owner), so no real
+    authentication can be cheaper; it sets the target the warm path is held to.
+    """
+
+    user = get_user_model()(username="floor", is_active=True)
+
+    def authenticate(self, request: Request) -> tuple[Any, str] | None:
+        parts = get_authorization_header(request).split()
+        if len(parts) != 2 or parts[0].lower() != FLOOR_KEYWORD:
+            return None
+        digest = hashlib.sha256(parts[1]).hexdigest()
+        if cache.get(floor_cache_name(digest)) is None:
+            raise exceptions.AuthenticationFailed("Invalid key.")
+        return self.user, digest
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Floor"
+
+
+class Trivial(APIView):
+    authentication_classes: list[type[BaseAuthentication]] = []
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        return Response({"ok": True})
+
+
+class Floor(Trivial):
+    authentication_classes = [FloorAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class Ours(Trivial):
+    # The class itself refuses on a protected client and lets a public one through.
+    authentication_classes = [LLMClientAPIKeyAuthentication]
+
+
+class DrfToken(Trivial):
+    authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class DrfTokenPublic(Trivial):
+    authentication_classes = [TokenAuthentication]
+
+
+class Knox(Trivial):
+    authentication_classes = [KnoxTokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class ApiKey(Trivial):
+    permission_classes = [HasAPIKey]
