@@ -30,7 +30,7 @@ from rest_framework.request import Request  # noqa: E402
 from drf_llm_keys import cache as llm_cache  # noqa: E402
 from drf_llm_keys import crypto  # noqa: E402
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E402
-from drf_llm_keys.models import api_key_from_entry, load_client_entry, load_key_entry  # noqa: E402
+from drf_llm_keys.models import api_key_from_entry, load_decision  # noqa: E402
 
 from . import seed, server  # noqa: E402
 from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
@@ -49,13 +49,16 @@ PEERS = (DRF_TOKEN, KNOX, API_KEY)
 
 
 def invalidate(slug: str, prefix: str) -> None:
-    """What a revocation or any other write does: new generations for the client and key."""
-    llm_cache.publish(llm_cache.generation_names(llm_cache.Stale.of(clients=[slug], keys=[prefix])))
+    """What a revocation or any other write does: a new generation for the client."""
+    llm_cache.publish({llm_cache.generation_name(slug)})
 
 
 def evict(slug: str, prefix: str) -> None:
-    """An empty cache for this client and key (the last-used marker stays: no UPDATE)."""
-    cache.delete_many([*llm_cache.client_names(slug), *llm_cache.key_names(prefix)])
+    """An empty cache for this client and key, in Redis and in this process (the last-used
+    marker stays: no UPDATE)."""
+    entry = llm_cache.decision_name(slug, prefix)
+    cache.delete_many([llm_cache.generation_name(slug), entry])
+    llm_cache._held.pop(entry, None)
 
 
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
@@ -163,29 +166,24 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
     )
     floor_request = Request(factory.get("/", HTTP_AUTHORIZATION=f"Floor {creds.floor}"))
     ours, floor = LLMClientAPIKeyAuthentication(), FloorAuthentication()
-    found = llm_cache.lookup(
-        seed.PROTECTED, creds.ours_prefix, load_client_entry, load_key_entry, using="default"
-    )
-    digest = found.key["digest"] if found.key else ""
-    names = [
-        *llm_cache.client_names(seed.PROTECTED),
-        *llm_cache.key_names(creds.ours_prefix),
-        llm_cache.last_used_name(creds.ours_prefix),
-    ]
+    decision = llm_cache.lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
+    digest = decision["key"]["digest"] if decision["key"] else ""
+    gen_name = llm_cache.generation_name(seed.PROTECTED)
+    entry_name = llm_cache.decision_name(seed.PROTECTED, creds.ours_prefix)
     floor_name = floor_cache_name(crypto.hash_key(creds.floor))
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("drf-llm-keys authenticate(), warm", lambda: ours.authenticate(request)),
         ("  parse: client, credentials, key format", lambda: (
             ours.get_client_lookup_value(request), crypto.split_key(ours.get_credentials(request) or "")
         )),
-        ("  cache key names (5)", lambda: names and [
-            *llm_cache.client_names(seed.PROTECTED),
-            *llm_cache.key_names(creds.ours_prefix),
-            llm_cache.last_used_name(creds.ours_prefix),
-        ]),
-        ("  cache get_many (5 names, 1 round trip)", lambda: cache.get_many(names)),
+        ("  cache key names (2)", lambda: (
+            llm_cache.generation_name(seed.PROTECTED),
+            llm_cache.decision_name(seed.PROTECTED, creds.ours_prefix),
+        )),
+        ("  cache get of the generation (entry held)", lambda: cache.get(gen_name)),
+        ("  (cache get_many, generation and entry)", lambda: cache.get_many([gen_name, entry_name])),
         ("  digest check (SHA-256, constant time)", lambda: crypto.key_matches(creds.ours, digest)),
-        ("  owner and key objects from the entry", lambda: api_key_from_entry(found.key, "default")),
+        ("  owner and key objects from the entry", lambda: api_key_from_entry(decision["key"], "default")),
         ("floor authenticate()", lambda: floor.authenticate(floor_request)),
         ("  cache get (1 name, 1 round trip)", lambda: cache.get(floor_name)),
     ]  # fmt: skip
@@ -239,8 +237,8 @@ def run_scale(driver: Driver, scales: Sequence[int], rounds: int, per_round: int
 
 
 def report_cache_bytes(slug: str, prefix: str) -> None:
-    key_names = [*llm_cache.key_names(prefix), llm_cache.last_used_name(prefix)]
-    client_names = list(llm_cache.client_names(slug))
+    key_names = [llm_cache.decision_name(slug, prefix), llm_cache.last_used_name(prefix)]
+    client_names = [llm_cache.generation_name(slug)]
     key_bytes, client_bytes = _cache_bytes(key_names), _cache_bytes(client_names)
     how = (
         "Redis MEMORY USAGE, key names included"
@@ -248,8 +246,9 @@ def report_cache_bytes(slug: str, prefix: str) -> None:
         else "pickled values plus key names, without the dict's own overhead"
     )
     print(
-        f"Cache bytes ({how}): per API key {key_bytes} (entry, generation, last-used marker), "
-        f"per client {client_bytes} (entry, generation); a key and its client {key_bytes + client_bytes}"
+        f"Cache bytes ({how}): per API key {key_bytes} (its decision entry on its client, "
+        f"last-used marker), per client {client_bytes} (generation); a key and its client "
+        f"{key_bytes + client_bytes}"
     )
 
 
