@@ -22,7 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
 django.setup()
 
 from django.core.cache import cache  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import OperationalError, connection  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
@@ -302,7 +302,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
 
-    print(f"=== {describe()} ===")
+    try:
+        print(f"=== {describe()} ===")
+    except OperationalError as exc:
+        name = connection.settings_dict["NAME"]
+        raise SystemExit(
+            f"Cannot open the benchmark database {name!r} ({exc}). Create it first, e.g. createdb {name}"
+        ) from None
     print(f"Machine: {machine()}")
     seed.reset_database()
     seed.reset_cache()
