@@ -76,12 +76,16 @@ def wire(values: st.SearchStrategy[bytes]) -> st.SearchStrategy[str]:
     return values.map(lambda raw: raw.decode("iso-8859-1"))
 
 
+def real_keys(world: World) -> st.SearchStrategy[str]:
+    return st.sampled_from([world.valid, world.spare, world.revoked, world.other_client])
+
+
 def keys(world: World) -> st.SearchStrategy[str]:
     """Things in the place of a key: the real ones, near misses and garbage."""
     prefix = world.valid_prefix
     secret_length = len(world.valid) - len(prefix) - 1
     return st.one_of(
-        st.sampled_from([world.valid, world.spare, world.revoked, world.other_client]),
+        real_keys(world),
         # A valid prefix with a wrong secret, of the right length and of others.
         st.text(URLSAFE, min_size=secret_length, max_size=secret_length).map(lambda s: f"{prefix}.{s}"),
         st.text(URLSAFE, max_size=80).map(lambda s: f"{prefix}.{s}"),
@@ -118,6 +122,7 @@ def authorization_headers(world: World) -> st.SearchStrategy[str | None]:
     )
     return st.one_of(
         st.none(),
+        st.builds(lambda k, v: f"{k} {v}", st.sampled_from(["Bearer", "token"]), real_keys(world)),
         one,
         st.builds(lambda k, v: f"{k}{v}", keyword, keys(world)),  # no space at all
         st.lists(one, min_size=2, max_size=3).map(",".join),  # repeated header
@@ -128,7 +133,7 @@ def authorization_headers(world: World) -> st.SearchStrategy[str | None]:
 
 def api_key_headers(world: World) -> st.SearchStrategy[str | None]:
     one = st.builds(lambda a, k, b: f"{a}{k}{b}", spaces(), keys(world), spaces())
-    return st.one_of(st.none(), one, st.lists(one, min_size=2, max_size=3).map(",".join))
+    return st.one_of(st.none(), real_keys(world), one, st.lists(one, min_size=2, max_size=3).map(",".join))
 
 
 def slugs() -> st.SearchStrategy[str]:

@@ -4,6 +4,7 @@ anonymous answer, never a 5xx, never a database error. The long form is scripts/
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,13 +17,9 @@ from .hostile import URLSAFE, World, api_key_headers, authorization_headers, che
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXAMPLES = settings(
-    max_examples=200,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-# Outcomes seen, per test: a property that only ever saw one outcome proved little.
-seen: dict[str, Counter[str]] = {}
+CLIENTS = ["protected-bot", "flagged-bot", "public-bot", "other-bot", "nobody"]
 
 
 @pytest.fixture
@@ -30,64 +27,62 @@ def world(db: None) -> World:
     return World.create()
 
 
-@pytest.fixture
-def outcomes(request: pytest.FixtureRequest) -> Counter[str]:
-    return seen.setdefault(request.node.name, Counter())
+def run_property(
+    cases: st.SearchStrategy[tuple[str, str | None, str | None]], world: World, api: Any
+) -> Counter[str]:
+    """Check every generated (slug, Authorization, X-API-Key) against the table."""
+    outcomes: Counter[str] = Counter()
+
+    @EXAMPLES
+    @given(case=cases)
+    def holds(case: tuple[str, str | None, str | None]) -> None:
+        outcomes[check(world, api, *case)] += 1
+
+    holds()
+    # A property that never met both a refusal and a success proved little.
+    assert outcomes["refused"] and (outcomes["accepted"] or outcomes["anonymous"]), outcomes
+    return outcomes
 
 
-@EXAMPLES
-@given(data=st.data())
-def test_authorization_header_gets_the_decision_tables_answer(api, world, outcomes, data):
-    slug = data.draw(st.sampled_from(["protected-bot", "flagged-bot", "public-bot", "nobody"]))
-    outcomes[check(world, api, slug, data.draw(authorization_headers(world)), None)] += 1
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_x_api_key_header_gets_the_decision_tables_answer(api, world, outcomes, data):
-    slug = data.draw(st.sampled_from(["protected-bot", "flagged-bot", "public-bot", "nobody"]))
-    outcomes[check(world, api, slug, None, data.draw(api_key_headers(world)))] += 1
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_both_headers_together_get_the_decision_tables_answer(api, world, outcomes, data):
-    slug = data.draw(st.sampled_from(["protected-bot", "public-bot"]))
-    authorization = data.draw(authorization_headers(world))
-    outcomes[check(world, api, slug, authorization, data.draw(api_key_headers(world)))] += 1
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_hostile_client_slug_is_never_a_server_error(api, world, outcomes, data):
-    headers = st.one_of(st.none(), st.just(f"Bearer {world.valid}"), authorization_headers(world))
-    outcomes[check(world, api, data.draw(slugs()), data.draw(headers), None)] += 1
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_valid_prefix_with_a_wrong_secret_is_refused(api, world, data):
-    prefix = world.valid_prefix
-    secret = data.draw(
-        st.text(URLSAFE, min_size=1, max_size=80).filter(lambda s: f"{prefix}.{s}" != world.valid)
+def test_authorization_header_gets_the_decision_tables_answer(api, world):
+    outcomes = run_property(
+        st.tuples(st.sampled_from(CLIENTS), authorization_headers(world), st.none()), world, api
     )
-    header = data.draw(st.sampled_from(["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"]))
-    value = f"{prefix}.{secret}" if header == "HTTP_X_API_KEY" else f"Bearer {prefix}.{secret}"
-    response = api.get("/clients/protected-bot/echo/", **{header: value})
-    assert response.status_code == 401, response.content
+    assert outcomes["accepted"], outcomes
 
 
-def test_every_property_saw_more_than_one_outcome():
-    # Runs after the properties above (file order): each must have met refusals and
-    # successes, or its strategies do not reach the interesting cases.
-    assert set(seen) >= {
-        "test_authorization_header_gets_the_decision_tables_answer",
-        "test_x_api_key_header_gets_the_decision_tables_answer",
-        "test_both_headers_together_get_the_decision_tables_answer",
-        "test_hostile_client_slug_is_never_a_server_error",
-    }, seen
-    for name, counts in seen.items():
-        assert counts["refused"] and (counts["accepted"] or counts["anonymous"]), (name, counts)
+def test_x_api_key_header_gets_the_decision_tables_answer(api, world):
+    outcomes = run_property(
+        st.tuples(st.sampled_from(CLIENTS), st.none(), api_key_headers(world)), world, api
+    )
+    assert outcomes["accepted"], outcomes
+
+
+def test_both_headers_together_get_the_decision_tables_answer(api, world):
+    run_property(
+        st.tuples(st.sampled_from(CLIENTS), authorization_headers(world), api_key_headers(world)), world, api
+    )
+
+
+def test_hostile_client_slug_is_never_a_server_error(api, world):
+    headers = st.one_of(st.none(), st.just(f"Bearer {world.valid}"), authorization_headers(world))
+    run_property(st.tuples(slugs(), headers, st.none()), world, api)
+
+
+def test_valid_prefix_with_a_wrong_secret_is_refused(api, world):
+    prefix = world.valid_prefix
+
+    @EXAMPLES
+    @given(
+        secret=st.text(URLSAFE, min_size=1, max_size=80).filter(lambda s: f"{prefix}.{s}" != world.valid),
+        header=st.sampled_from(["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"]),
+    )
+    def refused(secret: str, header: str) -> None:
+        value = f"{prefix}.{secret}" if header == "HTTP_X_API_KEY" else f"Bearer {prefix}.{secret}"
+        response = api.get("/clients/protected-bot/echo/", **{header: value})
+        assert response.status_code == 401, response.content
+
+    refused()
 
 
 def test_repeated_headers_over_a_real_server_are_refused_or_anonymous(tmp_path):
