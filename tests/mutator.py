@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +34,7 @@ def main(config: dict[str, Any]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.server_settings")
     django.setup()
     from django.contrib.auth import get_user_model
-    from django.db import transaction
+    from django.db import OperationalError, connection, transaction
     from django.utils import timezone
 
     from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
@@ -43,37 +44,48 @@ def main(config: dict[str, Any]) -> None:
     clients = {slug: LLMClient.objects.get(slug=slug) for slug in config["clients"]}
     in_service: dict[str, list[APIKey]] = {slug: [] for slug in clients}
 
+    def committed(change: Callable[[], Any]) -> Any:
+        # SQLite before Django 5.1 opens DEFERRED transactions: one that reads, then writes
+        # fails at once with "database is locked" when a server process writes meanwhile.
+        for attempt in range(20):
+            try:
+                with transaction.atomic():
+                    return change()
+            except OperationalError:
+                if connection.vendor != "sqlite" or attempt == 19:
+                    raise
+                time.sleep(0.05)
+
+    def new_key(slug: str) -> tuple[APIKey, str]:
+        api_key, plaintext = APIKey.objects.create_key(user=owner, name=f"key for {slug}")
+        LLMClientAPIKey.objects.create(llm_client=clients[slug], api_key=api_key)
+        return api_key, plaintext
+
     def create(slug: str) -> None:
         begin = time.monotonic()
-        with transaction.atomic():
-            api_key, plaintext = APIKey.objects.create_key(user=owner, name=f"key for {slug}")
-            LLMClientAPIKey.objects.create(llm_client=clients[slug], api_key=api_key)
-        emit(
-            event="created",
-            client=slug,
-            prefix=api_key.prefix,
-            key=plaintext,
-            begin=begin,
-            done=time.monotonic(),
-        )
+        api_key, plaintext = committed(lambda: new_key(slug))
+        done = time.monotonic()
+        emit(event="created", client=slug, prefix=api_key.prefix, key=plaintext, begin=begin, done=done)
         in_service[slug].append(api_key)
+
+    def take_out_of_service(api_key: APIKey, how: str) -> None:
+        if how == "revoke":
+            api_key.is_active = False
+            api_key.save()
+        elif how == "bulk_revoke":
+            APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+        elif how == "delete":
+            api_key.delete()
+        elif how == "expire":
+            api_key.expires_at = timezone.now() - timedelta(seconds=1)
+            api_key.save()
+        else:
+            LLMClientAPIKey.objects.filter(api_key=api_key).delete()
 
     def retire(slug: str, how: str) -> None:
         api_key = in_service[slug].pop(rng.randrange(len(in_service[slug])))
         begin = time.monotonic()
-        with transaction.atomic():
-            if how == "revoke":
-                api_key.is_active = False
-                api_key.save()
-            elif how == "bulk_revoke":
-                APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
-            elif how == "delete":
-                api_key.delete()
-            elif how == "expire":
-                api_key.expires_at = timezone.now() - timedelta(seconds=1)
-                api_key.save()
-            else:
-                LLMClientAPIKey.objects.filter(api_key=api_key).delete()
+        committed(lambda: take_out_of_service(api_key, how))
         emit(event="retired", client=slug, prefix=api_key.prefix, how=how, begin=begin, done=time.monotonic())
 
     for slug in clients:

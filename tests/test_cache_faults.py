@@ -176,9 +176,9 @@ def test_revoke_while_redis_is_paused_is_retried_until_it_lands(api, private_red
     # Redis keeps the old entries through a pause: the new generation must still reach it,
     # here by the retry timer alone (no request of this process flushes it).
     world.assert_decisions(api)
-    generation = llm_cache.key_names(world.valid.prefix)[0]
+    generation = llm_cache.generation_name("protected-bot")
     before = private_redis.client().keys(f"*{generation}")
-    assert before, "the key's generation should be in Redis"
+    assert before, "the client's generation should be in Redis"
     stored = private_redis.client().get(before[0])
     private_redis.pause()
     world.revoke_valid()
@@ -230,7 +230,7 @@ def test_raising_cache_revoke_takes_effect_and_is_kept_for_retry(api, world, bro
     world.assert_decisions(api)
     world.revoke_valid()
     world.assert_valid_refused(api)
-    assert llm_cache.key_names(world.valid.prefix)[0] in llm_cache.pending_invalidations()
+    assert llm_cache.generation_name("protected-bot") in llm_cache.pending_invalidations()
 
 
 def test_raising_cache_never_opens_a_protected_client_whose_keys_all_go(api, world, broken_cache):

@@ -171,10 +171,12 @@ def test_warm_key_is_served_from_the_cache_during_a_database_outage(api, key, tm
 def test_warm_refusals_stay_refusals_during_a_database_outage(api, key, tmp_path):
     _, plaintext = key
     wrong_secret = plaintext[:-4] + ("AAAA" if not plaintext.endswith("AAAA") else "BBBB")
-    warm(api, "protected-bot", plaintext)
+    refusals = [{}, bearer(wrong_secret)]
+    for headers in refusals:  # decisions are cached per (client, key prefix): warm each
+        assert api.get(URL.format("protected-bot"), **headers).status_code == 401
     with database_outage(tmp_path):
-        assert api.get(URL.format("protected-bot")).status_code == 401
-        assert api.get(URL.format("protected-bot"), **bearer(wrong_secret)).status_code == 401
+        for headers in refusals:
+            assert api.get(URL.format("protected-bot"), **headers).status_code == 401
 
 
 def test_service_recovers_when_the_database_is_back(api, key, tmp_path):
