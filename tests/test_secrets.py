@@ -182,7 +182,11 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(api, secrets_s
     with database_outage(tmp_path):
         assert send("flagged", **bearer(first_key)) == 503
     assert "database unavailable" in logs.text and "cache read failed" in logs.text
-    assert '"drf_llm_keys_apikey"."digest"' in logs.text  # the library's queries are logged too
+    # The library's own queries are in the logs too.
+    assert any(
+        all(word in r.getMessage() for word in ("SELECT", "digest", "drf_llm_keys_apikey"))
+        for r in logs.records
+    )
 
     # The end: keys deleted, the owner deleted (its keys stay, refused).
     _, fourth_key = create(other_owner, flagged)
