@@ -28,6 +28,14 @@ CLIENT_ATTRIBUTE = "drf_llm_keys_client"
 _DUMMY_DIGEST = crypto.hash_key("unknown")
 
 
+class ServiceUnavailable(exceptions.APIException):
+    """The decision needs the database and the database cannot answer."""
+
+    status_code = 503
+    default_detail = _("API key verification is temporarily unavailable. Try again later.")
+    default_code = "service_unavailable"
+
+
 class LLMClientAPIKeyAuthentication(BaseAuthentication):
     """Authenticate requests to an LLM client's endpoints with an API key mapped to it.
 
@@ -52,7 +60,12 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         plaintext = self.get_credentials(request)
         prefix = crypto.split_key(plaintext) if plaintext else None
         db = router.db_for_read(APIKey)
-        decision = cache.lookup(client_value, prefix, load_decision, using=db)
+        try:
+            decision = cache.lookup(client_value, prefix, load_decision, using=db)
+        except DatabaseError:
+            # Neither open (fail closed) nor a 500 with a traceback: the client may retry.
+            logger.error("drf_llm_keys: database unavailable, refusing with 503", exc_info=True)
+            raise ServiceUnavailable() from None
         client = decision["client"]
         setattr(request, CLIENT_ATTRIBUTE, client)  # APIKeyRateThrottle needs no second lookup
         if client["id"] is None:

@@ -1,0 +1,582 @@
+"""Real processes for the multi-process tests and scripts: a private Redis, gunicorn workers,
+the key-changing mutator, a bounded HTTP load, and the check of every recorded request
+against every recorded key state change.
+
+Times are ``time.monotonic()`` everywhere: one clock for all the processes of a host.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connections
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO = "/clients/{}/echo/"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(0.05)
+
+
+# --- a Redis of our own, to stop, pause and flush --------------------------------------
+
+
+class RedisServer:
+    """``redis-server`` on a private loopback port, never the shared one."""
+
+    def __init__(self, directory: str | os.PathLike[str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.directory = Path(directory)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, f"redis-server did not answer on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def pause(self) -> None:
+        """Freeze the server: connections hang until the client's socket timeout."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.process is not None and self.paused:
+            self.process.send_signal(signal.SIGCONT)
+            self.paused = False
+
+    def flush(self) -> None:
+        self.client().flushdb()
+
+
+@contextmanager
+def redis_server(directory: str | os.PathLike[str]) -> Iterator[RedisServer]:
+    server = RedisServer(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Faults:
+    """Every ``every`` seconds, from ``offset`` on, stop, pause or flush the Redis server.
+
+    A stop or a pause lasts ``length`` seconds. After a pause, Redis still holds entries
+    whose invalidation timed out while it was frozen; until the writer's retry lands they
+    may be trusted: ``grace`` is that window, the ``grace_after`` seconds after each resume.
+    A stopped server comes back empty, and a flush empties it: neither needs a window.
+    """
+
+    def __init__(
+        self, server: RedisServer, kind: str, every: float, length: float, offset: float, grace_after: float
+    ) -> None:
+        if kind not in ("stop", "pause", "flush"):
+            raise ValueError(f"unknown fault {kind!r}")
+        self.server, self.kind, self.every, self.length, self.offset = server, kind, every, length, offset
+        self.grace_after = grace_after
+        self.grace: list[tuple[float, float]] = []
+        self.count = 0
+        self.on = False
+
+    def __call__(self, elapsed: float) -> None:
+        if elapsed < self.offset:
+            return
+        due = (elapsed - self.offset) % self.every < max(self.length, 0.15)
+        if due and not self.on:
+            self.on = True
+            self.count += 1
+            if self.kind == "stop":
+                self.server.stop()
+            elif self.kind == "pause":
+                self.server.pause()
+            else:
+                self.server.flush()
+        elif not due and self.on:
+            self.end()
+
+    def end(self) -> None:
+        if not self.on:
+            return
+        self.on = False
+        if self.kind == "stop":
+            self.server.start()
+        elif self.kind == "pause":
+            self.server.resume()
+            resumed = time.monotonic()
+            self.grace.append((resumed, resumed + self.grace_after))
+
+
+# --- the environment a child process needs to share the parent's database and cache ----
+
+
+def child_environment(
+    cache_dir: str | None = None, redis_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    """The parent's test database and cache, for a server or mutator process.
+
+    With neither a Redis URL here nor one in the parent's settings, the children share a
+    file-based cache in ``cache_dir`` (the parent's local-memory cache is its own).
+    """
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.server_settings",
+        DRF_LLM_KEYS_TEST_DB_NAME=str(connections["default"].settings_dict["NAME"]),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    if redis_url is not None:
+        env["DRF_LLM_KEYS_TEST_REDIS_URL"] = redis_url
+    if "DRF_LLM_KEYS_TEST_REDIS_URL" in env:
+        env["DRF_LLM_KEYS_TEST_CACHE_KEY_PREFIX"] = settings.CACHES["default"].get("KEY_PREFIX", "")
+    else:
+        if cache_dir is None:
+            raise ValueError("a shared cache directory is needed when no Redis URL is set")
+        env["DRF_LLM_KEYS_TEST_CACHE_DIR"] = cache_dir
+    env.update(extra)
+    return env
+
+
+# --- gunicorn --------------------------------------------------------------------------
+
+
+class Servers:
+    """One gunicorn master with ``workers`` worker processes on a loopback port."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+        self.port = free_port()
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "5",
+                "django.core.wsgi:get_wsgi_application()",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        try:
+            wait_until(self._answers, 60, "gunicorn did not answer")
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{self.output()}")
+        try:
+            return request(self.port, "/whoami/").status > 0
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    served_by: str | None
+
+
+def request(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, response.read(), response.getheader("X-Served-By"))
+    finally:
+        connection.close()
+
+
+# --- the mutator -----------------------------------------------------------------------
+
+
+@dataclass
+class KeyHistory:
+    client: str
+    prefix: str
+    plaintext: str
+    created: float  # atomic() returned: committed and published
+    retire_begin: float | None = None
+    retired: float | None = None
+    how: str | None = None
+
+
+class Mutator:
+    """Runs ``tests.mutator`` and keeps the history of every key it changed."""
+
+    def __init__(self, env: dict[str, str], config: dict[str, Any]) -> None:
+        self.keys: dict[str, KeyHistory] = {}
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.finished = threading.Event()
+        self.changes = 0
+        self.stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.mutator", json.dumps(config)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            event = json.loads(line)
+            with self.lock:
+                if event["event"] == "created":
+                    self.keys[event["prefix"]] = KeyHistory(
+                        event["client"], event["prefix"], event["key"], event["done"]
+                    )
+                    self.changes += 1
+                elif event["event"] == "retired":
+                    history = self.keys[event["prefix"]]
+                    history.retire_begin, history.retired, history.how = (
+                        event["begin"],
+                        event["done"],
+                        event["how"],
+                    )
+                    self.changes += 1
+                elif event["event"] == "ready":
+                    self.ready.set()
+        self.finished.set()
+
+    def snapshot(self) -> list[KeyHistory]:
+        with self.lock:
+            return list(self.keys.values())
+
+    def wait(self, timeout: float) -> None:
+        self.process.wait(timeout)
+        self.finished.wait(5)
+        if self.process.returncode != 0:
+            self.stderr.seek(0)
+            raise RuntimeError(f"mutator failed:\n{self.stderr.read().decode(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+# --- the load and its check ------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    kind: str  # "in service", "retired", "other client", "wrong secret"
+    client: str
+    prefix: str
+    secret_ok: bool
+    begin: float
+    end: float
+    status: int
+    key_in_reply: str | None
+    served_by: str | None
+
+
+def pick(rng: random.Random, keys: list[KeyHistory], clients: list[str]) -> tuple[str, KeyHistory, str, bool]:
+    """What to send: (kind, key, client, whether the secret is the key's own)."""
+    in_service = [k for k in keys if k.retire_begin is None]
+    retired = [k for k in keys if k.retired is not None]
+    roll = rng.random()
+    if roll < 0.25 and retired:
+        key = rng.choice(retired[-20:])  # recent ones: the likeliest to be stale somewhere
+        return "retired", key, key.client, True
+    key = rng.choice(in_service or keys)
+    if roll < 0.35 and len(clients) > 1:
+        return "other client", key, rng.choice([c for c in clients if c != key.client]), True
+    if roll < 0.42:
+        return "wrong secret", key, key.client, False
+    return "in service", key, key.client, True
+
+
+def wrong_secret(plaintext: str) -> str:
+    prefix, _, secret = plaintext.partition(".")
+    return f"{prefix}.{secret[::-1] if secret[::-1] != secret else 'A' + secret[1:]}"
+
+
+def load(
+    port: int,
+    mutator: Mutator,
+    clients: list[str],
+    *,
+    duration: float,
+    threads: int,
+    rate: float,
+    seed: int,
+) -> list[Sent]:
+    """``threads`` senders sharing at most ``rate`` requests per second, for ``duration``."""
+    sent: list[Sent] = []
+    sent_lock = threading.Lock()
+    deadline = time.monotonic() + duration
+    interval = threads / rate
+
+    def sender(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        next_at = time.monotonic()
+        while next_at < deadline:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            kind, key, client, secret_ok = pick(rng, mutator.snapshot(), clients)
+            plaintext = key.plaintext if secret_ok else wrong_secret(key.plaintext)
+            headers = (
+                {"Authorization": f"Bearer {plaintext}"} if rng.random() < 0.5 else {"X-API-Key": plaintext}
+            )
+            begin = time.monotonic()
+            try:
+                reply = request(port, ECHO.format(client), headers)
+            except OSError as exc:
+                reply = Reply(599, repr(exc).encode(), None)
+            end = time.monotonic()
+            try:
+                key_in_reply = json.loads(reply.body).get("key") if reply.status == 200 else None
+            except ValueError:
+                key_in_reply = None
+            record = Sent(
+                kind, client, key.prefix, secret_ok, begin, end, reply.status, key_in_reply, reply.served_by
+            )
+            with sent_lock:
+                sent.append(record)
+
+    workers = [threading.Thread(target=sender, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sent
+
+
+@dataclass
+class Verdict:
+    requests: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_status: Counter[int] = field(default_factory=Counter)
+    server_processes: int = 0
+    key_changes: int = 0
+    # Requests sent after a retirement was committed and published: each must be refused.
+    after_retirement: int = 0
+    # Retired keys accepted within a window the design allows after a cache fault (an
+    # invalidation that could not be written until the cache came back): reported apart.
+    accepted_in_grace: list[Sent] = field(default_factory=list)
+    # The invariants: all must stay empty.
+    accepted_after_retirement: list[Sent] = field(default_factory=list)
+    accepted_wrong_key: list[Sent] = field(default_factory=list)
+    valid_refused: list[Sent] = field(default_factory=list)
+    server_errors: list[Sent] = field(default_factory=list)
+    server_log: str = ""
+
+    @property
+    def violations(self) -> int:
+        return sum(
+            map(
+                len,
+                (
+                    self.accepted_after_retirement,
+                    self.accepted_wrong_key,
+                    self.valid_refused,
+                    self.server_errors,
+                ),
+            )
+        )
+
+    def summary(self) -> str:
+        return (
+            f"{self.requests} requests from {self.server_processes} server processes, "
+            f"{self.key_changes} key changes; by kind {dict(self.by_kind)}; "
+            f"by status {dict(self.by_status)}; "
+            f"{self.after_retirement} sent after their key's retirement; "
+            f"accepted after retirement: {len(self.accepted_after_retirement)} "
+            f"(+{len(self.accepted_in_grace)} in a cache-fault grace window), "
+            f"wrong key accepted: {len(self.accepted_wrong_key)}, "
+            f"valid refused: {len(self.valid_refused)}, server errors: {len(self.server_errors)}"
+        )
+
+
+def judge(
+    sent: list[Sent],
+    keys: dict[str, KeyHistory],
+    key_changes: int,
+    grace: Sequence[tuple[float, float]] = (),
+) -> Verdict:
+    """Check every request against the key's history.
+
+    A request is *valid* when its key was committed before the request began and its
+    retirement (if any) began after the reply came back: it must be accepted. A request
+    that began after the retirement was committed and published must be refused. Between
+    the two, either answer is correct.
+    """
+    verdict = Verdict(requests=len(sent), key_changes=key_changes)
+    verdict.server_processes = len({s.served_by for s in sent if s.served_by})
+    for s in sent:
+        verdict.by_kind[s.kind] += 1
+        verdict.by_status[s.status] += 1
+        history = keys[s.prefix]
+        accepted = s.status == 200 and s.key_in_reply == s.prefix
+        right_key = s.secret_ok and history.client == s.client
+        if s.status >= 500:
+            verdict.server_errors.append(s)
+        retired_before = history.retired is not None and history.retired < s.begin
+        verdict.after_retirement += retired_before
+        if accepted and retired_before:
+            in_grace = any(start <= s.begin <= end for start, end in grace)
+            (verdict.accepted_in_grace if in_grace else verdict.accepted_after_retirement).append(s)
+        if accepted and not right_key:
+            verdict.accepted_wrong_key.append(s)
+        in_service = history.retire_begin is None or history.retire_begin > s.end
+        if right_key and history.created < s.begin and in_service and not accepted and s.status < 500:
+            verdict.valid_refused.append(s)
+    return verdict
+
+
+def run(
+    env: dict[str, str],
+    clients: list[str],
+    owner: str,
+    *,
+    duration: float,
+    workers: int = 2,
+    threads: int = 4,
+    rate: float = 150,
+    change_interval: float = 0.05,
+    seed: int = 1,
+    faults: Faults | None = None,
+) -> Verdict:
+    """Serve ``clients`` from gunicorn while the mutator changes their keys; judge it all.
+
+    ``faults`` is called from a thread about every 0.1 s while the load runs.
+    """
+    servers = Servers(env, workers)
+    mutator = None
+    try:
+        config = {
+            "clients": clients,
+            "owner": owner,
+            "duration": duration,
+            "interval": change_interval,
+            "seed": seed,
+        }
+        mutator = Mutator(env, config)
+        if not mutator.ready.wait(60):
+            mutator.wait(5)
+            raise TimeoutError("the mutator did not create its first keys")
+        stop = threading.Event()
+        injector = None
+        if faults is not None:
+            started = time.monotonic()
+
+            def inject() -> None:
+                while not stop.wait(0.1):
+                    faults(time.monotonic() - started)
+                faults.end()
+
+            injector = threading.Thread(target=inject, daemon=True)
+            injector.start()
+        try:
+            sent = load(
+                servers.port, mutator, clients, duration=duration, threads=threads, rate=rate, seed=seed
+            )
+        finally:
+            stop.set()
+            if injector is not None:
+                injector.join()
+        mutator.wait(duration + 60)
+        verdict = judge(sent, mutator.keys, mutator.changes, faults.grace if faults else ())
+    finally:
+        if mutator is not None:
+            mutator.stop()
+        servers.stop()
+    verdict.server_log = servers.output()
+    return verdict

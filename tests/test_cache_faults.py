@@ -1,0 +1,274 @@
+"""Cache faults: Redis stopped, paused or flushed, or a backend that raises.
+
+Fail closed: no protected client is ever opened, requests keep being decided from the
+database, and the cache is used again once it is back. The library's alias points at a
+redis-server of our own (``tests.harness.RedisServer``), never at the shared one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connections
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from model_bakery import baker
+
+from drf_llm_keys import cache as llm_cache
+from drf_llm_keys.models import APIKey
+
+from . import harness
+from .conftest import bearer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/clients/{}/echo/"
+# Long enough for a loaded machine, short enough that a frozen Redis costs little.
+SOCKET_TIMEOUT = 0.3
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RedisServer]:
+    with harness.redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis(redis_server: harness.RedisServer) -> Iterator[harness.RedisServer]:
+    """The library's cache alias on the private Redis, empty and answering."""
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.resume()
+    redis_server.flush()
+    alias = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": redis_server.url,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": SOCKET_TIMEOUT, "SOCKET_TIMEOUT": SOCKET_TIMEOUT},
+    }
+    with override_settings(CACHES={**settings.CACHES, "keys": alias}, DRF_LLM_KEYS={"CACHE_ALIAS": "keys"}):
+        yield redis_server
+    redis_server.resume()
+
+
+@pytest.fixture
+def broken_cache() -> Iterator[None]:
+    alias = {"BACKEND": "tests.broken_cache.BrokenCache"}
+    with override_settings(CACHES={**settings.CACHES, "keys": alias}, DRF_LLM_KEYS={"CACHE_ALIAS": "keys"}):
+        yield
+
+
+class World:
+    """A protected client with a valid, a spare and a revoked key, another client's key;
+    a client protected by its flag alone; a public client."""
+
+    def __init__(self, make_key: Any) -> None:
+        self.protected = baker.make_recipe("tests.llm_client", slug="protected-bot")
+        self.flagged = baker.make_recipe("tests.protected_client", slug="flagged-bot")
+        self.public = baker.make_recipe("tests.llm_client", slug="public-bot")
+        self.other = baker.make_recipe("tests.llm_client", slug="other-bot")
+        self.valid, self.valid_key = make_key(self.protected)
+        make_key(self.protected)  # keeps the client protected when the valid one is revoked
+        self.revoked, self.revoked_key = make_key(self.protected)
+        _, self.other_key = make_key(self.other)
+        self.revoked.is_active = False
+        self.revoked.save()
+
+    def assert_decisions(self, api: Any) -> None:
+        """The decision table, all of it: nothing opened, nothing valid refused."""
+        served = api.get(URL.format("protected-bot"), **bearer(self.valid_key))
+        assert served.status_code == 200, served.content
+        assert served.json()["key"] == self.valid.prefix
+        wrong_secret = self.valid_key[:-1] + ("A" if self.valid_key[-1] != "A" else "B")
+        for slug, headers in [
+            ("protected-bot", {}),
+            ("protected-bot", bearer(self.revoked_key)),
+            ("protected-bot", bearer(self.other_key)),
+            ("protected-bot", bearer(wrong_secret)),
+            ("protected-bot", {"HTTP_X_API_KEY": self.revoked_key}),
+            ("flagged-bot", {}),
+            ("flagged-bot", bearer(self.valid_key)),
+        ]:
+            refused = api.get(URL.format(slug), **headers)
+            assert refused.status_code == 401, (slug, headers, refused.content)
+        public = api.get(URL.format("public-bot"), **bearer(self.revoked_key))
+        assert public.json() == {"user": None, "key": None}
+
+    def revoke_valid(self) -> None:
+        self.valid.is_active = False
+        self.valid.save()
+
+    def assert_valid_refused(self, api: Any) -> None:
+        response = api.get(URL.format("protected-bot"), **bearer(self.valid_key))
+        assert response.status_code == 401, response.content
+
+
+@pytest.fixture
+def world(make_key: Any) -> World:
+    return World(make_key)
+
+
+def warm_queries(api: Any, world: World) -> int:
+    """SQL run by the second of two identical requests: 0 once the cache serves."""
+    api.get(URL.format("protected-bot"), **bearer(world.valid_key))
+    with CaptureQueriesContext(connections["default"]) as queries:
+        api.get(URL.format("protected-bot"), **bearer(world.valid_key))
+    return len(queries)
+
+
+def wait_for_pending_invalidations(timeout: float = 10) -> None:
+    harness.wait_until(
+        lambda: not llm_cache.pending_invalidations(), timeout, "invalidations were not retried"
+    )
+
+
+# --- Redis stopped ------------------------------------------------------------------
+
+
+def test_redis_stopped_decisions_come_from_the_database(api, private_redis, world, caplog):
+    world.assert_decisions(api)
+    assert warm_queries(api, world) == 0
+    private_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        world.assert_decisions(api)
+    assert "cache read failed, using the database" in caplog.text
+    assert warm_queries(api, world) > 0
+
+
+def test_revoke_while_redis_is_stopped_takes_effect_at_once(api, private_redis, world):
+    world.assert_decisions(api)
+    private_redis.stop()
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+    assert llm_cache.pending_invalidations()
+
+
+def test_service_recovers_when_redis_is_back(api, private_redis, world):
+    private_redis.stop()
+    world.assert_decisions(api)
+    private_redis.start()
+    world.assert_decisions(api)
+    assert warm_queries(api, world) == 0
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+
+
+# --- Redis paused (slow) ------------------------------------------------------------
+
+
+def test_redis_paused_decisions_come_from_the_database(api, private_redis, world):
+    world.assert_decisions(api)
+    private_redis.pause()
+    started = time.monotonic()
+    world.assert_decisions(api)
+    assert time.monotonic() - started >= SOCKET_TIMEOUT, "the requests should have waited for Redis"
+    private_redis.resume()
+    world.assert_decisions(api)
+    assert warm_queries(api, world) == 0
+
+
+def test_revoke_while_redis_is_paused_is_retried_until_it_lands(api, private_redis, world):
+    # Redis keeps the old entries through a pause: the new generation must still reach it,
+    # here by the retry timer alone (no request of this process flushes it).
+    world.assert_decisions(api)
+    generation = llm_cache.generation_name("protected-bot")
+    before = private_redis.client().keys(f"*{generation}")
+    assert before, "the client's generation should be in Redis"
+    stored = private_redis.client().get(before[0])
+    private_redis.pause()
+    world.revoke_valid()
+    assert generation in llm_cache.pending_invalidations()
+    private_redis.resume()
+    wait_for_pending_invalidations()
+    assert private_redis.client().get(before[0]) != stored
+    world.assert_valid_refused(api)
+
+
+def test_revoke_while_redis_is_paused_is_refused_during_the_pause(api, private_redis, world):
+    world.assert_decisions(api)
+    private_redis.pause()
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+
+
+# --- Redis flushed ------------------------------------------------------------------
+
+
+def test_redis_flushed_mid_run_changes_no_decision(api, private_redis, world):
+    world.assert_decisions(api)
+    private_redis.flush()
+    world.assert_decisions(api)
+    assert warm_queries(api, world) == 0
+    world.revoke_valid()
+    private_redis.flush()
+    world.assert_valid_refused(api)
+
+
+def test_redis_flushed_between_a_revoke_and_the_next_request(api, private_redis, world):
+    world.assert_decisions(api)
+    world.revoke_valid()
+    private_redis.flush()
+    world.assert_valid_refused(api)
+    world.assert_valid_refused(api)
+
+
+# --- a backend that raises ------------------------------------------------------------
+
+
+def test_raising_cache_decisions_come_from_the_database(api, world, broken_cache, caplog):
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        world.assert_decisions(api)
+    assert "cache read failed, using the database" in caplog.text
+
+
+def test_raising_cache_revoke_takes_effect_and_is_kept_for_retry(api, world, broken_cache):
+    world.assert_decisions(api)
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+    assert llm_cache.generation_name("protected-bot") in llm_cache.pending_invalidations()
+
+
+def test_raising_cache_never_opens_a_protected_client_whose_keys_all_go(api, world, broken_cache):
+    APIKey.objects.filter(client_links__llm_client=world.protected).update(is_active=False)
+    # Every key revoked: the client is public now, by the design; the flagged one is not.
+    assert api.get(URL.format("protected-bot")).json() == {"user": None, "key": None}
+    assert api.get(URL.format("flagged-bot")).status_code == 401
+
+
+def test_raising_cache_owner_deactivated_is_refused(api, world, broken_cache):
+    get_user_model()._default_manager.filter(pk=world.valid.user_id).update(is_active=False)
+    world.assert_valid_refused(api)
+
+
+# --- the same, with several processes -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["stop", "pause", "flush"])
+def test_server_processes_keep_the_invariants_through_redis_faults(redis_server, tmp_path, fault):
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.resume()
+    redis_server.flush()
+    baker.make(get_user_model(), username="owner", is_active=True)
+    clients = ["bot-a", "bot-b"]
+    baker.make_recipe("tests.llm_client", slug="bot-a")
+    baker.make_recipe("tests.protected_client", slug="bot-b")
+    env = harness.child_environment(
+        cache_dir=str(tmp_path / "cache"), redis_url=redis_server.url, DRF_LLM_KEYS_TEST_REDIS_TIMEOUT="0.25"
+    )
+    faults = harness.Faults(redis_server, fault, every=2, length=0.7, offset=0.5, grace_after=1.0)
+    verdict = harness.run(env, clients, "owner", duration=4, threads=4, rate=120, faults=faults)
+    print(verdict.summary(), f"{faults.count} faults")
+    assert faults.count >= 2
+    assert verdict.accepted_after_retirement == [], verdict.summary()
+    assert verdict.accepted_wrong_key == [], verdict.summary()
+    assert verdict.valid_refused == [], verdict.summary()
+    assert verdict.server_errors == [], verdict.server_log[-3000:]
+    assert verdict.after_retirement >= 20
+    if fault != "flush":
+        assert "cache read failed, using the database" in verdict.server_log
