@@ -21,7 +21,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.db import connections
 from django.test import RequestFactory, override_settings
 from django.utils import timezone
-from django.views.debug import ExceptionReporter
+from django.views.debug import ExceptionReporter, get_default_exception_reporter_filter
 from model_bakery import baker
 
 from drf_llm_keys.conf import conf
@@ -89,6 +89,15 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
         yield caplog
 
 
+@pytest.fixture
+def reporter_filter() -> Iterator[None]:
+    """The library's error-report filter; Django caches the filter it built first."""
+    get_default_exception_reporter_filter.cache_clear()
+    with override_settings(DEFAULT_EXCEPTION_REPORTER_FILTER=REPORTER_FILTER):
+        yield
+    get_default_exception_reporter_filter.cache_clear()
+
+
 @contextmanager
 def sql_logged() -> Iterator[None]:
     """Log the SQL of what runs inside (requests, key writes): the library's queries carry
@@ -121,8 +130,9 @@ def assert_nothing_leaked(
         assert not secrets_seen.found_in(text), (message.subject, secrets_seen.found_in(text))
 
 
-@override_settings(DEFAULT_EXCEPTION_REPORTER_FILTER=REPORTER_FILTER)
-def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(api, secrets_seen, logs, tmp_path):
+def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(
+    api, secrets_seen, logs, tmp_path, reporter_filter
+):
     user_model = get_user_model()
     owner = user_model._default_manager.create_user(username="owner", password="correct horse battery")
     other_owner = user_model._default_manager.create_user(username="other", password="tr0ub4dor&3")
@@ -212,8 +222,7 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(api, secrets_s
 
 
 @pytest.mark.parametrize("header", ["X-API-Key", "X-LLM-Credential"])
-@override_settings(DEFAULT_EXCEPTION_REPORTER_FILTER=REPORTER_FILTER)
-def test_error_reports_hide_the_key_headers(key, header):
+def test_error_reports_hide_the_key_headers(key, header, reporter_filter):
     _, plaintext = key
     meta_name = "HTTP_" + header.upper().replace("-", "_")
     request = RequestFactory().get("/", HTTP_AUTHORIZATION=f"Bearer {plaintext}", **{meta_name: plaintext})
