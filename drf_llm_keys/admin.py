@@ -136,13 +136,10 @@ class APIKeyAdmin(_APIKeyAdminBase):
         )
         return queryset
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # it would delete active keys too
-        return actions
-
     def has_delete_permission(self, request: HttpRequest, obj: APIKey | None = None) -> bool:
-        return (obj is None or not obj.is_active) and super().has_delete_permission(request, obj)
+        # A revoked key, one at a time. Without an object (the changelist's bulk
+        # "delete selected" action) the answer is no: it would delete active keys too.
+        return obj is not None and not obj.is_active and super().has_delete_permission(request, obj)
 
     @admin.display(description=_("LLM clients"))
     def client_list(self, api_key: APIKey) -> str:
