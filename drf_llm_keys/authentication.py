@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from django.db import DatabaseError, router
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
@@ -56,6 +57,8 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             self.refused(request, client_value, str(exc.detail))
             raise
 
+    # Kept out of error reports' frame variables, should something unexpected raise here.
+    @sensitive_variables("plaintext")
     def authenticate_client(self, request: Request, client_value: str) -> tuple[Any, APIKey] | None:
         plaintext = self.get_credentials(request)
         prefix = crypto.split_key(plaintext) if plaintext else None
@@ -143,6 +146,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
     def refuse(self, message: StrOrPromise) -> NoReturn:
         raise exceptions.AuthenticationFailed(message)
 
+    @sensitive_variables("plaintext")
     def refused(self, request: Request, client_value: str, reason: str) -> None:
         """Log and signal a 401. Only the key's public prefix is named, never the key."""
         try:

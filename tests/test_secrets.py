@@ -23,7 +23,10 @@ from django.test import RequestFactory, override_settings
 from django.utils import timezone
 from django.views.debug import ExceptionReporter, get_default_exception_reporter_filter
 from model_bakery import baker
+from rest_framework.request import Request
 
+from drf_llm_keys import cache as llm_cache
+from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 
@@ -231,6 +234,26 @@ def test_error_reports_hide_the_key_headers(key, header, reporter_filter):
         text, html = report.get_traceback_text(), report.get_traceback_html()
     assert "HTTP_AUTHORIZATION" in text and meta_name in text  # shown, with their values hidden
     assert plaintext not in text and plaintext not in html
+
+
+def test_error_reports_hide_the_key_in_the_authenticators_frames(key, reporter_filter, monkeypatch):
+    """An unexpected error inside the decision: the report's frame variables name no key."""
+    _, plaintext = key
+
+    def unexpected(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(llm_cache, "lookup", unexpected)
+    request = RequestFactory().get("/", **bearer(plaintext))
+    drf_request = Request(request, parser_context={"kwargs": {"llm_client": "protected-bot"}})
+    with pytest.raises(RuntimeError) as raised:
+        LLMClientAPIKeyAuthentication().authenticate(drf_request)
+    # From the library's frames on: this test's own frame holds the key, of course.
+    report = ExceptionReporter(request, raised.type, raised.value, raised.tb.tb_next)
+    text, html = report.get_traceback_text(), report.get_traceback_html()
+    assert "authenticate_client" in text  # the frame is in the report...
+    import re; print([text[max(0,m.start()-300):m.start()+20] for m in re.finditer(re.escape(plaintext), text)][:3])
+    assert plaintext not in text and plaintext not in html  # ...without the key
 
 
 def test_the_scan_finds_a_plaintext_key_planted_in_the_cache(secrets_seen, key):
