@@ -175,8 +175,7 @@ def rotate_key(
     _check_expiry(expires_at)
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
-        clients = _lock_clients(api_key, using)
-        old = APIKey.objects.using(using).select_for_update().get(pk=api_key.pk)
+        clients, old = _lock(api_key, using)
         if not old.is_active:
             raise KeyLifecycleError(f"Key {old.prefix} is revoked: create a new key instead of rotating it.")
         owner = old.user
@@ -245,8 +244,7 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
     """
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
-        clients = _lock_clients(api_key, using)
-        old = APIKey.objects.using(using).select_for_update().get(pk=api_key.pk)
+        clients, old = _lock(api_key, using)
         if not old.is_active:
             raise AlreadyRevoked(f"Key {old.prefix} is already revoked; nothing changed.")
         made_public = clients_left_public(old, clients)
@@ -275,6 +273,12 @@ def _create_mapped(clients: Sequence[models.Model], **fields: Any) -> tuple[APIK
     for llm_client in clients:
         LLMClientAPIKey.objects.create(llm_client=llm_client, api_key=api_key)
     return api_key, plaintext
+
+
+def _lock(api_key: APIKey, using: str) -> tuple[list[models.Model], APIKey]:
+    """Lock the key's clients, then the key (always in this order), and reload the key."""
+    clients = _lock_clients(api_key, using)
+    return clients, APIKey.objects.using(using).select_for_update().get(pk=api_key.pk)
 
 
 def _lock_clients(api_key: APIKey, using: str) -> list[models.Model]:
