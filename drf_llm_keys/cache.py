@@ -31,6 +31,7 @@ from typing import Any
 from django.core.cache import BaseCache, caches
 from django.db import connections, transaction
 
+from . import push
 from .conf import conf
 
 logger = logging.getLogger("drf_llm_keys")
@@ -63,8 +64,12 @@ def _name(kind: str, ident: str) -> str:
     return f"{conf.CACHE_KEY_PREFIX}:2:{kind}:{ident}"
 
 
+def generation_prefix() -> str:
+    return _name("g", "")
+
+
 def generation_name(client_value: str) -> str:
-    return _name("g", _client_id(client_value))
+    return generation_prefix() + _client_id(client_value)
 
 
 def decision_name(client_value: str, prefix: str | None) -> str:
@@ -88,12 +93,17 @@ def lookup(
 ) -> Entry:
     """The decision entry for a client and a key prefix (or none): cached, or loaded.
 
-    One round trip: the generation alone when this process holds the entry, else the
-    generation and the shared entry together.
+    No round trip when this process holds the entry and Redis has announced no change of
+    its generation since (``push``); else one: the generation alone when this process holds
+    the entry, or the generation and the shared entry together.
     """
     _flush_pending()
     gen_name, entry_name = generation_name(client_value), decision_name(client_value, prefix)
     held = None if refresh else _held.get(entry_name)
+    channel = push.channel()
+    if channel is not None and held is not None and channel.trusts(gen_name, held[0]):
+        return held[1]
+    mark = channel.mark() if channel is not None else None
     try:
         if held is None:
             found = get_cache().get_many([gen_name, entry_name])
@@ -104,6 +114,8 @@ def lookup(
         found = _UNHEALTHY
     gen = found.get(gen_name)
     if gen is not None:
+        if channel is not None:
+            channel.confirm(gen_name, gen, mark)
         if held is not None and held[0] == gen:
             return held[1]
         cached = found.get(entry_name)
@@ -245,7 +257,10 @@ def publish(names: Iterable[str], attempt: int = 0) -> bool:
     if not failed_at:
         return True
     tokens = {name: uuid.uuid4().hex for name in failed_at}
-    if _quietly(lambda: get_cache().set_many(tokens, conf.CACHE_TIMEOUT), "invalidation"):
+    written = _quietly(lambda: get_cache().set_many(tokens, conf.CACHE_TIMEOUT), "invalidation")
+    # Not left to Redis's announcement, which a failed write never sends.
+    push.forget(set(failed_at))
+    if written:
         return True
     with _pending_lock:
         _pending.update(failed_at)

@@ -14,6 +14,12 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_KEY_PREFIX": "drf_llm_keys",
     # Decision entries each process keeps, checked against the shared generation on use.
     "LOCAL_ENTRIES": 4096,
+    # Trust held entries until Redis announces a change (django-redis on Redis 6+ only;
+    # drf_llm_keys.push): a warm request then makes no round trip at all.
+    "PUSH_INVALIDATION": True,
+    # Seconds: held entries are trusted only while the announcement channel has answered
+    # a ping sent within this time; also the worst delay of an announcement on a silent link.
+    "PUSH_HEARTBEAT": 1.0,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "AUTH_KEYWORDS": ("Bearer", "Token"),
@@ -69,6 +75,14 @@ class Settings:
     @property
     def LOCAL_ENTRIES(self) -> int:
         return int(self._get("LOCAL_ENTRIES"))
+
+    @property
+    def PUSH_INVALIDATION(self) -> bool:
+        return bool(self._get("PUSH_INVALIDATION"))
+
+    @property
+    def PUSH_HEARTBEAT(self) -> float:
+        return float(self._get("PUSH_HEARTBEAT"))
 
     @property
     def CLIENT_URL_KWARG(self) -> str:

@@ -53,8 +53,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 class RedisServer:
     """``redis-server`` on a private loopback port, never the shared one."""
 
-    def __init__(self, directory: str | os.PathLike[str], port: int | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], port: int | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
+        self.args = args
         self.directory = Path(directory)
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -83,6 +86,7 @@ class RedisServer:
                 str(self.directory),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -118,8 +122,8 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(directory: str | os.PathLike[str]) -> Iterator[RedisServer]:
-    server = RedisServer(directory).start()
+def redis_server(directory: str | os.PathLike[str], args: tuple[str, ...] = ()) -> Iterator[RedisServer]:
+    server = RedisServer(directory, args=args).start()
     try:
         yield server
     finally:

@@ -91,7 +91,9 @@ def test_warm_request_runs_no_sql(api, key, django_assert_num_queries):
     assert response.json()["user"] == "owner"
 
 
-def test_warm_request_makes_one_cache_round_trip(api, key, counting):
+def test_warm_request_makes_one_cache_round_trip(api, key, counting, settings):
+    # Without push invalidation (or on a cache that cannot announce; tests/test_push.py).
+    settings.DRF_LLM_KEYS = {"PUSH_INVALIDATION": False}
     _, plaintext = key
     warm(api, plaintext)
     counting.calls.clear()
@@ -104,8 +106,9 @@ def test_warm_request_makes_one_cache_round_trip(api, key, counting):
 
 
 def test_warm_public_request_runs_no_sql_and_one_round_trip(
-    api, public_client, counting, django_assert_num_queries
+    api, public_client, counting, django_assert_num_queries, settings
 ):
+    settings.DRF_LLM_KEYS = {"PUSH_INVALIDATION": False}
     api.get("/clients/public-bot/echo/")
     counting.calls.clear()
     with django_assert_num_queries(0):

@@ -161,7 +161,9 @@ def test_service_recovers_when_redis_is_back(api, private_redis, world):
 # --- Redis paused (slow) ------------------------------------------------------------
 
 
-def test_redis_paused_decisions_come_from_the_database(api, private_redis, world):
+def test_redis_paused_decisions_come_from_the_database(api, private_redis, world, settings):
+    # With push invalidation, held entries are trusted for PUSH_HEARTBEAT first (test_push).
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "PUSH_INVALIDATION": False}
     world.assert_decisions(api)
     private_redis.pause()
     started = time.monotonic()

@@ -1,0 +1,263 @@
+"""Zero-round-trip warm requests: Redis tells every process when a generation changes.
+
+With ``PUSH_INVALIDATION`` on and a django-redis cache on Redis 6 or later, each process
+opens two connections of its own: one subscribed to Redis's invalidation channel, and one
+that asks Redis (client-side caching in broadcast mode, ``CLIENT TRACKING ... BCAST``) to
+announce there every change to a key under the generation prefix, by any client, including
+a flush, an expiry or an eviction. A generation that this process read from Redis while
+the channel was up is then trusted without asking again, until an announcement retires it.
+
+Why a revocation still takes effect at once: Redis queues broadcast announcements before
+it answers the write that caused them, in the same pass of its event loop, and every
+request reads what has arrived on its socket before it trusts anything. On one host, by
+the time the revoking process hears that its invalidation landed, every other process's
+socket already holds the announcement. Across hosts the window is the network's delivery
+skew between two packets Redis sent together.
+
+Fail closed: an error on either connection, a fork, or a channel that has not answered a
+ping sent within the last ``PUSH_HEARTBEAT`` seconds suspends the trust, and requests go
+back to one GET each (``cache.lookup``) until the channel proves itself again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from redis.exceptions import ResponseError
+
+from .conf import conf
+
+logger = logging.getLogger("drf_llm_keys")
+
+INVALIDATION_CHANNEL = "__redis__:invalidate"
+# Seconds between two attempts to open a channel, after one failed.
+RETRY_DELAY = 5.0
+
+
+class Channel:
+    """One process's subscription to the announcements of one cache's generation keys."""
+
+    def __init__(self, config: tuple[Any, ...], gen_prefix: str, made_prefix: str, connections: list[Any]):
+        self.config = config
+        self.gen_prefix = gen_prefix  # our name of a generation key, before the cache's key function
+        self.made_prefix = made_prefix  # the same, as Redis sees it
+        self.subscriber, self.tracker = connections
+        self.lock = threading.Lock()
+        self.alive = True
+        # Generation name -> the token this process knows to be current.
+        self.current: dict[str, str] = {}
+        self.announcements = 0
+        # Everything Redis announced before this moment has been read.
+        self.proven_at = time.monotonic()
+        self.ping_sent_at: float | None = None
+
+    # --- what cache.lookup asks ------------------------------------------------------
+
+    def trusts(self, gen_name: str, token: str) -> bool:
+        """Whether ``token`` is still the generation of ``gen_name``, without asking Redis."""
+        with self.lock:
+            if not self._read():
+                return False
+            now = time.monotonic()
+            self._heartbeat(now)
+            return now - self.proven_at <= conf.PUSH_HEARTBEAT and self.current.get(gen_name) == token
+
+    def mark(self) -> int | None:
+        """Taken before a GET of generations: ``confirm`` needs it."""
+        with self.lock:
+            return self.announcements if self._read() else None
+
+    def confirm(self, gen_name: str, token: str, mark: int | None) -> None:
+        """Record a generation read from Redis after ``mark``, unless anything was announced
+        since: that announcement may be of a write Redis ran after the read."""
+        if mark is None:
+            return
+        with self.lock:
+            if not self._read() or self.announcements != mark:
+                return
+            self.current[gen_name] = token
+            while len(self.current) > conf.LOCAL_ENTRIES:
+                del self.current[next(iter(self.current))]
+
+    def forget(self, gen_names: set[str]) -> None:
+        """This process replaced these generations (or failed to): trust none of them."""
+        with self.lock:
+            for name in gen_names:
+                self.current.pop(name, None)
+
+    # --- the connections ---------------------------------------------------------------
+
+    def _read(self) -> bool:
+        """Apply every announcement that has arrived; False once the channel is down."""
+        if not self.alive:
+            return False
+        try:
+            if self.tracker.can_read(0):  # it never speaks: this is its end
+                raise ConnectionError("the tracking connection was closed")
+            while self.subscriber.can_read(0):
+                self._apply(self.subscriber.read_response())
+        except Exception:
+            logger.warning("drf_llm_keys: invalidation channel lost: one GET per request", exc_info=True)
+            self.close()
+            return False
+        return True
+
+    def _apply(self, message: Any) -> None:
+        kind = _text(message[0])
+        if kind == "message":
+            self.announcements += 1
+            keys = message[2]
+            if keys is None:  # FLUSHDB or FLUSHALL
+                self.current.clear()
+                return
+            for key in keys:
+                made = _text(key)
+                if made.startswith(self.made_prefix):
+                    self.current.pop(self.gen_prefix + made[len(self.made_prefix) :], None)
+        elif kind == "pong" and self.ping_sent_at is not None:
+            self.proven_at, self.ping_sent_at = self.ping_sent_at, None
+
+    def _heartbeat(self, now: float) -> None:
+        heartbeat = conf.PUSH_HEARTBEAT
+        if self.ping_sent_at is None:
+            if now - self.proven_at >= heartbeat / 2:
+                self.subscriber.send_command("PING")
+                self.ping_sent_at = now
+        elif now - self.ping_sent_at > 10 * heartbeat:
+            logger.warning("drf_llm_keys: invalidation channel silent, reconnecting")
+            self.close()
+
+    def close(self) -> None:
+        self.alive = False
+        for connection in (self.subscriber, self.tracker):
+            try:
+                connection.disconnect()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+
+# --- one channel per process ------------------------------------------------------------
+
+_channel: Channel | None = None
+_unavailable: tuple[tuple[Any, ...], float] | None = None  # (config, retry after)
+_open_lock = threading.Lock()
+
+
+def channel() -> Channel | None:
+    """This process's live channel for the configured cache, or None (then: one GET each)."""
+    if not conf.PUSH_INVALIDATION:
+        return None
+    config = (conf.CACHE_ALIAS, conf.CACHE_KEY_PREFIX, settings.CACHES)
+    current = _channel
+    if current is not None and current.alive and _same(current.config, config):
+        return current
+    if _unavailable is not None and _same(_unavailable[0], config) and time.monotonic() < _unavailable[1]:
+        return None
+    return _open(config)
+
+
+def forget(gen_names: set[str]) -> None:
+    if _channel is not None:
+        _channel.forget(gen_names)
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    # The CACHES dict by identity: override_settings and a new configuration replace it.
+    return a[0] == b[0] and a[1] == b[1] and a[2] is b[2]
+
+
+def _open(config: tuple[Any, ...]) -> Channel | None:
+    global _channel, _unavailable
+    with _open_lock:
+        if _channel is not None:
+            if _channel.alive and _same(_channel.config, config):
+                return _channel
+            _channel.close()
+            _channel = None
+        try:
+            _channel = _connect(config)
+        except Unsupported as exc:
+            logger.log(exc.level, "drf_llm_keys: no invalidation channel (%s): one GET per request", exc)
+            _unavailable = (config, float("inf"))
+        except Exception:
+            logger.warning("drf_llm_keys: could not open the invalidation channel", exc_info=True)
+            _unavailable = (config, time.monotonic() + RETRY_DELAY)
+        else:
+            _unavailable = None
+        return _channel
+
+
+class Unsupported(Exception):
+    """The cache cannot announce changes: not django-redis, or Redis older than 6."""
+
+    # A cache that cannot do it is the project's choice; a Redis that refuses is worth a warning.
+    def __init__(self, message: str, level: int = logging.INFO) -> None:
+        super().__init__(message)
+        self.level = level
+
+
+def _connect(config: tuple[Any, ...]) -> Channel:
+    from .cache import generation_name, generation_prefix
+
+    cache = caches[config[0]]
+    try:
+        redis = cache.client.get_client(write=True)  # type: ignore[attr-defined]
+        pool = redis.connection_pool
+    except AttributeError:
+        backend = f"{type(cache).__module__}.{type(cache).__qualname__}"
+        raise Unsupported(f"{backend} is not django-redis") from None
+    gen_prefix = generation_prefix()
+    made_prefix = str(cache.make_key(gen_prefix))
+    if not str(cache.make_key(generation_name("x"))).startswith(made_prefix):
+        raise Unsupported("the cache's KEY_FUNCTION does not keep a common prefix")
+    subscriber, tracker = _connection(pool), _connection(pool)
+    try:
+        subscriber.send_command("CLIENT", "ID")
+        subscriber_id = subscriber.read_response()
+        subscriber.send_command("SUBSCRIBE", INVALIDATION_CHANNEL)
+        subscriber.read_response()
+        tracker.send_command(
+            "CLIENT", "TRACKING", "ON", "REDIRECT", subscriber_id, "BCAST", "PREFIX", made_prefix
+        )
+        tracker.read_response()
+    except ResponseError as exc:  # Redis before 6, or CLIENT denied by an ACL
+        subscriber.disconnect()
+        tracker.disconnect()
+        raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
+    except BaseException:
+        subscriber.disconnect()
+        tracker.disconnect()
+        raise
+    return Channel(config, gen_prefix, made_prefix, [subscriber, tracker])
+
+
+def _connection(pool: Any) -> Any:
+    """A connection of our own, configured like the pool's, in RESP2 with short timeouts."""
+    timeout = max(conf.PUSH_HEARTBEAT, 0.1)
+    kwargs = {**pool.connection_kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    try:
+        # RESP2: the announcements come as plain pub/sub messages, on every redis-py version.
+        connection = pool.connection_class(**kwargs, protocol=2)
+    except TypeError:  # redis-py before 5 speaks only RESP2 and has no such argument
+        connection = pool.connection_class(**kwargs)
+    connection.connect()
+    return connection
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _after_fork() -> None:
+    # The sockets are the parent's: leave them to it (redis-py shuts down only its own pid's).
+    global _channel, _unavailable
+    _channel, _unavailable = None, None
+
+
+os.register_at_fork(after_in_child=_after_fork)

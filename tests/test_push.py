@@ -1,0 +1,286 @@
+"""Push invalidation (drf_llm_keys.push): a warm request makes no round trip at all, and
+every change Redis announces, or any doubt about the channel, sends requests back to Redis.
+
+Each test runs against a private redis-server, so it runs in every configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import push
+
+from . import harness
+from .conftest import bearer
+from .test_cache_faults import World
+from .test_cross_process import Worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/clients/{}/echo/"
+SOCKET_TIMEOUT = 0.3
+HEARTBEAT = 0.5
+# Connection housekeeping, not a cache operation: PING is the channel's heartbeat.
+CONTROL_COMMANDS = {"ping", "info", "client", "subscribe", "hello", "select", "auth", "flushdb", "config"}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RedisServer]:
+    with harness.redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def cache_config(server: harness.RedisServer, timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
+    # The same KEY_PREFIX as tests/settings.py, so that a worker process shares the keys.
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": server.url,
+        "KEY_PREFIX": "drf-llm-keys-tests",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
+    }
+
+
+@pytest.fixture
+def pushed(redis_server: harness.RedisServer, settings: Any) -> Iterator[harness.RedisServer]:
+    """The default cache on the private Redis, push invalidation on (the default)."""
+    redis_server.resume()
+    redis_server.flush()
+    settings.CACHES = {"default": cache_config(redis_server)}
+    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT}
+    yield redis_server
+    redis_server.resume()
+
+
+@pytest.fixture
+def world(make_key: Any) -> World:
+    return World(make_key)
+
+
+def commands(server: harness.RedisServer) -> int:
+    """Cache operations Redis has run so far, from its own statistics."""
+    stats = server.client().info("commandstats")
+    return sum(
+        value["calls"] for name, value in stats.items() if name[len("cmdstat_") :] not in CONTROL_COMMANDS
+    )
+
+
+def settle(api: Any, world: World) -> None:
+    # Cold, then one GET that confirms the generation under the channel: warm from then on.
+    for _ in range(3):
+        world.assert_decisions(api)
+
+
+# --- the warm path -----------------------------------------------------------------------
+
+
+def test_warm_requests_make_no_round_trip_and_no_sql(api, pushed, world):
+    settle(api, world)
+    before = commands(pushed)
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_decisions(api)
+    assert commands(pushed) == before
+    assert len(queries) == 0, [q["sql"] for q in queries]
+
+
+def test_without_push_a_warm_request_makes_one_round_trip(api, pushed, world, settings):
+    settings.DRF_LLM_KEYS = {"PUSH_INVALIDATION": False}
+    settle(api, world)
+    before = commands(pushed)
+    api.get(URL.format("protected-bot"), **bearer(world.valid_key))
+    assert commands(pushed) == before + 1
+    assert push.channel() is None
+
+
+# --- what retires a trusted generation ---------------------------------------------------
+
+
+def test_a_revoke_here_is_refused_at_once(api, pushed, world):
+    settle(api, world)
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+
+
+def test_a_generation_written_by_another_client_is_announced(api, pushed, world):
+    settle(api, world)
+    client = pushed.client()
+    for name in client.keys("*:g:*"):
+        client.set(name, "changed elsewhere")
+    before = commands(pushed)
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_decisions(api)
+    assert commands(pushed) > before
+    assert len(queries) > 0, "the changed generation should have sent the decision to the database"
+
+
+def test_a_flush_retires_every_generation(api, pushed, world):
+    settle(api, world)
+    pushed.flush()
+    before = commands(pushed)
+    world.assert_decisions(api)
+    assert commands(pushed) > before
+
+
+def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pushed, world):
+    settle(api, world)
+    channel = push.channel()
+    assert channel is not None
+    name = llm_cache.generation_name("protected-bot")
+    mark = channel.mark()
+    # Another client's write lands after our read of "read-token": Redis announces it.
+    pushed.client().set(f"drf-llm-keys-tests:1:{name}", "written-after-the-read")
+    channel.confirm(name, "read-token", mark)
+    assert not channel.trusts(name, "read-token")
+    channel.confirm(name, "read-token", channel.mark())
+    assert channel.trusts(name, "read-token")
+
+
+# --- doubt about the channel: back to one GET per request --------------------------------
+
+
+def tracking_client_id(server: harness.RedisServer) -> int:
+    clients = server.client().client_list()
+    return next(int(c["id"]) for c in clients if "t" in c["flags"])
+
+
+@pytest.mark.parametrize("which", ["subscriber", "tracker"])
+def test_a_lost_connection_falls_back_then_reconnects(api, pushed, world, which, caplog):
+    settle(api, world)
+    client = pushed.client()
+    if which == "subscriber":
+        client.client_kill_filter(_type="pubsub")
+    else:
+        client.client_kill_filter(_id=tracking_client_id(pushed))
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        before = commands(pushed)
+        world.assert_decisions(api)
+    assert "invalidation channel lost" in caplog.text
+    assert commands(pushed) > before
+    settle(api, world)  # a new channel, then trust again
+    before = commands(pushed)
+    world.assert_decisions(api)
+    assert commands(pushed) == before
+
+
+def test_a_silent_channel_is_trusted_for_the_heartbeat_only(api, pushed, world, caplog):
+    settle(api, world)
+    pushed.pause()
+    started = time.monotonic()
+    world.assert_decisions(api)
+    assert time.monotonic() - started < SOCKET_TIMEOUT, "within the heartbeat, no request waits for Redis"
+    time.sleep(HEARTBEAT)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        world.assert_decisions(api)
+    assert time.monotonic() - started >= SOCKET_TIMEOUT, "past the heartbeat, requests should ask Redis"
+    assert "cache read failed, using the database" in caplog.text
+    pushed.resume()
+    settle(api, world)
+    before = commands(pushed)
+    world.assert_decisions(api)
+    assert commands(pushed) == before
+
+
+def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
+    settle(api, world)
+    assert push._channel is not None
+    pid = os.fork()
+    if pid == 0:  # the child: its sockets are the parent's
+        os._exit(0 if push._channel is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    before = commands(pushed)
+    world.assert_decisions(api)  # the parent's channel is intact
+    assert commands(pushed) == before
+
+
+# --- caches that cannot announce ---------------------------------------------------------
+
+
+def test_no_channel_on_a_cache_that_is_not_redis(settings, caplog):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
+        assert push.channel() is None
+    assert "is not django-redis" in caplog.text
+
+
+def hashed_key(key: str, key_prefix: str, version: int) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{key_prefix}:{version}:{key}".encode()).hexdigest()
+
+
+def test_no_channel_when_the_key_function_keeps_no_common_prefix(pushed, settings, caplog):
+    settings.CACHES = {"default": {**cache_config(pushed), "KEY_FUNCTION": hashed_key}}
+    with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
+        assert push.channel() is None
+    assert "KEY_FUNCTION" in caplog.text
+
+
+def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, caplog):
+    with harness.redis_server(tmp_path, args=("--rename-command", "CLIENT", "")) as server:
+        settings.CACHES = {"default": cache_config(server)}
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            world.assert_decisions(api)
+            assert push.channel() is None
+        assert "Redis refused client tracking" in caplog.text
+        world.revoke_valid()
+        world.assert_valid_refused(api)
+
+
+# --- another process ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker(pushed: harness.RedisServer, settings: Any) -> Iterator[Worker]:
+    # The worker's settings (tests/settings.py) put its default cache on this Redis too.
+    settings.CACHES = {"default": cache_config(pushed, timeout=2)}
+    env = {
+        **os.environ,
+        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "DRF_LLM_KEYS_TEST_REDIS_URL": pushed.url,
+    }
+    process = Worker(env)
+    yield process
+    process.stop()
+
+
+def test_a_revoke_here_is_refused_there_at_once_every_time(worker, pushed, make_key, protected_client):
+    make_key(protected_client)  # keeps the client protected while the other is revoked
+    api_key, plaintext = make_key(protected_client)
+    for _ in range(25):
+        for _ in range(3):
+            assert worker.status("protected-bot", plaintext) == 200
+        before = commands(pushed)
+        assert worker.status("protected-bot", plaintext) == 200
+        assert commands(pushed) == before, "the other process should trust its entry"
+        api_key.is_active = False
+        api_key.save()
+        assert worker.status("protected-bot", plaintext) == 401
+        api_key.is_active = True
+        api_key.save()
+
+
+def test_a_revoke_during_a_pause_reaches_another_process_within_the_heartbeat(
+    worker, pushed, make_key, protected_client
+):
+    make_key(protected_client)
+    api_key, plaintext = make_key(protected_client)
+    for _ in range(3):
+        assert worker.status("protected-bot", plaintext) == 200
+    pushed.pause()
+    api_key.is_active = False
+    api_key.save()  # its invalidation cannot land: it is retried
+    # The worker trusts its entry for at most its PUSH_HEARTBEAT (the default, 1 s); then
+    # it asks Redis, times out, and decides from the database.
+    time.sleep(1.0)
+    assert worker.status("protected-bot", plaintext) == 401
+    pushed.resume()
