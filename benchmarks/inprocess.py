@@ -9,12 +9,14 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
+from django.test.utils import override_settings
 
 from .counting import RoundTrips
 
@@ -50,8 +52,18 @@ class Endpoint:
     expect: int = 200
     # Untimed and uncounted work before request i (making the cache cold, say).
     prepare: Callable[[int], None] | None = None
+    # DRF_LLM_KEYS for this endpoint's requests, put in place outside the timed call.
+    package_settings: dict[str, Any] | None = None
     samples: list[float] = field(default_factory=list)
     served: int = 0
+
+    @contextmanager
+    def in_place(self) -> Iterator[None]:
+        if self.package_settings is None:
+            yield
+        else:
+            with override_settings(DRF_LLM_KEYS=self.package_settings):
+                yield
 
     def next_environ(self) -> Environ:
         env = dict(self.requests[self.served % len(self.requests)])
@@ -69,9 +81,10 @@ class Driver:
 
     def call(self, endpoint: Endpoint) -> tuple[float, int]:
         """One request, after its untimed preparation: its microseconds and status code."""
-        if endpoint.prepare is not None:
-            endpoint.prepare(endpoint.served)
-        return self.timed(endpoint)
+        with endpoint.in_place():
+            if endpoint.prepare is not None:
+                endpoint.prepare(endpoint.served)
+            return self.timed(endpoint)
 
     def timed(self, endpoint: Endpoint) -> tuple[float, int]:
         env = endpoint.next_environ()
@@ -105,11 +118,12 @@ def census(driver: Driver, endpoint: Endpoint, requests: int) -> Census:
         return execute(sql, params, many, context)
 
     for _ in range(requests):
-        if endpoint.prepare is not None:
-            endpoint.prepare(endpoint.served)
-        before = RoundTrips.count
-        with connection.execute_wrapper(count):
-            _, status = driver.timed(endpoint)
+        with endpoint.in_place():
+            if endpoint.prepare is not None:
+                endpoint.prepare(endpoint.served)
+            before = RoundTrips.count
+            with connection.execute_wrapper(count):
+                _, status = driver.timed(endpoint)
         round_trips += RoundTrips.count - before
         if status != endpoint.expect:
             raise SystemExit(f"{endpoint.label}: expected HTTP {endpoint.expect}, got {status}")
