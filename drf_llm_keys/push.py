@@ -36,6 +36,8 @@ from .conf import conf
 logger = logging.getLogger("drf_llm_keys")
 
 INVALIDATION_CHANNEL = "__redis__:invalidate"
+# Connection options (redis-py 8) that a RESP2 connection refuses.
+_RESP3_ONLY = ("maint_notifications", "oss_cluster_maint_notifications")
 # Seconds between two attempts to open a channel, after one failed.
 RETRY_DELAY = 5.0
 
@@ -62,10 +64,9 @@ class Channel:
     def trusts(self, gen_name: str, token: str) -> bool:
         """Whether ``token`` is still the generation of ``gen_name``, without asking Redis."""
         with self.lock:
-            if not self._read():
-                return False
             now = time.monotonic()
-            self._heartbeat(now)
+            if not self._read(now):
+                return False
             return now - self.proven_at <= conf.PUSH_HEARTBEAT and self.current.get(gen_name) == token
 
     def mark(self) -> int | None:
@@ -93,15 +94,20 @@ class Channel:
 
     # --- the connections ---------------------------------------------------------------
 
-    def _read(self) -> bool:
-        """Apply every announcement that has arrived; False once the channel is down."""
+    def _read(self, now: float | None = None) -> bool:
+        """Apply every announcement that has arrived (and, given the time, keep the
+        heartbeat going); False once the channel is down."""
         if not self.alive:
             return False
         try:
-            if self.tracker.can_read(0):  # it never speaks: this is its end
-                raise ConnectionError("the tracking connection was closed")
+            while self.tracker.can_read(0):
+                # Its only words are the heartbeat's PONG; at its end, read_response raises.
+                if _text(self.tracker.read_response()).upper() != "PONG":
+                    raise ConnectionError("unexpected reply on the tracking connection")
             while self.subscriber.can_read(0):
                 self._apply(self.subscriber.read_response())
+            if now is not None:
+                self._heartbeat(now)
         except Exception:
             logger.warning("drf_llm_keys: invalidation channel lost: one GET per request", exc_info=True)
             self.close()
@@ -127,7 +133,9 @@ class Channel:
         heartbeat = conf.PUSH_HEARTBEAT
         if self.ping_sent_at is None:
             if now - self.proven_at >= heartbeat / 2:
-                self.subscriber.send_command("PING")
+                # Both: the tracker too, or a server-side idle timeout would close it.
+                for connection in (self.subscriber, self.tracker):
+                    connection.send_command("PING", check_health=False)
                 self.ping_sent_at = now
         elif now - self.ping_sent_at > 10 * heartbeat:
             logger.warning("drf_llm_keys: invalidation channel silent, reconnecting")
@@ -241,6 +249,10 @@ def _connection(pool: Any) -> Any:
     """A connection of our own, configured like the pool's, in RESP2 with short timeouts."""
     timeout = max(conf.PUSH_HEARTBEAT, 0.1)
     kwargs = {**pool.connection_kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    # A health check would read the PING reply itself, and fail on a subscriber's.
+    kwargs["health_check_interval"] = 0
+    # redis-py 8's maintenance notifications need RESP3; ours is a plain RESP2 subscriber.
+    kwargs = {key: value for key, value in kwargs.items() if not key.startswith(_RESP3_ONLY)}
     try:
         # RESP2: the announcements come as plain pub/sub messages, on every redis-py version.
         connection = pool.connection_class(**kwargs, protocol=2)

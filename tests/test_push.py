@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django_redis import get_redis_connection
 
 from drf_llm_keys import cache as llm_cache
 from drf_llm_keys import push
@@ -111,14 +112,9 @@ def test_a_revoke_here_is_refused_at_once(api, pushed, world):
 
 def test_a_generation_written_by_another_client_is_announced(api, pushed, world):
     settle(api, world)
-    client = pushed.client()
-    for name in client.keys("*:g:*"):
-        client.set(name, "changed elsewhere")
     before = commands(pushed)
-    with CaptureQueriesContext(connection) as queries:
-        world.assert_decisions(api)
+    assert_announced(api, world)
     assert commands(pushed) > before
-    assert len(queries) > 0, "the changed generation should have sent the decision to the database"
 
 
 def test_a_flush_retires_every_generation(api, pushed, world):
@@ -187,6 +183,66 @@ def test_a_silent_channel_is_trusted_for_the_heartbeat_only(api, pushed, world, 
     before = commands(pushed)
     world.assert_decisions(api)
     assert commands(pushed) == before
+
+
+def test_the_heartbeat_keeps_an_idle_timeout_from_closing_the_channel(api, pushed, world, caplog):
+    # Redis closes clients idle for `timeout` seconds (pub/sub ones excepted): the tracker
+    # connection says nothing but its PONGs, and they must keep it open.
+    pushed.client().config_set("timeout", 1)
+    try:
+        settle(api, world)
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            for _ in range(30):  # Redis counts idleness in whole seconds
+                api.get(URL.format("protected-bot"), **bearer(world.valid_key))
+                time.sleep(HEARTBEAT / 4)
+        assert "channel lost" not in caplog.text
+    finally:
+        pushed.client().config_set("timeout", 0)
+
+
+def test_a_health_check_interval_in_the_pool_options_does_not_break_the_channel(
+    api, pushed, world, settings, caplog
+):
+    config = cache_config(pushed)
+    # Another database number: django-redis keeps one pool per URL, made with its first options.
+    config["LOCATION"] = pushed.url.rsplit("/", 1)[0] + "/1"
+    config["OPTIONS"]["CONNECTION_POOL_KWARGS"] = {"health_check_interval": 0.05}
+    settings.CACHES = {"default": config}
+    settle(api, world)
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        for _ in range(6):
+            time.sleep(HEARTBEAT / 3)
+            world.assert_decisions(api)
+    assert "channel lost" not in caplog.text
+    before = commands(pushed)
+    world.assert_decisions(api)
+    assert commands(pushed) == before
+    assert_announced(api, world)
+
+
+def assert_announced(api: Any, world: World) -> None:
+    """A generation written by another client reaches this process's decisions."""
+    client = get_redis_connection("default")  # the cache's database, on a connection of its pool
+    for name in client.keys("*:g:*"):
+        client.set(name, "changed elsewhere")
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_decisions(api)
+    assert len(queries) > 0, "the changed generation should have sent the decision to the database"
+
+
+def test_the_pure_python_reply_parser_works_too(api, pushed, world, settings):
+    # Without hiredis (the README's test command does not install it), and with redis-py 8,
+    # whose RESP3-only options a RESP2 connection must not be given.
+    config = cache_config(pushed)
+    config["LOCATION"] = pushed.url.rsplit("/", 1)[0] + "/2"  # a pool of its own
+    config["OPTIONS"]["PARSER_CLASS"] = "redis.connection._RESP2Parser"
+    settings.CACHES = {"default": config}
+    settle(api, world)
+    assert push.channel() is not None
+    before = commands(pushed)
+    world.assert_decisions(api)
+    assert commands(pushed) == before
+    assert_announced(api, world)
 
 
 def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
