@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from model_bakery import baker
 
-from drf_llm_keys import keys
+from drf_llm_keys import cache, keys
 from drf_llm_keys.models import LLMClientAPIKey
 from tests.conftest import bearer
 from tests.swapped_app.models import Deployment
@@ -205,3 +205,19 @@ def test_saving_a_field_of_the_project_changes_nothing(api, key, protected_clien
     protected_client.save(update_fields=["region"])
     with django_assert_num_queries(0):
         assert_refused(get(api, "protected-bot"))
+
+
+def test_deleting_with_a_plain_manager_forgets_the_deployment_at_once(api, key, protected_client):
+    _, plaintext = key
+    assert get(api, "protected-bot", plaintext).status_code == 200
+    Deployment._base_manager.filter(pk=protected_client.pk).delete()  # signals, as with any manager
+    assert get(api, "protected-bot", plaintext).json() == {"user": None, "key": None}
+
+
+def test_an_update_through_a_plain_manager_needs_an_invalidation_by_hand(api, public_client):
+    # The README's swappable section says so: only LLMClientQuerySet's update() invalidates.
+    assert get(api, "public-bot").status_code == 200
+    Deployment._base_manager.filter(pk=public_client.pk).update(require_api_key=True)
+    assert get(api, "public-bot").status_code == 200  # still the cached decision
+    cache.invalidate(["public-bot"], using="default")
+    assert_refused(get(api, "public-bot"))
