@@ -49,7 +49,11 @@ _NEW_KEYS = "_drf_llm_keys_new_keys"
 
 
 class APIKeyAddForm(_APIKeyAddFormBase):
-    llm_clients = forms.ModelMultipleChoiceField(queryset=LLMClient.objects.none(), label=_("LLM clients"))
+    # The active client model's manager: a swapped-out LLMClient has none, and this class
+    # is built when the admin is imported, at startup.
+    llm_clients = forms.ModelMultipleChoiceField(
+        queryset=get_client_model()._default_manager.none(), label=_("LLM clients")
+    )
 
     class Meta:
         model = APIKey

@@ -15,6 +15,10 @@ from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 
 MakeKey = Callable[..., tuple[APIKey, str]]
 
+# tests/swapped/ needs a swapped client model, which is fixed at process start: it runs in a
+# process of its own, started by tests/test_swapped_model.py.
+collect_ignore = ["swapped"]
+
 
 @pytest.fixture(autouse=True)
 def empty_cache() -> Iterator[None]:
