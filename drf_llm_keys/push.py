@@ -224,8 +224,10 @@ def _connect(config: tuple[Any, ...]) -> Channel:
     made_prefix = str(cache.make_key(gen_prefix))
     if not str(cache.make_key(generation_name("x"))).startswith(made_prefix):
         raise Unsupported("the cache's KEY_FUNCTION does not keep a common prefix")
-    subscriber, tracker = _connection(pool), _connection(pool)
+    opened: list[Any] = []
     try:
+        subscriber = _connection(pool, opened)
+        tracker = _connection(pool, opened)
         subscriber.send_command("CLIENT", "ID")
         subscriber_id = subscriber.read_response()
         subscriber.send_command("SUBSCRIBE", INVALIDATION_CHANNEL)
@@ -234,30 +236,38 @@ def _connect(config: tuple[Any, ...]) -> Channel:
             "CLIENT", "TRACKING", "ON", "REDIRECT", subscriber_id, "BCAST", "PREFIX", made_prefix
         )
         tracker.read_response()
-    except ResponseError as exc:  # Redis before 6, or CLIENT denied by an ACL
-        subscriber.disconnect()
-        tracker.disconnect()
-        raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
-    except BaseException:
-        subscriber.disconnect()
-        tracker.disconnect()
+    except BaseException as exc:
+        for connection in opened:
+            connection.disconnect()
+        if isinstance(exc, ResponseError):  # Redis before 6, or CLIENT denied by an ACL
+            raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
         raise
     return Channel(config, gen_prefix, made_prefix, [subscriber, tracker])
 
 
-def _connection(pool: Any) -> Any:
+def _connection(pool: Any, opened: list[Any]) -> Any:
     """A connection of our own, configured like the pool's, in RESP2 with short timeouts."""
     timeout = max(conf.PUSH_HEARTBEAT, 0.1)
-    kwargs = {**pool.connection_kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}
-    # A health check would read the PING reply itself, and fail on a subscriber's.
-    kwargs["health_check_interval"] = 0
-    # redis-py 8's maintenance notifications need RESP3; ours is a plain RESP2 subscriber.
-    kwargs = {key: value for key, value in kwargs.items() if not key.startswith(_RESP3_ONLY)}
+    kwargs = {
+        key: value
+        for key, value in pool.connection_kwargs.items()
+        # redis-py 8's maintenance notifications need RESP3; ours is a plain RESP2 subscriber.
+        if not key.startswith(_RESP3_ONLY)
+    }
+    kwargs |= {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # A health check would read the PING reply itself, and fail on a subscriber's.
+        "health_check_interval": 0,
+        # The announcements come as plain pub/sub messages, whatever the pool speaks.
+        "protocol": 2,
+    }
     try:
-        # RESP2: the announcements come as plain pub/sub messages, on every redis-py version.
-        connection = pool.connection_class(**kwargs, protocol=2)
-    except TypeError:  # redis-py before 5 speaks only RESP2 and has no such argument
         connection = pool.connection_class(**kwargs)
+    except TypeError:  # redis-py before 5 speaks only RESP2 and has no such argument
+        del kwargs["protocol"]
+        connection = pool.connection_class(**kwargs)
+    opened.append(connection)
     connection.connect()
     return connection
 
@@ -268,8 +278,9 @@ def _text(value: Any) -> str:
 
 def _after_fork() -> None:
     # The sockets are the parent's: leave them to it (redis-py shuts down only its own pid's).
-    global _channel, _unavailable
-    _channel, _unavailable = None, None
+    # The lock may have been held by a thread that the child does not have.
+    global _channel, _unavailable, _open_lock
+    _channel, _unavailable, _open_lock = None, None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork)

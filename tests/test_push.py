@@ -230,12 +230,20 @@ def assert_announced(api: Any, world: World) -> None:
     assert len(queries) > 0, "the changed generation should have sent the decision to the database"
 
 
-def test_the_pure_python_reply_parser_works_too(api, pushed, world, settings):
-    # Without hiredis (the README's test command does not install it), and with redis-py 8,
-    # whose RESP3-only options a RESP2 connection must not be given.
+@pytest.mark.parametrize(
+    ("database", "options"),
+    [
+        # Without hiredis (the README's test command does not install it); with redis-py 8,
+        # whose RESP3-only options a RESP2 connection must not be given.
+        (2, {"PARSER_CLASS": "redis.connection._RESP2Parser"}),
+        # A pool that speaks RESP3: the channel's own connections still speak RESP2.
+        (3, {"CONNECTION_POOL_KWARGS": {"protocol": 3}}),
+    ],
+)
+def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings, database, options):
     config = cache_config(pushed)
-    config["LOCATION"] = pushed.url.rsplit("/", 1)[0] + "/2"  # a pool of its own
-    config["OPTIONS"]["PARSER_CLASS"] = "redis.connection._RESP2Parser"
+    config["LOCATION"] = pushed.url.rsplit("/", 1)[0] + f"/{database}"  # a pool of its own
+    config["OPTIONS"].update(options)
     settings.CACHES = {"default": config}
     settle(api, world)
     assert push.channel() is not None
