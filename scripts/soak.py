@@ -102,6 +102,8 @@ def soak(args: argparse.Namespace, work: Path, redis_server: object) -> int:
                 length=args.fault_length,
                 offset=min(2.0, args.duration / 4),
                 grace_after=1.0,
+                # The push channel's PUSH_HEARTBEAT (1 s by default) and the request's own time.
+                grace_from_pause=1.5,
             )
         print(
             f"soak: {args.duration:g} s, {args.workers} workers, {args.threads} threads at {args.rate:g}/s, "
@@ -129,6 +131,10 @@ def soak(args: argparse.Namespace, work: Path, redis_server: object) -> int:
     for name in ("accepted_after_retirement", "accepted_wrong_key", "valid_refused", "server_errors"):
         for sent in getattr(verdict, name)[:5]:
             print(f"soak: {name}: {sent}")
+            if faults is not None:  # the faults around it, in seconds from its start
+                events = faults.events
+                near = [f"{what} {at - sent.begin:+.3f}" for what, at in events if abs(at - sent.begin) < 5]
+                print(f"soak:   faults nearby: {', '.join(near) or 'none'}")
     if verdict.server_errors:
         print(verdict.server_log[-5000:])
     return 1 if verdict.violations else 0

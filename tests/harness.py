@@ -136,17 +136,27 @@ class Faults:
     A stop or a pause lasts ``length`` seconds. After a pause, Redis still holds entries
     whose invalidation timed out while it was frozen; until the writer's retry lands they
     may be trusted: ``grace`` is that window, the ``grace_after`` seconds after each resume.
+    With push invalidation a frozen Redis also lets processes trust their entries for up to
+    PUSH_HEARTBEAT after it froze: ``grace_from_pause``, the seconds after each pause starts.
     A stopped server comes back empty, and a flush empties it: neither needs a window.
     """
 
     def __init__(
-        self, server: RedisServer, kind: str, every: float, length: float, offset: float, grace_after: float
+        self,
+        server: RedisServer,
+        kind: str,
+        every: float,
+        length: float,
+        offset: float,
+        grace_after: float,
+        grace_from_pause: float = 0.0,
     ) -> None:
         if kind not in ("stop", "pause", "flush"):
             raise ValueError(f"unknown fault {kind!r}")
         self.server, self.kind, self.every, self.length, self.offset = server, kind, every, length, offset
-        self.grace_after = grace_after
+        self.grace_after, self.grace_from_pause = grace_after, grace_from_pause
         self.grace: list[tuple[float, float]] = []
+        self.events: list[tuple[str, float]] = []  # (what, time.monotonic())
         self.count = 0
         self.on = False
 
@@ -161,6 +171,10 @@ class Faults:
                 self.server.stop()
             elif self.kind == "pause":
                 self.server.pause()
+                paused = time.monotonic()
+                self.events.append(("paused", paused))
+                if self.grace_from_pause:
+                    self.grace.append((paused, paused + self.grace_from_pause))
             else:
                 self.server.flush()
         elif not due and self.on:
@@ -175,6 +189,7 @@ class Faults:
         elif self.kind == "pause":
             self.server.resume()
             resumed = time.monotonic()
+            self.events.append(("resumed", resumed))
             self.grace.append((resumed, resumed + self.grace_after))
 
 
@@ -515,7 +530,9 @@ def judge(
         retired_before = history.retired is not None and history.retired < s.begin
         verdict.after_retirement += retired_before
         if accepted and retired_before:
-            in_grace = any(start <= s.begin <= end for start, end in grace)
+            # Overlap, not the start alone: a request sent while Redis was frozen may have
+            # its cache read answered just after the resume, inside the window.
+            in_grace = any(s.begin <= end and start <= s.end for start, end in grace)
             (verdict.accepted_in_grace if in_grace else verdict.accepted_after_retirement).append(s)
         if accepted and not right_key:
             verdict.accepted_wrong_key.append(s)
