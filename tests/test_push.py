@@ -185,6 +185,29 @@ def test_a_silent_channel_is_trusted_for_the_heartbeat_only(api, pushed, world, 
     assert commands(pushed) == before
 
 
+def test_a_channel_silent_for_ten_heartbeats_is_dropped(api, pushed, world, settings, caplog):
+    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": 0.05}
+    settle(api, world)
+    pushed.pause()
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        api.get(URL.format("protected-bot"), **bearer(world.valid_key))  # sends the ping
+        time.sleep(0.6)
+        world.assert_decisions(api)  # from the database: Redis does not answer
+    assert "invalidation channel silent, reconnecting" in caplog.text
+    pushed.resume()
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+
+
+def test_the_trusted_generations_are_bounded_by_local_entries(api, pushed, world, settings):
+    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT, "LOCAL_ENTRIES": 2}
+    settle(api, world)
+    channel = push.channel()
+    assert channel is not None and 0 < len(channel.current) <= 2
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+
+
 def test_the_heartbeat_keeps_an_idle_timeout_from_closing_the_channel(api, pushed, world, caplog):
     # Redis closes clients idle for `timeout` seconds (pub/sub ones excepted): the tracker
     # connection says nothing but its PONGs, and they must keep it open.
