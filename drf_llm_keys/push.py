@@ -7,12 +7,14 @@ announce there every change to a key under the generation prefix, by any client,
 a flush, an expiry or an eviction. A generation that this process read from Redis while
 the channel was up is then trusted without asking again, until an announcement retires it.
 
-Why a revocation still takes effect at once: Redis queues broadcast announcements before
-it answers the write that caused them, in the same pass of its event loop, and every
-request reads what has arrived on its socket before it trusts anything. On one host, by
-the time the revoking process hears that its invalidation landed, every other process's
-socket already holds the announcement. Across hosts the window is the network's delivery
-skew between two packets Redis sent together.
+Why a revocation still takes effect at once: Redis queues a broadcast announcement
+before it writes out its reply to the write that caused it (``beforeSleep`` runs
+``trackingBroadcastInvalidationMessages`` before the pending writes), and sends both in
+the same pass of its event loop; every request reads what has arrived on its socket
+before it trusts anything. So on one host, by the time the revoking process can act on
+its reply, the announcement is on every other process's socket (within the microseconds
+of that pass). Across hosts the window is the network's delivery skew between two packets
+Redis sent together.
 
 Fail closed: an error on either connection, a fork, or a channel that has not answered a
 ping sent within the last ``PUSH_HEARTBEAT`` seconds suspends the trust, and requests go
