@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -37,6 +38,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 URL = "/clients/{}/echo/"
 REPORTER_FILTER = "drf_llm_keys.debug.KeyCleansingExceptionReporterFilter"
+# Django 6.0 takes ADMINS as addresses and deprecates (name, address) pairs; older versions
+# accept only pairs.
+ADMINS = ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
 
 
 def cache_entries() -> dict[str, bytes]:
@@ -202,7 +206,7 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(
         APIKey.objects.filter(pk=third.pk).update(is_active=False)
     # A 5xx e-mails a report of the request to ADMINS (Django's default logging): with the
     # library's filter it shows no key header (Django < 5.0 shows Authorization otherwise).
-    with database_outage(tmp_path), override_settings(ADMINS=[("Ops", "ops@example.com")]):
+    with database_outage(tmp_path), override_settings(ADMINS=ADMINS):
         assert send("flagged", **bearer(first_key)) == 503
         assert send("flagged", HTTP_X_API_KEY=first_key) == 503
     assert len(mail.outbox) == 2, "each 503 should have e-mailed its report"
