@@ -10,7 +10,9 @@ writes a new token for each client it touches, after the transaction commits, so
 * no stale fill: a reader that loaded rows before the invalidation tags them with the old
   token, and its late write is never trusted;
 * a warm request is one round trip: the generation and the entry in one ``get_many``,
-  or the generation alone when this process already holds an entry under that token.
+  or the generation alone when this process already holds an entry under that token;
+  none at all on Redis 6+, where ``push`` has Redis announce each generation change to
+  every process, so a held entry is trusted until its generation is announced changed.
 
 A cache error never opens anything: the reader falls back to the database and logs a
 warning. An invalidation that cannot be written is logged and retried; until it lands,

@@ -145,11 +145,7 @@ class Channel:
 
     def close(self) -> None:
         self.alive = False
-        for connection in (self.subscriber, self.tracker):
-            try:
-                connection.disconnect()
-            except Exception:  # already broken: nothing more to release
-                pass
+        _disconnect([self.subscriber, self.tracker])
 
 
 # --- one channel per process ------------------------------------------------------------
@@ -239,8 +235,7 @@ def _connect(config: tuple[Any, ...]) -> Channel:
         )
         tracker.read_response()
     except BaseException as exc:
-        for connection in opened:
-            connection.disconnect()
+        _disconnect(opened)
         if isinstance(exc, ResponseError):  # Redis before 6, or CLIENT denied by an ACL
             raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
         raise
@@ -272,6 +267,14 @@ def _connection(pool: Any, opened: list[Any]) -> Any:
     opened.append(connection)
     connection.connect()
     return connection
+
+
+def _disconnect(connections: list[Any]) -> None:
+    for connection in connections:
+        try:
+            connection.disconnect()
+        except Exception:  # already broken: nothing more to release
+            pass
 
 
 def _text(value: Any) -> str:
