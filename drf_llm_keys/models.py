@@ -174,6 +174,18 @@ class APIKey(models.Model):
         _("active"), default=True, help_text=_("Unset to revoke. A revoked key is refused at once.")
     )
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    scopes = models.JSONField(
+        _("scopes"),
+        default=list,
+        blank=True,
+        help_text=_("What the key may do, as a list of names. Empty: unrestricted."),
+    )
+    allowed_models = models.JSONField(
+        _("allowed models"),
+        default=list,
+        blank=True,
+        help_text=_('Model names the key may use; a trailing "*" matches a prefix. Empty: any model.'),
+    )
     last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True, editable=False)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
