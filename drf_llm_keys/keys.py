@@ -15,6 +15,7 @@ from datetime import datetime, time, timedelta
 from typing import Any, cast
 
 from django.conf import settings
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models, router, transaction
 from django.db.models import Q
 from django.dispatch import Signal
@@ -90,6 +91,17 @@ def parse_expiry(text: str) -> datetime:
         raise ValueError(f"Invalid date and time {text!r}: use ISO 8601, e.g. 2027-01-31T12:00:00+00:00.")
     if settings.USE_TZ and timezone.is_naive(value):
         value = timezone.make_aware(value)
+    # The same bound as a duration's: a later expiry cannot be stored or shown in every
+    # time zone (9999-12-31T23:59:59-05:00 is past the last datetime in UTC).
+    try:
+        too_far = value - timezone.now() > MAX_DURATION
+    except OverflowError:
+        too_far = True
+    if too_far:
+        raise ValueError(
+            f"Invalid date and time {text!r}: more than 100 years from now. Leave the expiry "
+            "out for a key that never expires."
+        )
     return value
 
 
@@ -263,6 +275,39 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
     )
     api_key.is_active = False  # the caller's instance now tells the truth too
     return made_public
+
+
+def revoke_key_keep_protected(api_key: APIKey) -> list[models.Model]:
+    """Revoke ``api_key`` and turn ``require_api_key`` on for each client that it would
+    otherwise leave public, in one transaction: those clients keep refusing requests
+    without a valid key, this one included. Returns them.
+
+    Refused, changing nothing, when such a client's model has no ``require_api_key`` field.
+    """
+    using = router.db_for_write(APIKey)
+    with transaction.atomic(using=using):
+        at_risk = clients_left_public(api_key, _lock_clients(api_key, using))
+        for llm_client in at_risk:
+            require_api_key(llm_client)
+        revoke_key(api_key)  # nested: one commit, and its signal follows it
+    return at_risk
+
+
+def require_api_key(llm_client: models.Model) -> None:
+    """Keep ``llm_client`` protected while it has no active key; invalidates like any save."""
+    try:
+        llm_client._meta.get_field("require_api_key")
+    except FieldDoesNotExist:
+        raise KeyLifecycleError(
+            f"The client model {llm_client._meta.label} has no require_api_key field, so "
+            f"{lookup_value(llm_client)} cannot be kept protected without a key: create another "
+            "key for it first."
+        ) from None
+    llm_client.require_api_key = True  # type: ignore[attr-defined]
+    fields = ["require_api_key"] + [
+        f.name for f in llm_client._meta.concrete_fields if f.name == "updated_at"
+    ]
+    llm_client.save(update_fields=fields)
 
 
 # --- helpers ----------------------------------------------------------------------------

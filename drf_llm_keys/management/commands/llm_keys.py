@@ -8,19 +8,21 @@ JSON document to stdout instead.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import models
+from django.db import IntegrityError, models, router, transaction
+from django.db.models import Count
 from django.utils import timezone
 
-from drf_llm_keys import get_client_model, keys
+from drf_llm_keys import crypto, get_client_model, keys
 from drf_llm_keys.conf import conf
-from drf_llm_keys.models import APIKey
+from drf_llm_keys.models import APIKey, LLMClientAPIKey
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
 
@@ -28,7 +30,10 @@ ParsedT = TypeVar("ParsedT")
 
 
 class Command(BaseCommand):
-    help = "Create, list, rotate and revoke the API keys of LLM clients."
+    help = (
+        "Create, list, rotate and revoke the API keys of LLM clients; create and list the clients. "
+        "See 'llm_keys ACTION --help' for each action."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -37,13 +42,15 @@ class Command(BaseCommand):
         create.add_argument("client", metavar="CLIENT", help="The client's lookup value (its slug).")
         create.add_argument("--user", required=True, metavar="USERNAME", help="The key's owner.")
         create.add_argument("--name", required=True, help="A name for the key.")
-        create.add_argument("--description", default="")
+        create.add_argument("--description", default="", metavar="TEXT", help="Notes on the key (optional).")
         self._add_expiry(create, "The key expires")
         create.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
-        listing = actions.add_parser("list", help="List keys; never a plaintext or a digest.")
+        listing = actions.add_parser(
+            "list", help="List keys that are not revoked, expired ones marked; never a plaintext or a digest."
+        )
         listing.add_argument("client", metavar="CLIENT", nargs="?", help="Only this client's keys.")
-        listing.add_argument("--all", action="store_true", help="Include revoked keys.")
+        listing.add_argument("--all", action="store_true", help="Include revoked keys too.")
         listing.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
         rotate = actions.add_parser(
@@ -64,21 +71,44 @@ class Command(BaseCommand):
         rotate.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
         revoke = actions.add_parser("revoke", help="Revoke a key; it is refused at once everywhere.")
-        revoke.add_argument("prefix", metavar="PREFIX")
         revoke.add_argument(
+            "prefix",
+            metavar="PREFIX",
+            help="The key's prefix: the part before the dot, e.g. llmk_3f9a2c1b7d4e.",
+        )
+        last_key = revoke.add_mutually_exclusive_group()
+        last_key.add_argument(
             "--yes",
             action="store_true",
-            help="Also revoke a client's last active key, which makes that client public.",
+            help="Also revoke a client's last active key, which makes that client PUBLIC: anyone "
+            "gets in, with any key or none.",
+        )
+        last_key.add_argument(
+            "--keep-protected",
+            action="store_true",
+            help="Also revoke a client's last active key, and set require_api_key on that client "
+            "so that it keeps refusing requests without a valid key.",
         )
         revoke.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
+        self.add_client_parsers(actions)
+
     def _add_expiry(self, parser: CommandParser, what: str) -> None:
+        accept_negative_values(parser)
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--expires-in", metavar="DURATION", help=f"{what} after this long, e.g. 90d.")
-        group.add_argument("--expires-at", metavar="ISO-8601", help=f"{what} at this date and time.")
+        group.add_argument(
+            "--expires-in", metavar="DURATION", help=f"{what} after this long: 45s, 30m, 12h, 90d or 2w."
+        )
+        group.add_argument(
+            "--expires-at",
+            metavar="ISO-8601",
+            help=f"{what} at this date and time, e.g. 2027-01-31T12:00:00Z.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, f"handle_{options['action']}")
+        if options["action"] == "client":
+            handler = getattr(self, f"handle_client_{options['client_action']}")
         try:
             handler(options)
         except keys.KeyLifecycleError as exc:
@@ -132,28 +162,57 @@ class Command(BaseCommand):
 
     def handle_revoke(self, options: dict[str, Any]) -> None:
         api_key = self.get_key(options["prefix"])
+        made_public: list[models.Model] = []
+        kept_protected: list[models.Model] = []
         try:
-            made_public = keys.revoke_key(api_key, allow_public=options["yes"])
+            if options["keep_protected"]:
+                kept_protected = keys.revoke_key_keep_protected(api_key)
+            else:
+                made_public = keys.revoke_key(api_key, allow_public=options["yes"])
         except keys.AlreadyRevoked as exc:
-            made_public, note = [], str(exc)
+            note = str(exc)
         except keys.LastActiveKeyError as exc:
-            raise CommandError(f"{exc} Pass --yes to revoke it anyway and make it public.") from exc
+            raise CommandError(
+                f"{exc} Pass --keep-protected to revoke it and keep the client protected "
+                "(require_api_key), or --yes to revoke it and make the client public."
+            ) from exc
         else:
-            note = f"Revoked key {api_key.prefix} ({api_key.name}); it is refused from now on."
-        public = [keys.lookup_value(c) for c in made_public]
+            note = self.revoke_note(api_key, made_public, kept_protected)
         if options["json"]:
             api_key.refresh_from_db()
-            self.stdout.write(json.dumps({**self.record(api_key), "made_public": public}, indent=2))
+            document = {
+                **self.record(api_key),
+                "made_public": [keys.lookup_value(c) for c in made_public],
+                "kept_protected": [keys.lookup_value(c) for c in kept_protected],
+            }
+            self.stdout.write(json.dumps(document, indent=2))
             return
-        self.stdout.write(note)
-        if public:
-            self.stdout.write(
-                self.style.WARNING(f"Now public (served without a key): {', '.join(public)}."),
+        self.stdout.write(note, style_func=self.style.WARNING if made_public else None)
+
+    def revoke_note(
+        self, api_key: APIKey, made_public: list[models.Model], kept_protected: list[models.Model]
+    ) -> str:
+        revoked = f"Revoked key {api_key.prefix} ({api_key.name})"
+        if made_public:
+            # A public client serves every request anonymously: the revoked key gets in too.
+            names = ", ".join(keys.lookup_value(c) for c in made_public)
+            return (
+                f"{revoked}. {names} now has no active key and is PUBLIC: anyone gets in, with "
+                "this key, any other key or none. To protect it again, create a key for it or "
+                "set require_api_key on it."
             )
+        if kept_protected:
+            names = ", ".join(keys.lookup_value(c) for c in kept_protected)
+            return (
+                f"{revoked}; it is refused from now on. {names} had no other active key and now "
+                "has require_api_key set: it refuses every request until a new key is mapped to it."
+            )
+        return f"{revoked}; it is refused from now on."
 
     # --- input --------------------------------------------------------------------------
 
     def get_client(self, value: str) -> models.Model:
+        self.refuse_whole_key(value)
         found = self.find_client(value)
         if found is None:
             raise CommandError(f"No LLM client with {conf.CLIENT_LOOKUP_FIELD} {value!r}.")
@@ -176,12 +235,14 @@ class Command(BaseCommand):
             raise CommandError(f"No user {username!r}.") from None
 
     def get_key(self, prefix: str) -> APIKey:
+        self.refuse_whole_key(prefix, expected_prefix=True)
         api_key: APIKey | None = APIKey.objects.filter(prefix=prefix).first()
         if api_key is None:
             raise CommandError(f"No API key with prefix {prefix!r}.")
         return api_key
 
     def get_rotation_target(self, value: str) -> APIKey | models.Model:
+        self.refuse_whole_key(value)
         api_key = APIKey.objects.filter(prefix=value).first()
         llm_client = self.find_client(value)
         if api_key is not None and llm_client is not None:
@@ -199,6 +260,17 @@ class Command(BaseCommand):
         if options["expires_at"] is not None:
             return self.parse(keys.parse_expiry, options["expires_at"])
         return None
+
+    def refuse_whole_key(self, value: str, expected_prefix: bool = False) -> None:
+        """Refuse a pasted key (or, where a prefix is expected, anything with a dot) without
+        echoing its secret: the message names the part before the dot only."""
+        prefix, dot, _secret = value.partition(".")
+        if not (crypto.split_key(value) or (expected_prefix and dot)):
+            return
+        raise CommandError(
+            "That looks like a whole API key, secret included: pass only the part before the "
+            f"dot (the prefix), e.g. {prefix or conf.KEY_PREFIX + '3f9a2c1b7d4e'}."
+        )
 
     def parse(self, parser: Callable[[str], ParsedT], text: str) -> ParsedT:
         try:
@@ -245,9 +317,7 @@ class Command(BaseCommand):
             )
             for r in records
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        for row in rows:
-            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        self.write_rows(header, rows[1:])
         if not records:
             self.stderr.write("No keys.", style_func=lambda text: text)
 
@@ -256,3 +326,137 @@ class Command(BaseCommand):
 
     def when(self, value: datetime | None) -> str:
         return self.iso(value) or "never"
+
+    # --- clients ------------------------------------------------------------------------
+
+    def add_client_parsers(self, actions: Any) -> None:
+        client = actions.add_parser("client", help="Create and list LLM clients.")
+        client_actions = client.add_subparsers(dest="client_action", required=True, metavar="ACTION")
+
+        create = client_actions.add_parser(
+            "create", help="Create a client: public until a key is mapped to it (or --require-api-key)."
+        )
+        create.add_argument(
+            "slug", metavar="SLUG", help="The client's lookup value (its slug), e.g. support-bot."
+        )
+        create.add_argument("--name", help="A display name, e.g. 'Support bot'.")
+        create.add_argument(
+            "--require-api-key",
+            action="store_true",
+            help="Refuse every request until a key is mapped to it, instead of serving it publicly.",
+        )
+        create.add_argument("--owner", metavar="USERNAME", help="The user the client belongs to.")
+        create.add_argument("--json", action="store_true", help="Write JSON to stdout.")
+
+        listing = client_actions.add_parser("list", help="List clients, each public or protected.")
+        listing.add_argument("--json", action="store_true", help="Write JSON to stdout.")
+
+    def handle_client_create(self, options: dict[str, Any]) -> None:
+        client_model = get_client_model()
+        lookup = conf.CLIENT_LOOKUP_FIELD
+        wanted = {
+            "name": ("--name", options["name"]),
+            "require_api_key": ("--require-api-key", options["require_api_key"] or None),
+            "owner": ("--owner", options["owner"] and self.get_user(options["owner"])),
+        }
+        fields: dict[str, Any] = {}
+        for field, (flag, value) in wanted.items():
+            if value is None:
+                continue
+            if not self.has_field(client_model, field):
+                raise CommandError(
+                    f"The client model {client_model._meta.label} has no {field} field: leave out {flag}."
+                )
+            fields[field] = value
+        llm_client = client_model(**fields, **{lookup: options["slug"]})
+        try:
+            llm_client.full_clean()
+        except ValidationError as exc:
+            flags = {lookup: "SLUG", **{field: flag for field, (flag, _) in wanted.items()}}
+            problems = "; ".join(
+                f"{flags.get(field, field)}: {' '.join(messages)}"
+                for field, messages in exc.message_dict.items()
+            )
+            raise CommandError(f"Cannot create client {options['slug']!r}: {problems}") from None
+        try:
+            with transaction.atomic(using=router.db_for_write(client_model)):
+                llm_client.save()
+        except IntegrityError as exc:  # a concurrent create of the same lookup value
+            raise CommandError(f"Cannot create client {options['slug']!r}: {exc}") from None
+        record = self.client_record(llm_client, active_keys=0)
+        if options["json"]:
+            self.stdout.write(json.dumps(record, indent=2))
+            return
+        state = (
+            "protected: it refuses every request" if record["require_api_key"] else "public: anyone gets in"
+        )
+        self.stdout.write(f"Created client {record[lookup]} ({state} until a key is mapped to it).")
+
+    def handle_client_list(self, options: dict[str, Any]) -> None:
+        client_model = get_client_model()
+        rows = client_model._default_manager.all()
+        if self.has_field(client_model, "owner"):
+            rows = rows.select_related("owner")
+        active = dict(
+            LLMClientAPIKey.objects.filter(api_key__is_active=True)
+            .values_list("llm_client")
+            .annotate(count=Count("pk"))
+            .values_list("llm_client", "count")
+        )
+        records = [
+            self.client_record(c, active.get(c.pk, 0)) for c in rows.order_by(conf.CLIENT_LOOKUP_FIELD, "pk")
+        ]
+        if options["json"]:
+            self.stdout.write(json.dumps(records, indent=2))
+            return
+        lookup = conf.CLIENT_LOOKUP_FIELD
+        header = (lookup.upper(), "NAME", "OWNER", "REQUIRE KEY", "ACTIVE KEYS", "STATE")
+        self.write_rows(
+            header,
+            [
+                (
+                    r[lookup],
+                    r["name"] or "-",
+                    r["owner"] or "-",
+                    "yes" if r["require_api_key"] else "no",
+                    str(r["active_keys"]),
+                    "public" if r["public"] else "protected",
+                )
+                for r in records
+            ],
+        )
+        if not records:
+            self.stderr.write("No clients.", style_func=lambda text: text)
+
+    def client_record(self, llm_client: models.Model, active_keys: int) -> dict[str, Any]:
+        """What the command shows of a client; a field the model lacks shows as absent."""
+        owner = getattr(llm_client, "owner", None)
+        require = bool(getattr(llm_client, "require_api_key", False))
+        name = getattr(llm_client, "name", None)
+        return {
+            conf.CLIENT_LOOKUP_FIELD: keys.lookup_value(llm_client),
+            "name": None if name is None else str(name),
+            "owner": owner.get_username() if owner is not None else None,
+            "require_api_key": require,
+            "active_keys": active_keys,
+            "public": not require and not active_keys,
+        }
+
+    def has_field(self, model: type[models.Model], name: str) -> bool:
+        try:
+            model._meta.get_field(name)
+        except FieldDoesNotExist:
+            return False
+        return True
+
+    def write_rows(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        table = [header, *rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def accept_negative_values(parser: CommandParser) -> None:
+    """Read ``--grace -5d`` as a value (then refused with the duration rules) rather than as an
+    unknown option: argparse below Python 3.13 takes only ``-5`` or ``-1.5`` for a value."""
+    parser._negative_number_matcher = re.compile(r"-\.?\d")  # Python 3.13's pattern
