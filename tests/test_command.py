@@ -401,8 +401,10 @@ def test_revoke_yes_revokes_the_last_key_and_the_client_turns_public(api, key):
     out, _ = run("revoke", api_key.prefix, "--yes")
     api_key.refresh_from_db()
     assert not api_key.is_active
-    assert "Now public" in out and "protected-bot" in out
+    assert "protected-bot now has no active key and is PUBLIC: anyone gets in" in out
+    assert "refused from now on" not in out
     assert status(api, None) == 200
+    assert status(api, _plaintext) == 200  # the revoked key too, as the message says
 
 
 def test_revoke_takes_effect_at_once(api, key, make_key, protected_client):
@@ -451,6 +453,122 @@ def test_revoke_json_gives_the_record_and_the_clients_made_public(key):
 
 def test_revoke_an_unknown_prefix_is_a_command_error(key):
     assert "No API key with prefix 'llmk_nope'" in refused("revoke", "llmk_nope")
+
+
+def test_revoke_keep_protected_revokes_the_last_key_and_the_client_refuses_it(api, key, protected_client):
+    api_key, plaintext = key
+    assert status(api, plaintext) == 200  # cached as valid
+    out, _ = run("revoke", api_key.prefix, "--keep-protected")
+    api_key.refresh_from_db()
+    protected_client.refresh_from_db()
+    assert not api_key.is_active and protected_client.require_api_key
+    assert "refused from now on" in out and "protected-bot" in out and "require_api_key" in out
+    assert status(api, plaintext) == 401
+    assert status(api, None) == 401
+
+
+def test_revoke_keep_protected_leaves_a_client_with_other_keys_alone(api, key, make_key, protected_client):
+    api_key, plaintext = key
+    make_key(protected_client)
+    document = json.loads(run("revoke", api_key.prefix, "--keep-protected", "--json")[0])
+    protected_client.refresh_from_db()
+    assert document["kept_protected"] == [] and document["made_public"] == []
+    assert not protected_client.require_api_key
+    assert status(api, plaintext) == 401
+
+
+def test_revoke_keep_protected_json_names_the_clients_kept_protected(key):
+    api_key, _ = key
+    document = json.loads(run("revoke", api_key.prefix, "--keep-protected", "--json")[0])
+    assert document["is_active"] is False
+    assert document["kept_protected"] == ["protected-bot"] and document["made_public"] == []
+
+
+def test_revoke_keep_protected_of_an_already_revoked_key_changes_nothing(make_key, protected_client):
+    api_key, _ = make_key(protected_client, is_active=False)
+    before = snapshot()
+    out, _ = run("revoke", api_key.prefix, "--keep-protected")
+    protected_client.refresh_from_db()
+    assert "already revoked" in out
+    assert snapshot() == before and not protected_client.require_api_key
+
+
+def test_revoke_without_consent_names_both_ways_out(key):
+    message = refused("revoke", key[0].prefix)
+    assert "--keep-protected" in message and "--yes" in message
+
+
+def test_revoke_yes_and_keep_protected_together_are_refused(key):
+    assert "not allowed with argument" in refused("revoke", key[0].prefix, "--yes", "--keep-protected")
+
+
+# --- input that a user gets wrong --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "action", [["revoke"], ["rotate"], ["list"], ["create", "--user", "owner", "--name", "x"]]
+)
+def test_a_whole_key_where_a_prefix_is_expected_is_refused_without_echoing_the_secret(key, action):
+    api_key, plaintext = key
+    name, *options = action
+    message = refused(name, plaintext, *options)
+    assert "pass only the part before the dot (the prefix)" in message
+    assert api_key.prefix in message
+    assert plaintext.split(".", 1)[1] not in message
+
+
+def test_a_prefix_with_a_dot_is_refused_as_a_pasted_key(key):
+    message = refused("revoke", "llmk_0123.partial-secret")
+    assert "part before the dot" in message and "partial-secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["create", "protected-bot", "--user", "owner", "--name", "ci", "--expires-in", "-5d"],
+            "Invalid duration '-5d'",
+        ),
+        (["rotate", "protected-bot", "--grace", "-5d"], "Invalid duration '-5d'"),
+        (["rotate", "protected-bot", "--expires-in", "-1h"], "Invalid duration '-1h'"),
+        (["rotate", "protected-bot", "--grace", "-5"], "Invalid duration '-5'"),
+    ],
+)
+def test_a_negative_duration_reaches_the_command_and_is_refused(key, args, message):
+    assert message in refused(*args)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999-12-31T23:59:59-05:00",
+        "9999-12-31T23:59:59",
+        "9999-12-31",
+        "2200-01-01T00:00Z",
+        "0001-01-01T00:00+01:00",
+    ],
+)
+@pytest.mark.parametrize(
+    "action", [["create", "protected-bot", "--user", "owner", "--name", "ci"], ["rotate", "protected-bot"]]
+)
+def test_an_out_of_range_expiry_is_a_command_error(key, settings, action, value):
+    settings.TIME_ZONE = "America/New_York"  # a naive 9999-12-31T23:59:59 is past the last UTC time too
+    message = refused(*action, "--expires-at", value)
+    assert value[:10] in message
+    assert "100 years" in message or "not in the future" in message
+
+
+@pytest.mark.parametrize("action", ["create", "list", "rotate", "revoke", "client create", "client list"])
+def test_every_subcommand_explains_each_of_its_arguments(action, capsys):
+    with pytest.raises(SystemExit):
+        call_command("llm_keys", *action.split(), "--help")
+    text = capsys.readouterr().out
+    lines = text.split("\n\n", 1)[1].splitlines()  # what follows the usage
+    # argparse puts a bare name on a line of its own when its help follows on the next line.
+    for line, following in zip(lines, [*lines[1:], ""], strict=True):
+        if line.startswith("  ") and not line.startswith("   ") and line.strip() not in ("", "ACTION"):
+            described = len(line.strip().split("  ")) > 1 or following.startswith("      ")
+            assert described, f"{action}: {line.strip()} has no help"
 
 
 # --- from a shell -----------------------------------------------------------------------

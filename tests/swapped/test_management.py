@@ -71,6 +71,45 @@ def test_rotate_by_deployment_issues_a_working_key(api, key):
     assert status(api, old_plaintext) == 401
 
 
+def test_client_create_and_list_work_on_the_deployment_model(api, owner):
+    from tests.swapped_app.models import Deployment
+
+    run("client", "create", "us-bot", "--name", "US bot", "--owner", "owner", "--require-api-key")
+    deployment = Deployment.objects.get()
+    assert (deployment.slug, deployment.region, deployment.owner, deployment.require_api_key) == (
+        "us-bot",
+        "eu-west",
+        owner,
+        True,
+    )
+    assert status_of(api, "us-bot") == 401
+    assert json.loads(run("client", "list", "--json")) == [
+        {
+            "slug": "us-bot",
+            "name": "US bot",
+            "owner": "owner",
+            "require_api_key": True,
+            "active_keys": 0,
+            "public": False,
+        }
+    ]
+    with pytest.raises(CommandError, match="already exists"):
+        run("client", "create", "us-bot", "--name", "Again")
+    assert Deployment.objects.count() == 1
+
+
+def test_revoke_keep_protected_keeps_the_deployment_protected(api, key, protected_client):
+    api_key, plaintext = key
+    run("revoke", api_key.prefix, "--keep-protected")
+    protected_client.refresh_from_db()
+    assert protected_client.require_api_key
+    assert status(api, plaintext) == 401 and status(api) == 401
+
+
+def status_of(api: Any, slug: str) -> int:
+    return api.get(f"/clients/{slug}/echo/").status_code
+
+
 def test_revoke_refuses_the_last_key_then_makes_the_deployment_public_with_yes(api, key):
     api_key, _ = key
     with pytest.raises(CommandError, match="--yes"):

@@ -106,9 +106,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        handler = getattr(self, f"handle_{options['action']}")
-        if options["action"] == "client":
-            handler = getattr(self, f"handle_client_{options['client_action']}")
+        action = options["action"]
+        if action == "client":
+            action = f"client_{options['client_action']}"
+        handler = getattr(self, f"handle_{action}")
         try:
             handler(options)
         except keys.KeyLifecycleError as exc:
@@ -352,12 +353,13 @@ class Command(BaseCommand):
         listing.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
     def handle_client_create(self, options: dict[str, Any]) -> None:
+        self.refuse_whole_key(options["slug"])
         client_model = get_client_model()
         lookup = conf.CLIENT_LOOKUP_FIELD
         wanted = {
             "name": ("--name", options["name"]),
             "require_api_key": ("--require-api-key", options["require_api_key"] or None),
-            "owner": ("--owner", options["owner"] and self.get_user(options["owner"])),
+            "owner": ("--owner", options["owner"]),
         }
         fields: dict[str, Any] = {}
         for field, (flag, value) in wanted.items():
@@ -368,11 +370,13 @@ class Command(BaseCommand):
                     f"The client model {client_model._meta.label} has no {field} field: leave out {flag}."
                 )
             fields[field] = value
+        if "owner" in fields:
+            fields["owner"] = self.get_user(fields["owner"])
         llm_client = client_model(**fields, **{lookup: options["slug"]})
         try:
             llm_client.full_clean()
         except ValidationError as exc:
-            flags = {lookup: "SLUG", **{field: flag for field, (flag, _) in wanted.items()}}
+            flags = {**{field: flag for field, (flag, _) in wanted.items()}, lookup: "SLUG"}
             problems = "; ".join(
                 f"{flags.get(field, field)}: {' '.join(messages)}"
                 for field, messages in exc.message_dict.items()
