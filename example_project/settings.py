@@ -32,16 +32,40 @@ WSGI_APPLICATION = "example_project.wsgi.application"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
+    # The admin at /admin/: clients and keys (a new key's plaintext is shown once there).
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
     "rest_framework",
     "drf_llm_keys",
     "example_project.llm",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "static/"
 
 DATABASES = {
     "default": database_from_url(os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
@@ -49,7 +73,7 @@ DATABASES = {
 CACHES = {"default": cache_settings(os.environ.get("REDIS_URL"), VAR_DIR / "cache")}
 
 REST_FRAMEWORK = {
-    # Ours first: only the first class's WWW-Authenticate makes a refusal a 401 (DESIGN.md).
+    # Ours first: only the first class's WWW-Authenticate makes a refusal a 401 (docs/design.md).
     # Sessions come after it for views that are no LLM client's (none here yet).
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "drf_llm_keys.authentication.LLMClientAPIKeyAuthentication",

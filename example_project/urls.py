@@ -1,6 +1,9 @@
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.staticfiles.views import serve
 from django.urls import include, path
 
-from example_project.llm import views
+from example_project.llm import anthropic, views
 
 # Each client's base URL, for the openai package: http://HOST/v1/clients/<slug>
 client_urls = [
@@ -11,6 +14,13 @@ client_urls = [
 urlpatterns = [
     # The kwarg is DRF_LLM_KEYS["CLIENT_URL_KWARG"]: the authentication class reads it.
     path("v1/clients/<slug:llm_client>/", include(client_urls)),
+    # Anthropic's Messages API; the anthropic package's base_url is http://HOST/anthropic/clients/<slug>
+    path(
+        "anthropic/clients/<slug:llm_client>/v1/messages", anthropic.MessagesView.as_view(), name="messages"
+    ),
+    path("admin/", admin.site.urls),
+    # The admin's CSS and scripts, also with DEBUG off: this project only ever runs locally.
+    path(f"{settings.STATIC_URL}<path:path>", serve, {"insecure": True}),
 ]
 
 handler404 = "example_project.llm.errors.not_found"

@@ -1,0 +1,131 @@
+"""Anthropic's Messages API per LLM client: ``POST /anthropic/clients/<slug>/v1/messages``,
+so the official ``anthropic`` package works with ``base_url=http://HOST/anthropic/clients/<slug>``.
+
+The key comes in the ``x-api-key`` header, which is drf-llm-keys' default ``HEADER``. The
+echo model answers (an upstream, when configured, serves the OpenAI-compatible endpoints
+only), and errors take Anthropic's shape, so the package raises its own exceptions
+(``AuthenticationError`` for a 401, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from rest_framework import exceptions, serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from . import echo
+from .errors import openai_exception_handler
+from .views import OpenAICompatibleView, event_stream
+
+# Anthropic's error type for each status; other 4xx are invalid requests, 5xx api errors.
+ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    # A string or a list of content blocks; the echo model reads the text blocks.
+    content = serializers.JSONField()
+
+
+class MessagesRequestSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    max_tokens = serializers.IntegerField(min_value=1)
+    messages = MessageSerializer(many=True, allow_empty=False)
+    system = serializers.JSONField(required=False)
+    stream = serializers.BooleanField(default=False)
+
+
+def anthropic_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """The same statuses and headers (``WWW-Authenticate``) as the OpenAI endpoints, in
+    Anthropic's body: ``{"type": "error", "error": {"type": ..., "message": ...}}``."""
+    response = openai_exception_handler(exc, context)
+    if response is None:
+        return None
+    status = response.status_code
+    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    response.data = {"type": "error", "error": {"type": kind, "message": response.data["error"]["message"]}}
+    return response
+
+
+class MessagesView(OpenAICompatibleView):
+    """``POST v1/messages``, streamed as Anthropic's server-sent events when ``stream`` is true."""
+
+    def get_exception_handler(self) -> Any:
+        return anthropic_exception_handler
+
+    def post(self, request: Request, **kwargs: Any) -> Response | StreamingHttpResponse:
+        self.get_llm_client_or_404()
+        serializer = MessagesRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        body: dict[str, Any] = serializer.validated_data
+        if body["model"] != echo.MODEL_ID:
+            raise exceptions.NotFound(f"model: {body['model']}", code="model_not_found")
+        messages = [dict(message) for message in body["messages"]]
+        if body["stream"]:
+            return event_stream(message_events(messages))
+        return Response(message(messages))
+
+
+def message(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    reply = echo.reply_to(messages)
+    return {
+        **_message_start(),
+        "content": [{"type": "text", "text": reply}],
+        "stop_reason": "end_turn",
+        "usage": _usage(messages, reply),
+    }
+
+
+def message_events(messages: list[dict[str, Any]]) -> Iterator[bytes]:
+    """The reply as Anthropic's stream: message_start, one text block in word-sized
+    deltas, message_delta with the stop reason and usage, message_stop."""
+    reply = echo.reply_to(messages)
+    start = {**_message_start(), "usage": {**_usage(messages, ""), "output_tokens": 0}}
+    yield _event("message_start", {"message": start})
+    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    for chunk in echo.completion_chunks(messages):
+        piece = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+        if piece:
+            yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+    yield _event("content_block_stop", {"index": 0})
+    yield _event(
+        "message_delta",
+        {
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": _usage(messages, reply)["output_tokens"]},
+        },
+    )
+    yield _event("message_stop", {})
+
+
+def _message_start() -> dict[str, Any]:
+    return {
+        "id": f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "model": echo.MODEL_ID,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
+
+
+def _usage(messages: list[dict[str, Any]], reply: str) -> dict[str, int]:
+    counted = echo.usage(messages, reply)
+    return {"input_tokens": counted["prompt_tokens"], "output_tokens": counted["completion_tokens"]}
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
