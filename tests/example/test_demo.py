@@ -63,6 +63,17 @@ def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
     assert "after the grace period: 401" in output
     assert "revoked key llmk_" in output and '401  error: "API key has been revoked."' in output
     assert "All 8 steps behaved as expected." in output
+    assert "create your login with  python example_project/manage.py createsuperuser" in output
+    assert "python example_project/manage.py runserver  and open http://127.0.0.1:8000/admin/" in output
+
+
+def test_demo_names_the_superuser_to_log_in_to_the_admin_with(fresh_env):
+    env = {**fresh_env, "DJANGO_SUPERUSER_PASSWORD": "a-local-demo-password"}
+    manage(env, "createsuperuser", "--noinput", "--username", "root", "--email", "root@example.com")
+    output = manage(fresh_env, "demo", "--grace", GRACE).stdout
+    assert "Log in as root (a superuser of this database)." in output
+    assert "createsuperuser" not in output
+    assert "a-local-demo-password" not in output
 
 
 def test_demo_runs_again_on_what_it_left(fresh_env):
@@ -75,6 +86,7 @@ def test_demo_drives_a_server_already_running(fresh_env):
         output = manage(fresh_env, "demo", "--grace", GRACE, "--url", url).stdout
     assert f"Server: {url}" in output
     assert "All 8 steps behaved as expected." in output
+    assert f"Then open {url}/admin/" in output
 
 
 def test_demo_fails_when_the_server_does_not_share_the_cache(fresh_env, tmp_path):

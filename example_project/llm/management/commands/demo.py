@@ -22,6 +22,8 @@ from example_project.llm.server import running_server
 
 USERNAME = "demo"
 PUBLIC, PROTECTED, OTHER = "demo-public", "demo-protected", "demo-other"
+MANAGE = "python example_project/manage.py"
+ADMIN_URL = "http://127.0.0.1:8000/admin/"
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Command(BaseCommand):
             self.say(f"Server: {base_url}  (each client's OpenAI base_url is {base_url}/v1/clients/<slug>)")
             self.walk_through()
         self.say(self.style.SUCCESS(f"\nAll {self.step_number} steps behaved as expected."))
+        self.say_admin_login(options["url"])
 
     def setup(self) -> None:
         """A fresh start: the demo's own user, clients and keys, whatever a last run left."""
@@ -125,6 +128,19 @@ class Command(BaseCommand):
         keys.revoke_key(new_key)
         self.say(f"  revoked {new_key.prefix} (in this process; the server learns it from the shared cache)")
         self.expect(401, PROTECTED, new_plaintext, f"revoked key {new_key.prefix}")
+
+    def say_admin_login(self, url: str | None) -> None:
+        """Where to see the demo's clients and keys next; the demo itself makes no login."""
+        self.heading("The admin")
+        superuser = (
+            get_user_model()._default_manager.filter(is_superuser=True, is_active=True).order_by("pk").first()
+        )
+        if superuser is None:
+            self.say(f"  No superuser yet: create your login with  {MANAGE} createsuperuser")
+        else:
+            self.say(f"  Log in as {superuser.get_username()} (a superuser of this database).")
+        where = f"open {url.rstrip('/')}/admin/" if url else f"run  {MANAGE} runserver  and open {ADMIN_URL}"
+        self.say(f"  Then {where}: the demo's clients and keys are under LLM clients and API keys.")
 
     # --- helpers ------------------------------------------------------------------
 
