@@ -134,7 +134,7 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
             peer >= 4 * ours,
         ),
     ]
-    print("Targets (DESIGN.md; set for PostgreSQL + Redis):")
+    print("Targets (set for PostgreSQL + Redis):")
     for name, figure, met in checks:
         print(f"  {'met   ' if met else 'MISSED'}  {name}: {figure}")
     if floor > 0:

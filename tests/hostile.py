@@ -193,7 +193,7 @@ def expected(
     world: World, path_slug: str, authorization: str | None, api_key: str | None
 ) -> tuple[str, str | None]:
     """("not found" | "refused" | "anonymous" | "accepted", the accepted key's prefix), as
-    DESIGN.md's table says."""
+    docs/design.md's table says."""
     slug = served_slug(path_slug)
     if not slug or "/" in slug:
         return "not found", None  # no such URL: the client kwarg never reaches us

@@ -1,4 +1,4 @@
-"""The decision per request (DESIGN.md, "The decision, per request"), branch by branch."""
+"""The decision per request (docs/design.md, "The decision, per request"), branch by branch."""
 
 from __future__ import annotations
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from model_bakery import baker
 
 from .conftest import bearer
@@ -26,6 +28,23 @@ def test_create_a_client_and_a_key_example_gives_a_working_key(api, capsys):
     baker.make("auth.User", username="alice")
     exec(python_block("Create a client and a key"), {})
     plaintext = capsys.readouterr().out.strip()
+    assert api.get("/clients/support-bot/echo/").status_code == 401
+    response = api.get("/clients/support-bot/echo/", **bearer(plaintext))
+    assert response.json()["user"] == "alice"
+
+
+def test_quick_start_commands_give_a_working_key(api, capsys):
+    """The "Create a client and a key" shell lines, run through ``call_command``."""
+    baker.make("auth.User", username="alice")
+    section = README.split("### Create a client and a key\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "no bash block under the quick start"
+    for line in block.group(1).splitlines():
+        line = line.removeprefix("KEY=$(").removesuffix(")")
+        program, manage_py, name, *args = shlex.split(line)
+        assert (program, manage_py) == ("python", "manage.py")
+        call_command(name, *args)
+    plaintext = capsys.readouterr().out.strip().splitlines()[-1]
     assert api.get("/clients/support-bot/echo/").status_code == 401
     response = api.get("/clients/support-bot/echo/", **bearer(plaintext))
     assert response.json()["user"] == "alice"

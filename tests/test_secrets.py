@@ -1,5 +1,5 @@
 """Secrets: after a full key lifecycle, no cache entry, log record or response holds a
-plaintext key, a key's secret part or a password hash (DESIGN.md, "Invariants")."""
+plaintext key, a key's secret part or a password hash (docs/design.md, "Invariants")."""
 
 from __future__ import annotations
 
