@@ -152,8 +152,8 @@ def create_key(
     """
     check_new_key(user=user, name=name, expires_at=expires_at)
     restrictions = {
-        "scopes": clean_scopes(list(scopes)),
-        "allowed_models": clean_allowed_models(list(allowed_models)),
+        "scopes": clean_scopes(scopes),
+        "allowed_models": clean_allowed_models(allowed_models),
     }
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
@@ -290,9 +290,9 @@ def update_restrictions(
     invalid names raise ``ValidationError`` and change nothing."""
     changes = {}
     if scopes is not None:
-        changes["scopes"] = clean_scopes(list(scopes))
+        changes["scopes"] = clean_scopes(scopes)
     if allowed_models is not None:
-        changes["allowed_models"] = clean_allowed_models(list(allowed_models))
+        changes["allowed_models"] = clean_allowed_models(allowed_models)
     if not changes:
         return api_key
     using = router.db_for_write(APIKey)
