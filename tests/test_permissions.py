@@ -66,6 +66,7 @@ def test_a_key_missing_a_scope_is_refused_naming_it(api, make_key, protected_cli
     response = get(api, SCOPED.format("protected-bot"), plaintext)
     assert response.status_code == 403
     assert response.json() == {"detail": f"API key lacks scope(s): {missing}."}
+    assert response.data["detail"].code == "insufficient_scope"
 
 
 def test_a_public_clients_anonymous_requests_pass(api, public_client):
