@@ -129,6 +129,8 @@ def seed_scale(target: int) -> None:
                 "last_used_at",
                 "created_at",
                 "updated_at",
+                "scopes",
+                "allowed_models",
             ),
             keys,
         )
@@ -160,6 +162,8 @@ def _key_row(index: int, owner_id: Any, now: Any) -> tuple[Any, ...]:
         None,
         now,
         now,
+        "[]",  # scopes and allowed_models, as JSON text: unrestricted
+        "[]",
     )
 
 

@@ -9,6 +9,7 @@ and only revoked keys can be deleted (deleting an active key would bypass it as 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django import forms
@@ -22,6 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
+from django.utils.text import capfirst, format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from . import get_client_model, keys
@@ -47,8 +49,38 @@ else:
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
 
+_NAME_SEPARATORS = re.compile(r"[,\n]")
 
-class APIKeyAddForm(_APIKeyAddFormBase):
+
+class NameListField(forms.CharField):
+    """A list of names as text, one per line or separated by commas; the model's clean()
+    checks the names themselves."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 40})
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]  # a list, not a str
+        text = super().to_python(value) or ""
+        return [name.strip() for name in _NAME_SEPARATORS.split(text) if name.strip()]
+
+
+def name_list_field(model_field: str) -> NameListField:
+    field = cast("models.Field[Any, Any]", APIKey._meta.get_field(model_field))
+    return NameListField(
+        label=capfirst(field.verbose_name),
+        required=False,
+        help_text=format_lazy("{} {}", field.help_text, _("One per line, or separated by commas.")),
+    )
+
+
+class APIKeyForm(_APIKeyAddFormBase):
+    scopes = name_list_field("scopes")
+    allowed_models = name_list_field("allowed_models")
+
+
+class APIKeyAddForm(APIKeyForm):
     # The active client model's manager: a swapped-out LLMClient has none, and this class
     # is built when the admin is imported, at startup.
     llm_clients = forms.ModelMultipleChoiceField(
@@ -57,7 +89,7 @@ class APIKeyAddForm(_APIKeyAddFormBase):
 
     class Meta:
         model = APIKey
-        fields = ("name", "user", "llm_clients", "description", "expires_at")
+        fields = ("name", "user", "llm_clients", "description", "expires_at", "scopes", "allowed_models")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,7 +131,18 @@ class RevokeForm(forms.Form):
 
 @admin.register(APIKey)
 class APIKeyAdmin(_APIKeyAdminBase):
-    list_display = ("prefix", "name", "user", "client_list", "is_active", "expires_at", "last_used_at")
+    form = APIKeyForm
+    list_display = (
+        "prefix",
+        "name",
+        "user",
+        "client_list",
+        "is_active",
+        "expires_at",
+        "last_used_at",
+        "scope_list",
+        "model_list",
+    )
     list_filter = ("is_active",)
     list_select_related = ("user",)
     ordering = ("-created_at",)
@@ -120,6 +163,8 @@ class APIKeyAdmin(_APIKeyAdminBase):
         "description",
         "is_active",
         "expires_at",
+        "scopes",
+        "allowed_models",
         "last_used_at",
         "created_at",
         "updated_at",
@@ -148,6 +193,14 @@ class APIKeyAdmin(_APIKeyAdminBase):
     @admin.display(description=_("LLM clients"))
     def client_list(self, api_key: APIKey) -> str:
         return ", ".join(keys.lookup_value(link.llm_client) for link in api_key.client_links.all()) or "-"
+
+    @admin.display(description=_("scopes"))
+    def scope_list(self, api_key: APIKey) -> str:
+        return ", ".join(map(str, api_key.scopes or [])) or str(_("all"))
+
+    @admin.display(description=_("allowed models"))
+    def model_list(self, api_key: APIKey) -> str:
+        return ", ".join(map(str, api_key.allowed_models or [])) or str(_("any"))
 
     # --- adding: one-time plaintext ----------------------------------------------------
 
@@ -184,6 +237,8 @@ class APIKeyAdmin(_APIKeyAdminBase):
             name=data["name"],
             description=data["description"],
             expires_at=data["expires_at"],
+            scopes=data["scopes"],
+            allowed_models=data["allowed_models"],
         )
         # The admin carries on with ``obj`` (to log the addition): make it the saved key.
         for field in APIKey._meta.concrete_fields:

@@ -24,7 +24,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from . import get_client_model, signals
 from .conf import conf
-from .models import APIKey, LLMClientAPIKey
+from .models import APIKey, LLMClientAPIKey, clean_allowed_models, clean_scopes
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -154,13 +154,23 @@ def create_key(
     name: str,
     expires_at: datetime | None = None,
     description: str = "",
+    scopes: Sequence[str] = (),
+    allowed_models: Sequence[str] = (),
 ) -> tuple[APIKey, str]:
-    """Create a key mapped to ``llm_clients``; returns ``(api_key, plaintext)``."""
+    """Create a key mapped to ``llm_clients``; returns ``(api_key, plaintext)``.
+
+    Empty ``scopes`` or ``allowed_models`` leave the key unrestricted in that respect;
+    invalid ones raise ``ValidationError`` before anything is written.
+    """
     check_new_key(user=user, name=name, expires_at=expires_at)
+    restrictions = {
+        "scopes": clean_scopes(scopes),
+        "allowed_models": clean_allowed_models(allowed_models),
+    }
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
         api_key, plaintext = _create_mapped(
-            llm_clients, user=user, name=name, description=description, expires_at=expires_at
+            llm_clients, user=user, name=name, description=description, expires_at=expires_at, **restrictions
         )
     _announce(
         "key_created",
@@ -176,8 +186,9 @@ def create_key(
 def rotate_key(
     api_key: APIKey, grace: timedelta = DEFAULT_GRACE, *, expires_at: datetime | None = None
 ) -> tuple[APIKey, str]:
-    """Issue a replacement (same owner, name, description and clients; it expires at
-    ``expires_at``, by default never) and make ``api_key`` expire after ``grace``.
+    """Issue a replacement (same owner, name, description, clients, scopes and allowed
+    models; it expires at ``expires_at``, by default never) and make ``api_key`` expire
+    after ``grace``.
 
     Both happen in one transaction. The old key's expiry only ever moves earlier, so
     running this again never extends it; each run issues one more replacement.
@@ -197,7 +208,13 @@ def rotate_key(
                 "create a new key for another user instead."
             )
         new, plaintext = _create_mapped(
-            clients, user=owner, name=old.name, description=old.description, expires_at=expires_at
+            clients,
+            user=owner,
+            name=old.name,
+            description=old.description,
+            expires_at=expires_at,
+            scopes=old.scopes,
+            allowed_models=old.allowed_models,
         )
         retire_at = timezone.now() + grace
         if old.expires_at is None or old.expires_at > retire_at:
@@ -308,6 +325,40 @@ def require_api_key(llm_client: models.Model) -> None:
         f.name for f in llm_client._meta.concrete_fields if f.name == "updated_at"
     ]
     llm_client.save(update_fields=fields)
+
+
+def update_restrictions(
+    api_key: APIKey, *, scopes: Sequence[str] | None = None, allowed_models: Sequence[str] | None = None
+) -> APIKey:
+    """Replace the key's scopes and/or allowed models (``None``: leave as is; empty: no
+    restriction). Every process applies the change on its next request, like a revocation;
+    invalid names raise ``ValidationError`` and change nothing."""
+    changes = {}
+    if scopes is not None:
+        changes["scopes"] = clean_scopes(scopes)
+    if allowed_models is not None:
+        changes["allowed_models"] = clean_allowed_models(allowed_models)
+    if not changes:
+        return api_key
+    using = router.db_for_write(APIKey)
+    with transaction.atomic(using=using):
+        _, locked = _lock(api_key, using)
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        # The post_save receiver invalidates the key's clients once this commits.
+        locked.save(update_fields=[*changes, "updated_at"])
+    log = {"prefix": locked.prefix, **changes}
+    transaction.on_commit(
+        lambda: logger.info(
+            "drf_llm_keys: key_updated %s",
+            " ".join(f"{name}={value}" for name, value in log.items()),
+            extra={"event": "key_updated", **log},
+        ),
+        using=using,
+    )
+    for field, value in changes.items():
+        setattr(api_key, field, value)  # the caller's instance tells the truth too
+    return locked
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -24,6 +24,11 @@ ModelT = TypeVar("ModelT", bound=models.Model)
 # Fields of the owner that the cache may hold; the password hash is never one of them.
 USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
 
+# The key's restrictions, held in its cache entry so that checking them costs nothing.
+RESTRICTION_FIELDS = ("scopes", "allowed_models")
+# A model pattern ending in it matches every name that starts with the rest.
+MODEL_WILDCARD = "*"
+
 
 def client_lookup_values(clients: models.QuerySet[Any]) -> set[Any]:
     return set(clients.values_list(conf.CLIENT_LOOKUP_FIELD, flat=True))
@@ -139,12 +144,53 @@ class APIKeyQuerySet(InvalidatingQuerySet):
         return set()  # a new key is mapped to no client yet
 
 
+def clean_scopes(values: Any) -> list[str]:
+    """``values`` as a list of scope names without duplicates; ValidationError otherwise."""
+    return _clean_names(values, "scope", wildcard=False)
+
+
+def clean_allowed_models(values: Any) -> list[str]:
+    """The same for model patterns, which may end with one ``*``."""
+    return _clean_names(values, "model", wildcard=True)
+
+
+def _clean_names(values: Any, kind: str, wildcard: bool) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValidationError(f"The {kind}s must be a list of names, not {type(values).__name__}.")
+    names: dict[str, None] = {}
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(f"Invalid {kind} {value!r}: a {kind} is a non-empty name.")
+        if value != value.strip():
+            raise ValidationError(f"Invalid {kind} {value!r}: remove the spaces around it.")
+        # Commas and line breaks separate names in the admin's field and the command's list.
+        if "," in value or not value.isprintable():
+            raise ValidationError(f"Invalid {kind} {value!r}: a {kind} holds no comma or line break.")
+        stem = value.removesuffix(MODEL_WILDCARD) if wildcard else value
+        if MODEL_WILDCARD in stem:
+            where = "only at the end of a model pattern" if wildcard else "only in model patterns"
+            raise ValidationError(f"Invalid {kind} {value!r}: {MODEL_WILDCARD!r} may appear {where}.")
+        names[value] = None
+    return list(names)
+
+
+def model_pattern_matches(pattern: str, name: str) -> bool:
+    if pattern.endswith(MODEL_WILDCARD):
+        return name.startswith(pattern[: -len(MODEL_WILDCARD)])
+    return name == pattern
+
+
 class APIKeyManager(models.Manager["APIKey"]):
     def get_queryset(self) -> APIKeyQuerySet:
         return APIKeyQuerySet(self.model, using=self._db)
 
     def create_key(self, *, user: AbstractBaseUser | None, name: str, **fields: Any) -> tuple[APIKey, str]:
-        """Create a key and return ``(api_key, plaintext)``; only the digest is stored."""
+        """Create a key and return ``(api_key, plaintext)``; only the digest is stored.
+
+        ``scopes`` and ``allowed_models`` are checked first (ValidationError).
+        """
+        fields["scopes"] = clean_scopes(fields.get("scopes", []))
+        fields["allowed_models"] = clean_allowed_models(fields.get("allowed_models", []))
         prefix, plaintext = crypto.generate_key(conf.KEY_PREFIX)
         api_key = self.create(
             user=user,  # type: ignore[misc]  # the stubs take AUTH_USER_MODEL for the test project's User
@@ -203,6 +249,31 @@ class APIKey(models.Model):
     def __repr__(self) -> str:
         # The digest stays out of reprs, tracebacks and debug pages.
         return f"<APIKey {self.prefix} active={self.is_active}>"
+
+    def clean(self) -> None:
+        errors = {}
+        for field, clean_names in (("scopes", clean_scopes), ("allowed_models", clean_allowed_models)):
+            try:
+                setattr(self, field, clean_names(getattr(self, field)))
+            except ValidationError as exc:
+                errors[field] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+
+    def has_scopes(self, *names: str) -> bool:
+        """Whether the key holds every one of ``names``; a key without scopes holds all."""
+        # Anything but a list (written around clean(), by a bulk update) grants nothing.
+        return not self.scopes or (isinstance(self.scopes, list) and all(n in self.scopes for n in names))
+
+    def allows_model(self, name: str) -> bool:
+        """Whether the key may use the model ``name``; a key without a list may use any."""
+        if not self.allowed_models:
+            return True
+        return (
+            isinstance(self.allowed_models, list)
+            and isinstance(name, str)
+            and any(isinstance(p, str) and model_pattern_matches(p, name) for p in self.allowed_models)
+        )
 
 
 class LLMClientAPIKeyQuerySet(InvalidatingQuerySet):
@@ -335,13 +406,14 @@ def load_key_entry(prefix: str) -> cache.Entry:
             "name",
             "user_id",
             "client_links__llm_client_id",
+            *RESTRICTION_FIELDS,
             *(f"user__{name}" for name in user_fields),
         )
     )
     if not rows:
         return {"id": None}
-    pk, digest, is_active, expires_at, name, user_id = rows[0][:6]
-    user = dict(zip(user_fields, rows[0][7:], strict=True)) if user_id is not None else None
+    pk, digest, is_active, expires_at, name, user_id, _, scopes, allowed_models = rows[0][:9]
+    user = dict(zip(user_fields, rows[0][9:], strict=True)) if user_id is not None else None
     return {
         "id": pk,
         "prefix": prefix,
@@ -351,6 +423,8 @@ def load_key_entry(prefix: str) -> cache.Entry:
         "name": name,
         "client_ids": sorted({row[6] for row in rows if row[6] is not None}),
         "user": user,
+        "scopes": scopes,
+        "allowed_models": allowed_models,
     }
 
 
@@ -359,6 +433,9 @@ def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
 
     The other fields are deferred: reading one loads it from the database.
     """
+    # Copies: a view that changes request.auth.scopes must not change the held entry. An
+    # entry written by a version without them leaves them deferred, read from the database.
+    restrictions = {name: _copied(entry[name]) for name in RESTRICTION_FIELDS if name in entry}
     user = _from_fields(get_user_model(), db, entry["user"])
     api_key = _from_fields(
         APIKey,
@@ -370,10 +447,16 @@ def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
             "is_active": entry["is_active"],
             "expires_at": entry["expires_at"],
             "user_id": user.pk,
+            **restrictions,
         },
     )
     APIKey._meta.get_field("user").set_cached_value(api_key, user)  # type: ignore[union-attr]
     return api_key
+
+
+def _copied(value: Any) -> Any:
+    # Anything but a list stays as it is: has_scopes() and allows_model() grant it nothing.
+    return list(value) if isinstance(value, list) else value
 
 
 def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:

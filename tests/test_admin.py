@@ -317,3 +317,77 @@ def test_saving_a_client_keeps_its_keys(admin_client, api, key, protected_client
     assert LLMClientAPIKey.objects.get() == link
     assert api.get("/clients/protected-bot/echo/").status_code == 401
     assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+
+
+# --- scopes and allowed models ----------------------------------------------------------
+
+
+def change_data(api_key: APIKey, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": api_key.name,
+        "user": api_key.user_id,
+        "description": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "scopes": "\n".join(api_key.scopes),
+        "allowed_models": "\n".join(api_key.allowed_models),
+        **fields,
+    }
+
+
+def test_adding_a_key_sets_its_scopes_and_models(admin_client, owner, protected_client):
+    data = add_data(owner, protected_client, scopes="chat, files\nchat\n\n", allowed_models="gpt-4o*")
+    assert post(admin_client, ADD, data).status_code == 200
+    api_key = APIKey.objects.get()
+    assert (api_key.scopes, api_key.allowed_models) == (["chat", "files"], ["gpt-4o*"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"allowed_models": "gpt-*-mini"}, "may appear only at the end of a model pattern"),
+        ({"scopes": "chat*"}, "may appear only in model patterns"),
+    ],
+)
+def test_adding_a_key_with_bad_scopes_or_models_is_a_form_error(
+    admin_client, owner, protected_client, fields, message
+):
+    response = post(admin_client, ADD, add_data(owner, protected_client, **fields))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not APIKey.objects.exists()
+
+
+def test_the_change_form_edits_scopes_and_models_which_apply_at_once(
+    admin_client, api, make_key, protected_client
+):
+    api_key, plaintext = make_key(protected_client, scopes=["chat", "files"], allowed_models=["echo"])
+    page = admin_client.get(change_url(api_key)).content.decode()
+    assert re.search(r"<textarea[^>]*name=\"scopes\"[^>]*>\s*chat\nfiles</textarea>", page)
+    assert api.get("/scoped/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+
+    data = change_data(api_key, scopes="chat", allowed_models="echo, gpt-4o*")
+    assert post(admin_client, change_url(api_key), data).status_code == 302
+
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["chat"], ["echo", "gpt-4o*"])
+    assert api.get("/scoped/protected-bot/echo/", **bearer(plaintext)).status_code == 403
+
+
+def test_the_change_form_refuses_bad_models_and_changes_nothing(admin_client, make_key, protected_client):
+    api_key, _ = make_key(protected_client, allowed_models=["echo"])
+    response = post(admin_client, change_url(api_key), change_data(api_key, allowed_models="echo\n*gpt"))
+    assert response.status_code == 200
+    assert "Invalid model &#x27;*gpt&#x27;" in response.content.decode()
+    api_key.refresh_from_db()
+    assert api_key.allowed_models == ["echo"]
+
+
+def test_the_changelist_shows_scopes_and_models(admin_client, make_key, protected_client):
+    make_key(protected_client, scopes=["chat", "files"], allowed_models=["gpt-4o*"])
+    make_key(protected_client)
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert '<td class="field-scope_list">chat, files</td>' in page
+    assert '<td class="field-model_list">gpt-4o*</td>' in page
+    assert '<td class="field-scope_list">all</td>' in page
+    assert '<td class="field-model_list">any</td>' in page

@@ -168,8 +168,12 @@ def test_list_shows_prefix_name_owner_clients_and_state(make_key, protected_clie
     api_key, _plaintext = make_key(protected_client)
     out, _ = run("list")
     header, row = out.splitlines()
-    assert header.split() == ["PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST", "USED"]
-    assert row.split() == [api_key.prefix, "test", "key", "owner", "protected-bot", "yes", "never", "never"]
+    assert header.split() == [
+        *("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST", "USED", "SCOPES", "MODELS")
+    ]
+    assert row.split() == [
+        *(api_key.prefix, "test", "key", "owner", "protected-bot", "yes", "never", "never", "all", "any")
+    ]
 
 
 def test_list_never_shows_a_digest_or_a_plaintext(make_key, protected_client):
@@ -214,6 +218,8 @@ def test_list_json_gives_each_field(make_key, protected_client):
         "expires_at": timezone.localtime(expires_at).isoformat(timespec="seconds"),
         "last_used_at": timezone.localtime(expires_at).isoformat(timespec="seconds"),
         "created_at": timezone.localtime(api_key.created_at).isoformat(timespec="seconds"),
+        "scopes": [],
+        "allowed_models": [],
     }
 
 
@@ -569,6 +575,115 @@ def test_every_subcommand_explains_each_of_its_arguments(action, capsys):
         if line.startswith("  ") and not line.startswith("   ") and line.strip() not in ("", "ACTION"):
             described = len(line.strip().split("  ")) > 1 or following.startswith("      ")
             assert described, f"{action}: {line.strip()} has no help"
+
+
+# --- scopes and models ------------------------------------------------------------------
+
+CREATE = ("create", "protected-bot", "--user", "owner", "--name", "ci")
+
+
+def test_create_sets_scopes_and_models_without_duplicates(owner, protected_client):
+    run(
+        *CREATE,
+        "--scope",
+        "chat",
+        "--scope",
+        "files",
+        "--scope",
+        "chat",
+        "--model",
+        "gpt-4o*",
+        "--model",
+        "echo",
+    )
+    api_key = APIKey.objects.get()
+    assert (api_key.scopes, api_key.allowed_models) == (["chat", "files"], ["gpt-4o*", "echo"])
+
+
+def test_create_json_and_list_show_scopes_and_models(owner, protected_client):
+    document = json.loads(run(*CREATE, "--scope", "chat", "--model", "echo", "--json")[0])
+    assert (document["scopes"], document["allowed_models"]) == (["chat"], ["echo"])
+    (record,) = json.loads(run("list", "--json")[0])
+    assert (record["scopes"], record["allowed_models"]) == (["chat"], ["echo"])
+    row = run("list")[0].splitlines()[1].split()
+    assert row[-2:] == ["chat", "echo"]
+
+
+BAD_NAMES = [
+    (["--scope", ""], "Invalid scope ''"),
+    (["--scope", "   "], "Invalid scope '   '"),
+    (["--scope", " chat"], "remove the spaces"),
+    (["--scope", "chat*"], "only in model patterns"),
+    (["--scope", "a,b"], "no comma"),
+    (["--model", ""], "Invalid model ''"),
+    (["--model", "gpt-4o "], "remove the spaces"),
+    (["--model", "gpt-*-mini"], "only at the end of a model pattern"),
+    (["--model", "gpt-4o**"], "only at the end of a model pattern"),
+    (["--model", "echo", "--model", "*x"], "only at the end of a model pattern"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_NAMES)
+def test_create_with_bad_scopes_or_models_is_a_command_error_and_changes_nothing(
+    owner, protected_client, args, message
+):
+    assert message in refused(*CREATE, *args)
+
+
+def test_update_replaces_only_the_lists_given(make_key, protected_client):
+    api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
+    out, _ = run("update", api_key.prefix, "--scope", "files", "--scope", "chat")
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["files", "chat"], ["echo"])
+    assert out.strip() == (
+        f"Updated key {api_key.prefix} (test key): scopes files,chat; models echo. "
+        "Applied from the next request on."
+    )
+    run("update", api_key.prefix, "--model", "gpt-4o*")
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["files", "chat"], ["gpt-4o*"])
+
+
+def test_update_clear_lifts_a_restriction(make_key, protected_client):
+    api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
+    document = json.loads(run("update", api_key.prefix, "--clear-scopes", "--clear-models", "--json")[0])
+    assert (document["scopes"], document["allowed_models"]) == ([], [])
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == ([], [])
+
+
+def test_update_takes_effect_on_the_next_request(api, make_key, protected_client):
+    api_key, plaintext = make_key(protected_client, scopes=["chat", "files"])
+    assert api.get("/scoped/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+    run("update", api_key.prefix, "--scope", "chat")
+    response = api.get("/scoped/protected-bot/echo/", **bearer(plaintext))
+    assert response.status_code == 403
+    assert response.json() == {"detail": "API key lacks scope(s): files."}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        *BAD_NAMES,
+        (["--scope", "chat", "--clear-scopes"], "not allowed with argument"),
+        (["--model", "echo", "--clear-models"], "not allowed with argument"),
+        ([], "Nothing to update"),
+    ],
+)
+def test_update_bad_input_is_a_command_error_and_changes_nothing(make_key, protected_client, args, message):
+    api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
+    assert message in refused("update", api_key.prefix, *args)
+
+
+def test_update_an_unknown_prefix_is_a_command_error(key):
+    assert "No API key with prefix 'llmk_nope'" in refused("update", "llmk_nope", "--scope", "chat")
+
+
+def test_rotate_carries_scopes_and_models_to_the_new_key(make_key, protected_client):
+    api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["gpt-4o*"])
+    document = json.loads(run("rotate", api_key.prefix, "--json")[0])
+    new = APIKey.objects.get(prefix=document["prefix"])
+    assert (new.scopes, new.allowed_models) == (["chat"], ["gpt-4o*"])
 
 
 # --- from a shell -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from django.core.cache import caches
 from django.db import connection
 
 from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import keys
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -93,3 +94,14 @@ def test_a_bulk_revoke_here_is_refused_there_at_once(worker, make_key, protected
     assert worker.status("protected-bot", plaintext) == 200
     APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
     assert worker.status("protected-bot", plaintext) == 401
+
+
+def test_a_scope_change_here_is_applied_there_at_once(worker, make_key, protected_client):
+    api_key, plaintext = make_key(protected_client, scopes=["chat", "files"])
+    assert worker.status("/scoped/protected-bot/echo/", plaintext) == 200
+    assert worker.status("/scoped/protected-bot/echo/", plaintext) == 200
+    keys.update_restrictions(api_key, scopes=["chat"])
+    assert worker.status("/scoped/protected-bot/echo/", plaintext) == 403
+    api_key.scopes = ["chat", "files"]
+    api_key.save()
+    assert worker.status("/scoped/protected-bot/echo/", plaintext) == 200

@@ -1,9 +1,11 @@
+import re
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection
 from django.utils import timezone
 from model_bakery import baker
@@ -111,3 +113,95 @@ def test_rotating_an_expired_key_issues_a_working_replacement_and_keeps_it_expir
     old.refresh_from_db()
     assert old.expires_at == expired_at
     assert list(keys.working_keys(protected_client)) == [new]
+
+
+# --- scopes and allowed models ----------------------------------------------------------
+
+
+def test_create_key_sets_scopes_and_models_without_duplicates(owner, protected_client):
+    api_key, _ = keys.create_key(
+        [protected_client],
+        user=owner,
+        name="ci",
+        scopes=["chat", "files", "chat"],
+        allowed_models=["gpt-4o*", "echo", "gpt-4o*"],
+    )
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["chat", "files"], ["gpt-4o*", "echo"])
+
+
+def test_a_key_is_unrestricted_by_default(owner):
+    api_key, _ = APIKey.objects.create_key(user=owner, name="ci")
+    assert (api_key.scopes, api_key.allowed_models) == ([], [])
+    assert api_key.has_scopes("anything") and api_key.allows_model("anything")
+
+
+BAD_RESTRICTIONS = [
+    ({"scopes": [""]}, "Invalid scope ''"),
+    ({"scopes": ["  "]}, "non-empty name"),
+    ({"scopes": ["chat "]}, "remove the spaces around it"),
+    ({"scopes": ["chat\n"]}, "remove the spaces around it"),
+    ({"scopes": ["a\tb"]}, "no comma or line break"),
+    ({"scopes": ["all*"]}, "only in model patterns"),
+    ({"scopes": [1]}, "non-empty name"),
+    ({"scopes": "chat"}, "must be a list of names, not str"),
+    ({"allowed_models": [None]}, "Invalid model None"),
+    ({"allowed_models": ["gpt*4"]}, "only at the end of a model pattern"),
+    ({"allowed_models": ["**"]}, "only at the end of a model pattern"),
+    ({"allowed_models": {"echo": 1}}, "must be a list of names, not dict"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_RESTRICTIONS)
+def test_create_key_refuses_bad_scopes_or_models_and_writes_nothing(owner, protected_client, fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        keys.create_key([protected_client], user=owner, name="ci", **fields)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        APIKey.objects.create_key(user=owner, name="ci", **fields)
+    assert not APIKey.objects.exists()
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_RESTRICTIONS)
+def test_clean_reports_bad_scopes_or_models_on_their_field(owner, fields, message):
+    api_key = APIKey(user=owner, name="ci", prefix="p", digest="d", **fields)
+    with pytest.raises(ValidationError) as invalid:
+        api_key.full_clean()
+    ((field, (text,)),) = invalid.value.message_dict.items()
+    assert field == next(iter(fields)) and message in text
+
+
+def test_clean_removes_duplicates(owner):
+    api_key = APIKey(user=owner, name="ci", scopes=["a", "b", "a"], allowed_models=["x*", "x*"])
+    api_key.clean()
+    assert (api_key.scopes, api_key.allowed_models) == (["a", "b"], ["x*"])
+
+
+def test_rotation_carries_scopes_and_models(make_key, protected_client):
+    old, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo", "gpt-4o*"])
+    new, _ = keys.rotate_key(old, timedelta(0))
+    new.refresh_from_db()
+    assert (new.scopes, new.allowed_models) == (["chat"], ["echo", "gpt-4o*"])
+    _, newer, _ = keys.rotate_client_key(protected_client, timedelta(0))
+    assert (newer.scopes, newer.allowed_models) == (["chat"], ["echo", "gpt-4o*"])
+
+
+def test_update_restrictions_replaces_the_lists_given(make_key, protected_client):
+    api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
+    keys.update_restrictions(api_key, scopes=["files", "files"])
+    assert (api_key.scopes, api_key.allowed_models) == (["files"], ["echo"])
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["files"], ["echo"])
+    keys.update_restrictions(api_key, allowed_models=[])
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["files"], [])
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_RESTRICTIONS)
+def test_update_restrictions_refuses_bad_input_and_changes_nothing(
+    make_key, protected_client, fields, message
+):
+    api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        keys.update_restrictions(api_key, **fields)
+    api_key.refresh_from_db()
+    assert (api_key.scopes, api_key.allowed_models) == (["chat"], ["echo"])

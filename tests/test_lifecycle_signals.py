@@ -161,3 +161,19 @@ def test_a_refusal_log_line_names_the_prefix_but_no_secret(caplog, api, make_key
     assert "authentication refused" in text and api_key.prefix in text and "revoked" in text
     for secret in secrets_of(plaintext, api_key):
         assert secret not in text
+
+
+def test_an_update_of_scopes_or_models_is_logged_after_commit_without_a_secret(caplog, key):
+    caplog.set_level(logging.INFO, logger="drf_llm_keys")
+    api_key, plaintext = key
+    committed(lambda: keys.update_restrictions(api_key, scopes=["chat"], allowed_models=["gpt-4o*"]))
+    (record,) = [r for r in caplog.records if r.name == "drf_llm_keys"]
+    assert (record.event, record.prefix, record.scopes, record.allowed_models) == (
+        "key_updated",
+        api_key.prefix,
+        ["chat"],
+        ["gpt-4o*"],
+    )
+    text = logged(caplog)
+    for secret in secrets_of(plaintext, api_key):
+        assert secret not in text

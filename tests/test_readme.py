@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from model_bakery import baker
+from rest_framework.test import APIRequestFactory
 
 from .conftest import bearer
 
@@ -48,3 +49,23 @@ def test_quick_start_commands_give_a_working_key(api, capsys):
     assert api.get("/clients/support-bot/echo/").status_code == 401
     response = api.get("/clients/support-bot/echo/", **bearer(plaintext))
     assert response.json()["user"] == "alice"
+
+
+def test_scopes_and_model_allowlists_example_restricts_its_key(make_key):
+    baker.make("auth.User", username="alice")
+    namespace: dict[str, object] = {}
+    exec(python_block("Scopes and model allowlists"), namespace)
+    view = namespace["ChatCompletions"].as_view()  # type: ignore[attr-defined]
+    factory = APIRequestFactory()
+
+    def status(plaintext: str, model: str) -> int:
+        request = factory.post("/", {"model": model}, format="json", **bearer(plaintext))
+        response = view(request, llm_client="batch-bot")
+        return int(response.status_code)
+
+    plaintext = str(namespace["plaintext"])
+    assert status(plaintext, "gpt-4o-mini") == 200
+    assert status(plaintext, "echo-2") == 200
+    assert status(plaintext, "gpt-4o") == 403
+    _, files_only = make_key(namespace["bot"], scopes=["files"])
+    assert status(files_only, "gpt-4o-mini") == 403

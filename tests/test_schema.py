@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from django.urls import path
 from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.settings import patched_settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.validation import validate_schema
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
+from drf_llm_keys.permissions import HasScopes
 
 # Not imported from drf_llm_keys.contrib.spectacular: the app must register it by itself.
 AUTHORIZATION_SCHEME = "LLMClientAPIKeyAuthorization"
@@ -41,8 +43,14 @@ class SessionOnly(Echo):
     authentication_classes = [SessionAuthentication]
 
 
+class ScopedEcho(Echo):
+    permission_classes = [HasScopes]
+    required_scopes = ["chat", "files"]
+
+
 patterns = [
     path("clients/<str:llm_client>/echo/", Echo.as_view()),
+    path("scoped/<str:llm_client>/echo/", ScopedEcho.as_view()),
     path("custom/<str:llm_client>/echo/", CustomEcho.as_view()),
     path("session/<str:llm_client>/echo/", SessionOnly.as_view()),
 ]
@@ -111,3 +119,30 @@ def test_the_schemes_follow_the_keyword_and_header_settings(settings):
 def test_the_schema_is_valid_openapi(settings, drf_llm_keys):
     settings.DRF_LLM_KEYS = drf_llm_keys
     validate_schema(generate())
+
+
+# --- scopes ------------------------------------------------------------------------------
+
+
+def test_openapi_3_0_lists_no_scopes_for_these_schemes():
+    # 3.0 allows scopes in a requirement only for oauth2 and openIdConnect schemes.
+    assert security_of(generate(), "/scoped/{llm_client}/echo/") == EITHER_SCHEME
+
+
+def test_openapi_3_1_lists_the_views_required_scopes():
+    with patched_settings({"OAS_VERSION": "3.1.0"}):
+        schema = generate()
+        validate_schema(schema)
+    assert security_of(schema, "/scoped/{llm_client}/echo/") == [
+        {AUTHORIZATION_SCHEME: ["chat", "files"]},
+        {HEADER_SCHEME: ["chat", "files"]},
+    ]
+    # A view without HasScopes needs none (AllowAny adds the anonymous {} requirement).
+    assert security_of(schema, "/clients/{llm_client}/echo/") == [*EITHER_SCHEME, {}]
+
+
+def test_the_schemes_say_that_keys_may_be_limited_to_scopes_and_models():
+    schemes = generate()["components"]["securitySchemes"]
+    for name in (AUTHORIZATION_SCHEME, HEADER_SCHEME):
+        assert "limited to scopes and to models" in schemes[name]["description"]
+        assert "403" in schemes[name]["description"]

@@ -9,4 +9,7 @@ urlpatterns = [
     path("default/clients/<str:llm_client>/echo/", views.DefaultEcho.as_view()),
     path("by-method/<str:name>/echo/", views.ClientFromMethodEcho.as_view()),
     path("whoami/", views.WhoAmI.as_view()),
+    path("scoped/<str:llm_client>/echo/", views.ScopedEcho.as_view()),
+    path("scoped-default/<str:llm_client>/echo/", views.ScopedDefaultEcho.as_view()),
+    path("models/<str:llm_client>/echo/", views.ModelEcho.as_view()),
 ]

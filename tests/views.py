@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from drf_llm_keys import get_client_model
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
+from drf_llm_keys.permissions import HasScopes, require_model
 
 
 class DefaultEcho(APIView):
@@ -37,3 +38,41 @@ class WhoAmI(APIView):
 
     def get(self, request: Request) -> Response:
         return Response({"user": request.user.get_username()})
+
+
+class ScopedEcho(APIView):
+    """Needs the scopes chat and files; answers with what the key holds (from the cache)."""
+
+    authentication_classes = [LLMClientAPIKeyAuthentication]
+    permission_classes = [HasScopes]
+    required_scopes = ["chat", "files"]
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        if request.auth is None:
+            return Response({"key": None})
+        return Response(
+            {
+                "key": request.auth.prefix,
+                "scopes": request.auth.scopes,
+                "allowed_models": request.auth.allowed_models,
+                "has_chat": request.auth.has_scopes("chat"),
+            }
+        )
+
+
+class ScopedDefaultEcho(DefaultEcho):
+    """DEFAULT_AUTHENTICATION_CLASSES (ours, then sessions) with HasScopes."""
+
+    permission_classes = [HasScopes]
+    required_scopes = ["chat"]
+
+
+class ModelEcho(APIView):
+    """``?model=NAME``: refused with 403 when the key may not use that model."""
+
+    authentication_classes = [LLMClientAPIKeyAuthentication]
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        model = request.query_params.get("model", "")
+        require_model(request, model)
+        return Response({"model": model})

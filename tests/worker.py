@@ -1,7 +1,8 @@
 """A second OS process for the cross-process tests.
 
 Reads lines ``SLUG [KEY]`` on stdin and answers each with the status code of a request to
-that client's endpoint, made in this process against the shared database and cache.
+that client's endpoint, made in this process against the shared database and cache. A
+``SLUG`` starting with ``/`` is the path to request instead.
 """
 
 import os
@@ -21,4 +22,5 @@ print("ready", flush=True)
 for line in sys.stdin:
     slug, _, key = line.strip().partition(" ")
     headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
-    print(client.get(f"/clients/{slug}/echo/", **headers).status_code, flush=True)
+    path = slug if slug.startswith("/") else f"/clients/{slug}/echo/"
+    print(client.get(path, **headers).status_code, flush=True)

@@ -47,6 +47,8 @@ def error_body(
     kind = "server_error" if status_code >= 500 else "invalid_request_error"
     if status_code == status.HTTP_429_TOO_MANY_REQUESTS:
         kind = "rate_limit_error"
+    if status_code == status.HTTP_403_FORBIDDEN:  # e.g. a model the key may not use
+        kind = "permission_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from drf_llm_keys import get_client_model
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
+from drf_llm_keys.permissions import allows_model, require_model
 
 from . import echo, upstream
 from .errors import openai_exception_handler
@@ -72,9 +73,16 @@ class ModelListView(OpenAICompatibleView):
 
     def get(self, request: Request, **kwargs: Any) -> Response:
         self.get_llm_client_or_404()
-        if upstream.configured():
-            return Response(upstream.models())
-        return Response({"object": "list", "data": echo.models()})
+        listing: dict[str, Any] = (
+            upstream.models() if upstream.configured() else {"object": "list", "data": echo.models()}
+        )
+        # Only the models the caller's key may use (all of them for a public client).
+        listing["data"] = [
+            m
+            for m in listing.get("data") or []
+            if isinstance(m, dict) and allows_model(request, str(m.get("id")))
+        ]
+        return Response(listing)
 
 
 class ChatCompletionView(OpenAICompatibleView):
@@ -90,6 +98,7 @@ class ChatCompletionView(OpenAICompatibleView):
         serializer = ChatCompletionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         body: dict[str, Any] = serializer.validated_data
+        require_model(request, body["model"])  # a 403 before anything reaches a model
         if upstream.configured():
             if body["stream"]:
                 return event_stream(upstream.chat_completion_stream(request.data))

@@ -12,7 +12,7 @@ import pytest
 
 from example_project.llm.server import MANAGE_PY, free_port, running_server
 
-# Long enough for two requests on a busy machine: the old key must still work for step 6.
+# Long enough for two requests on a busy machine: the old key must still work for step 8.
 GRACE = "2"
 
 
@@ -59,10 +59,12 @@ def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
     assert "anonymous request: 200" in output
     assert "no key: 401" in output
     assert "demo-other's key: 401" in output
+    assert "its key, model echo: 200" in output
+    assert "its key, model gpt-4o: 403  error: \"API key may not use model 'gpt-4o'.\"" in output
     assert "within the grace period: 200" in output
     assert "after the grace period: 401" in output
     assert "revoked key llmk_" in output and '401  error: "API key has been revoked."' in output
-    assert "All 8 steps behaved as expected." in output
+    assert "All 10 steps behaved as expected." in output
     assert "create your login with  python example_project/manage.py createsuperuser" in output
     assert "python example_project/manage.py runserver  and open http://127.0.0.1:8000/admin/" in output
 
@@ -74,19 +76,20 @@ def test_demo_names_the_superuser_to_log_in_to_the_admin_with(fresh_env):
     assert "Log in as root (a superuser of this database)." in output
     assert "createsuperuser" not in output
     assert "a-local-demo-password" not in output
+    assert "All 10 steps behaved as expected." in output
 
 
 def test_demo_runs_again_on_what_it_left(fresh_env):
     manage(fresh_env, "demo", "--grace", GRACE)
-    assert "All 8 steps behaved as expected." in manage(fresh_env, "demo", "--grace", GRACE).stdout
+    assert "All 10 steps behaved as expected." in manage(fresh_env, "demo", "--grace", GRACE).stdout
 
 
 def test_demo_drives_a_server_already_running(fresh_env):
     with running_server(fresh_env) as url:
         output = manage(fresh_env, "demo", "--grace", GRACE, "--url", url).stdout
     assert f"Server: {url}" in output
-    assert "All 8 steps behaved as expected." in output
     assert f"Then open {url}/admin/" in output
+    assert "All 10 steps behaved as expected." in output
 
 
 def test_demo_fails_when_the_server_does_not_share_the_cache(fresh_env, tmp_path):
@@ -108,4 +111,4 @@ def test_demo_refuses_a_grace_period_that_is_not_positive(fresh_env):
 def test_demo_answers_with_the_echo_model_even_where_an_upstream_is_configured(fresh_env):
     closed = f"http://127.0.0.1:{free_port()}/v1"  # forwarding there would fail every step
     output = manage({**fresh_env, "LLM_UPSTREAM_URL": closed}, "demo", "--grace", GRACE).stdout
-    assert "All 8 steps behaved as expected." in output
+    assert "All 10 steps behaved as expected." in output

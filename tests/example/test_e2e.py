@@ -133,3 +133,46 @@ def test_unknown_model_is_not_found(example_server, public_client):
     with pytest.raises(openai.NotFoundError) as missing:
         openai_client(example_server, "public-bot").chat.completions.create(model="gpt-4o", messages=HELLO)
     assert missing.value.body["code"] == "model_not_found"
+
+
+# --- model allowlists --------------------------------------------------------------------
+
+
+def test_a_key_may_use_only_its_models(example_server, make_key, protected_client):
+    _, plaintext = make_key(protected_client, allowed_models=["echo"])
+    client = openai_client(example_server, "protected-bot", plaintext)
+    assert client.chat.completions.create(model="echo", messages=HELLO).choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert refused.value.status_code == 403
+    assert refused.value.body == {
+        "message": "API key may not use model 'gpt-4o'.",
+        "type": "permission_error",
+        "param": None,
+        "code": "model_not_allowed",
+    }
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
+
+
+def test_models_lists_only_the_models_the_key_may_use(example_server, make_key, protected_client):
+    _, echo_only = make_key(protected_client, allowed_models=["echo"])
+    _, gpt_only = make_key(protected_client, allowed_models=["gpt-4o*"])
+    assert [m.id for m in openai_client(example_server, "protected-bot", echo_only).models.list()] == ["echo"]
+    assert openai_client(example_server, "protected-bot", gpt_only).models.list().data == []
+
+
+def test_a_model_change_here_applies_on_the_servers_next_request(example_server, make_key, protected_client):
+    api_key, plaintext = make_key(protected_client)
+    client = openai_client(example_server, "protected-bot", plaintext)
+    for _ in range(2):  # the server now holds the key's entry
+        assert client.chat.completions.create(model="echo", messages=HELLO).choices[0].message.content
+
+    keys.update_restrictions(api_key, allowed_models=["gpt-4o*"])  # here, in the test process
+
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="echo", messages=HELLO)
+    assert client.models.list().data == []
+
+    type(api_key).objects.filter(pk=api_key.pk).update(allowed_models=[])
+    assert [m.id for m in client.models.list()] == ["echo"]

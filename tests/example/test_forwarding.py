@@ -67,3 +67,22 @@ def test_upstream_failure_is_a_bad_gateway(forwarding_server, public_client):
         client.chat.completions.create(model=FAILING_MODEL, messages=HELLO)
     assert failed.value.status_code == 502
     assert failed.value.body["code"] == "upstream_error"
+
+
+def test_a_model_the_key_may_not_use_never_reaches_the_upstream(
+    forwarding_server, standin, make_key, protected_client
+):
+    _, plaintext = make_key(protected_client, allowed_models=[MODEL])
+    client = openai_client(forwarding_server, "protected-bot", plaintext)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model=REFUSED_MODEL, messages=HELLO)
+    assert standin.received == []
+    assert client.chat.completions.create(model=MODEL, messages=HELLO).choices[0].message.content
+
+
+def test_the_upstreams_models_are_filtered_by_the_key(forwarding_server, make_key, protected_client):
+    _, only_other = make_key(protected_client, allowed_models=["gpt-4o*"])
+    _, standin_models = make_key(protected_client, allowed_models=["standin-*"])
+    assert openai_client(forwarding_server, "protected-bot", only_other).models.list().data == []
+    listed = openai_client(forwarding_server, "protected-bot", standin_models).models.list()
+    assert [model.id for model in listed] == [MODEL]

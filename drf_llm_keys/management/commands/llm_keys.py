@@ -1,4 +1,5 @@
-"""``manage.py llm_keys``: create, list, rotate and revoke API keys (see docs/key-management.md).
+"""``manage.py llm_keys``: create, list, update, rotate and revoke API keys (see
+docs/key-management.md).
 
 A plaintext key is written to stdout alone, once, so ``KEY=$(manage.py llm_keys create ...)``
 captures just the key; what was done and the warning go to stderr. ``--json`` writes one
@@ -34,6 +35,7 @@ class Command(BaseCommand):
         "Create, list, rotate and revoke the API keys of LLM clients; create and list the clients. "
         "See 'llm_keys ACTION --help' for each action."
     )
+    help = "Create, list, update, rotate and revoke the API keys of LLM clients."
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -44,6 +46,7 @@ class Command(BaseCommand):
         create.add_argument("--name", required=True, help="A name for the key.")
         create.add_argument("--description", default="", metavar="TEXT", help="Notes on the key (optional).")
         self._add_expiry(create, "The key expires")
+        self._add_restrictions(create)
         create.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
         listing = actions.add_parser(
@@ -69,6 +72,8 @@ class Command(BaseCommand):
         )
         self._add_expiry(rotate, "The new key expires")
         rotate.add_argument("--json", action="store_true", help="Write JSON to stdout.")
+
+        self._add_update(actions)
 
         revoke = actions.add_parser("revoke", help="Revoke a key; it is refused at once everywhere.")
         revoke.add_argument(
@@ -105,6 +110,34 @@ class Command(BaseCommand):
             help=f"{what} at this date and time, e.g. 2027-01-31T12:00:00Z.",
         )
 
+    def _add_restrictions(self, parser: CommandParser, clear: bool = False) -> None:
+        for flag, dest, what in (("--scope", "scopes", "scope"), ("--model", "allowed_models", "model")):
+            # update: a list and its --clear-... flag contradict each other.
+            group = parser.add_mutually_exclusive_group() if clear else parser
+            group.add_argument(
+                flag,
+                dest=dest,
+                action="append",
+                metavar=what.upper(),
+                help=f"A {what} the key holds; repeat for more"
+                + (' (a model may end with "*": a prefix).' if what == "model" else ".")
+                + (" Replaces the key's list." if clear else " None: unrestricted."),
+            )
+            if clear:
+                group.add_argument(
+                    f"--clear-{what}s",
+                    action="store_true",
+                    help=f"Empty the key's {what} list: no {what} restriction.",
+                )
+
+    def _add_update(self, actions: Any) -> None:
+        update = actions.add_parser(
+            "update", help="Replace a key's scopes or allowed models; applied at once everywhere."
+        )
+        update.add_argument("prefix", metavar="PREFIX")
+        self._add_restrictions(update, clear=True)
+        update.add_argument("--json", action="store_true", help="Write JSON to stdout.")
+
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
         if action == "client":
@@ -114,6 +147,8 @@ class Command(BaseCommand):
             handler(options)
         except keys.KeyLifecycleError as exc:
             raise CommandError(str(exc)) from exc
+        except ValidationError as exc:  # scopes or models
+            raise CommandError(" ".join(exc.messages)) from exc
 
     # --- subcommands --------------------------------------------------------------------
 
@@ -126,6 +161,8 @@ class Command(BaseCommand):
             name=options["name"],
             description=options["description"],
             expires_at=self.get_expiry(options),
+            scopes=options["scopes"] or (),
+            allowed_models=options["allowed_models"] or (),
         )
         self.say(f"Created key {api_key.prefix} ({api_key.name}) for {keys.lookup_value(llm_client)}.")
         self.show_plaintext(plaintext, {"key": plaintext, **self.record(api_key)}, options)
@@ -159,6 +196,23 @@ class Command(BaseCommand):
         self.say(f"Rotated {old.prefix} -> {new.prefix} ({new.name}); {old.prefix} {until}.")
         self.show_plaintext(
             plaintext, {"key": plaintext, **self.record(new), "old_key": self.record(old)}, options
+        )
+
+    def handle_update(self, options: dict[str, Any]) -> None:
+        changes = {
+            field: [] if options[f"clear_{what}s"] else options[field]
+            for field, what in (("scopes", "scope"), ("allowed_models", "model"))
+            if options[f"clear_{what}s"] or options[field] is not None
+        }
+        if not changes:
+            raise CommandError("Nothing to update: give --scope, --model, --clear-scopes or --clear-models.")
+        api_key = keys.update_restrictions(self.get_key(options["prefix"]), **changes)
+        if options["json"]:
+            self.stdout.write(json.dumps(self.record(api_key), indent=2))
+            return
+        self.stdout.write(
+            f"Updated key {api_key.prefix} ({api_key.name}): scopes {self.listed(api_key.scopes, 'all')}; "
+            f"models {self.listed(api_key.allowed_models, 'any')}. Applied from the next request on."
         )
 
     def handle_revoke(self, options: dict[str, Any]) -> None:
@@ -302,10 +356,12 @@ class Command(BaseCommand):
             "expires_at": self.iso(api_key.expires_at),
             "last_used_at": self.iso(api_key.last_used_at),
             "created_at": self.iso(api_key.created_at),
+            "scopes": api_key.scopes,
+            "allowed_models": api_key.allowed_models,
         }
 
     def write_table(self, records: list[dict[str, Any]]) -> None:
-        header = ("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST USED")
+        header = ("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST USED", "SCOPES", "MODELS")
         rows = [header] + [
             (
                 r["prefix"],
@@ -315,12 +371,20 @@ class Command(BaseCommand):
                 "yes" if r["is_active"] else "revoked",
                 (r["expires_at"] or "never") + (" (expired)" if r["expired"] else ""),
                 r["last_used_at"] or "never",
+                self.listed(r["scopes"], "all"),
+                self.listed(r["allowed_models"], "any"),
             )
             for r in records
         ]
         self.write_rows(header, rows[1:])
         if not records:
             self.stderr.write("No keys.", style_func=lambda text: text)
+
+    def listed(self, names: list[str], unrestricted: str) -> str:
+        # An empty list restricts nothing: say so rather than show an empty cell.
+        if not isinstance(names, list):
+            return repr(names)  # written around validation; it grants nothing
+        return ",".join(names) or unrestricted
 
     def iso(self, value: datetime | None) -> str | None:
         return None if value is None else timezone.localtime(value).isoformat(timespec="seconds")

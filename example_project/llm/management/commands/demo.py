@@ -93,10 +93,12 @@ class Command(BaseCommand):
         self.protected_key, self.protected_plaintext = keys.create_key(
             [self.protected], user=self.user, name="demo key"
         )
-        _, self.other_plaintext = keys.create_key([other], user=self.user, name="other bot's key")
+        _, self.other_plaintext = keys.create_key(
+            [other], user=self.user, name="other bot's key", allowed_models=["echo"]
+        )
         self.say(
             f"Created clients {PUBLIC} (public: no key), {PROTECTED} (key {self.protected_key.prefix}) "
-            f"and {OTHER} (a key of its own)."
+            f"and {OTHER} (a key of its own, for the model echo only)."
         )
 
     def walk_through(self) -> None:
@@ -107,6 +109,11 @@ class Command(BaseCommand):
         self.expect(401, PROTECTED, None, "no key")
         self.expect(200, PROTECTED, self.protected_plaintext, f"its key {self.protected_key.prefix}")
         self.expect(401, PROTECTED, self.other_plaintext, f"{OTHER}'s key")
+
+        self.heading("A key restricted to one model")
+        # What `manage.py llm_keys create demo-other ... --model echo` does.
+        self.expect(200, OTHER, self.other_plaintext, "its key, model echo")
+        self.expect(403, OTHER, self.other_plaintext, "its key, model gpt-4o", model="gpt-4o")
 
         self.heading(f"Rotation with a grace period of {self.grace.total_seconds():g} s")
         old_prefix, old_plaintext = self.protected_key.prefix, self.protected_plaintext
@@ -150,17 +157,17 @@ class Command(BaseCommand):
     def say(self, text: str) -> None:
         self.stdout.write(text)
 
-    def expect(self, status: int, slug: str, key: str | None, what: str) -> None:
+    def expect(self, status: int, slug: str, key: str | None, what: str, model: str = "echo") -> None:
         self.step_number += 1
-        reply = self.chat(slug, key, f"Hello from step {self.step_number}")
+        reply = self.chat(slug, key, f"Hello from step {self.step_number}", model)
         line = f"  {self.step_number}. POST /v1/clients/{slug}/chat/completions, {what}: {reply.status}"
         if reply.status != status:
             raise CommandError(f"{line}, expected {status}. {reply.summary()}")
         style = self.style.SUCCESS if status < 400 else self.style.WARNING
         self.say(f"{style(line)}  {reply.summary()}")
 
-    def chat(self, slug: str, key: str | None, text: str) -> Reply:
-        body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": text}]}).encode()
+    def chat(self, slug: str, key: str | None, text: str, model: str = "echo") -> Reply:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()
         request = urllib.request.Request(
             f"{self.base_url}/v1/clients/{slug}/chat/completions",
             data=body,
