@@ -105,6 +105,16 @@ def token_counter_name(subject: Subject, seconds: int, window: int) -> str:
     return cache.throttle_name(subject.client, f"tokens:{subject.prefix}", seconds, window)
 
 
+def day_of(number: int) -> datetime.date:
+    """The date of a UTC day counted from 1970-01-01 (what the counter files counts under)."""
+    return EPOCH + datetime.timedelta(days=number)
+
+
+def today() -> datetime.date:
+    """The current UTC day, which the counts of this moment go to."""
+    return day_of(int(time.time() // SECONDS_PER_DAY))
+
+
 class UsageCounter:
     """The counts waiting in this process, and the timer that writes them."""
 
@@ -122,7 +132,7 @@ class UsageCounter:
     def add(
         self, subject: Subject, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0
     ) -> None:
-        name = (subject.key_id, subject.client_id, int(time.time() // SECONDS_PER_DAY))
+        name = (subject.key_id, subject.client_id, int(time.time() // SECONDS_PER_DAY))  # the UTC day
         with self._lock:
             counts = self._pending.get(name)
             if counts is None:
@@ -220,7 +230,7 @@ def write_counts(counts: dict[CounterKey, list[int]]) -> None:
     deleted since are dropped with them."""
     using = router.db_for_write(KeyUsage)
     rows = [
-        (key_id, client_id, EPOCH + datetime.timedelta(days=day), *figures)
+        (key_id, client_id, day_of(day), *figures)
         for (key_id, client_id, day), figures in counts.items()
         if any(figures)
     ]

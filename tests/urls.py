@@ -9,4 +9,6 @@ urlpatterns = [
     path("default/clients/<str:llm_client>/echo/", views.DefaultEcho.as_view()),
     path("by-method/<str:name>/echo/", views.ClientFromMethodEcho.as_view()),
     path("whoami/", views.WhoAmI.as_view()),
+    path("clients/<str:llm_client>/tokens/", views.TokenEcho.as_view()),
+    path("clients/<str:llm_client>/tokens/stream/", views.StreamedTokenEcho.as_view()),
 ]
