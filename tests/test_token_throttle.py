@@ -40,7 +40,7 @@ def test_a_key_over_its_budget_gets_429_with_retry_after(api, settings, key):
     assert 1 <= int(refused["Retry-After"]) <= 3600
 
 
-def test_a_refused_request_spends_nothing_and_counts_nothing(api, settings, key):
+def test_a_refused_request_spends_no_tokens(api, settings, key):
     settings.DRF_LLM_KEYS = {"TOKEN_RATE": "5/hour", "USAGE_FLUSH_INTERVAL": 3600}
     _, plaintext = key
     assert spend(api, plaintext, 5, 0) == 200
