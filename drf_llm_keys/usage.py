@@ -134,12 +134,9 @@ class UsageCounter:
     ) -> None:
         name = (subject.key_id, subject.client_id, int(time.time() // SECONDS_PER_DAY))  # the UTC day
         with self._lock:
-            counts = self._pending.get(name)
+            counts = self._counts_of(name)
             if counts is None:
-                if len(self._pending) >= conf.USAGE_MAX_PENDING:
-                    self._dropped += 1
-                    return
-                counts = self._pending[name] = [0, 0, 0]
+                return
             counts[0] += requests
             counts[1] += prompt_tokens
             counts[2] += completion_tokens
@@ -197,16 +194,23 @@ class UsageCounter:
     def _keep(self, taken: dict[CounterKey, list[int]]) -> None:
         with self._lock:
             for name, figures in taken.items():
-                counts = self._pending.get(name)
+                counts = self._counts_of(name)
                 if counts is None:
-                    if len(self._pending) >= conf.USAGE_MAX_PENDING:
-                        self._dropped += 1
-                        continue
-                    counts = self._pending[name] = [0, 0, 0]
+                    continue
                 for index, figure in enumerate(figures):
                     counts[index] += figure
             if self._pending and self._timer is None:
                 self._schedule()
+
+    def _counts_of(self, name: CounterKey) -> list[int] | None:
+        """The counts waiting under ``name`` (made if there is room; the lock is held)."""
+        counts = self._pending.get(name)
+        if counts is None:
+            if len(self._pending) >= conf.USAGE_MAX_PENDING:
+                self._dropped += 1
+                return None
+            counts = self._pending[name] = [0, 0, 0]
+        return counts
 
     def _schedule(self) -> None:
         # Called with the lock held. A one-shot timer: an idle process runs no thread.

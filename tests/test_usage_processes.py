@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from drf_llm_keys.models import KeyUsage
 
@@ -24,6 +23,7 @@ from .test_push import cache_config, redis_server  # noqa: F401  (a module-scope
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TOKENS = "/clients/protected-bot/tokens/?prompt={}&completion={}"
+FILE_BASED_CACHE = "django.core.cache.backends.filebased.FileBasedCache"
 
 
 class UsageWorker:
@@ -71,24 +71,18 @@ Start = Callable[..., UsageWorker]
 
 @pytest.fixture
 def start(settings: Any, tmp_path: Any) -> Iterator[Start]:
-    env = {**os.environ, "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
+    shared_directory = None
     if "DRF_LLM_KEYS_TEST_REDIS_URL" not in os.environ:
-        directory = str(tmp_path / "cache")
-        settings.CACHES = {
-            "default": {
-                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                "LOCATION": directory,
-            }
-        }
-        env["DRF_LLM_KEYS_TEST_CACHE_DIR"] = directory
+        # This run's local-memory cache is per process: this one and the workers share files.
+        shared_directory = str(tmp_path / "cache")
+        settings.CACHES = {"default": {"BACKEND": FILE_BASED_CACHE, "LOCATION": shared_directory}}
     workers: list[UsageWorker] = []
 
     def make(
         flush_interval: float = 3600, redis_url: str | None = None, **package_settings: Any
     ) -> UsageWorker:
-        cache = {"DRF_LLM_KEYS_TEST_REDIS_URL": redis_url} if redis_url else {}
-        settings = {"USAGE_FLUSH_INTERVAL": flush_interval, **package_settings}
-        worker = UsageWorker({**env, **cache}, settings)
+        env = harness.child_environment(None if redis_url else shared_directory, redis_url)
+        worker = UsageWorker(env, {"USAGE_FLUSH_INTERVAL": flush_interval, **package_settings})
         workers.append(worker)
         return worker
 

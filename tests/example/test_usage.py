@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from drf_llm_keys.models import KeyUsage
 from example_project.llm.server import running_server
 
 from .. import harness
+from ..test_usage_processes import figures
 from .conftest import openai_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,15 +27,6 @@ def budget_server(example_env: dict[str, str]) -> Iterator[str]:
         yield url
 
 
-def stored(api_key: object) -> tuple[int, int, int]:
-    rows = KeyUsage.objects.filter(api_key=api_key)
-    return (
-        sum(r.requests for r in rows),
-        sum(r.prompt_tokens for r in rows),
-        sum(r.completion_tokens for r in rows),
-    )
-
-
 def test_every_completion_is_recorded_streamed_ones_included(budget_server, key):
     api_key, plaintext = key
     client = openai_client(budget_server, "protected-bot", plaintext)
@@ -43,7 +34,7 @@ def test_every_completion_is_recorded_streamed_ones_included(budget_server, key)
     assert reply.usage is not None and reply.usage.total_tokens == 5
     stream = client.chat.completions.create(model="echo", messages=HELLO, stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == "echo: hello there"
-    harness.wait_until(lambda: stored(api_key) == (2, 4, 6), 30, "usage not recorded")
+    harness.wait_until(lambda: figures(api_key) == (2, 4, 6), 30, "usage not recorded")
 
 
 def test_a_key_over_its_token_budget_gets_a_rate_limit_error(budget_server, key):
