@@ -188,8 +188,11 @@ class UsageCounter:
         self._start_empty()
 
     def flush_at_exit(self) -> None:
-        if self._pending:
-            self.flush()
+        try:
+            if self._pending and not self.flush():
+                logger.warning("drf_llm_keys: usage counts not written at exit are lost")
+        except Exception:  # at shutdown, even a retry timer may fail to start
+            logger.warning("drf_llm_keys: usage counts not written at exit are lost", exc_info=True)
 
     def _keep(self, taken: dict[CounterKey, list[int]]) -> None:
         with self._lock:
