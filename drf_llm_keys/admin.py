@@ -10,6 +10,7 @@ and only revoked keys can be deleted (deleting an active key would bypass it as 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django import forms
@@ -18,6 +19,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import display_for_value
 from django.contrib.auth import get_user_model
 from django.db import models
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -26,9 +28,9 @@ from django.utils.html import format_html
 from django.utils.text import capfirst, format_lazy
 from django.utils.translation import gettext_lazy as _
 
-from . import get_client_model, keys
+from . import get_client_model, keys, usage
 from .conf import conf
-from .models import APIKey, LLMClient, LLMClientAPIKey
+from .models import APIKey, KeyUsage, LLMClient, LLMClientAPIKey
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -154,6 +156,8 @@ class APIKeyAdmin(_APIKeyAdminBase):
         "last_used_at",
         "created_at",
         "updated_at",
+        "usage_7_days",
+        "usage_30_days",
     )
     fields: ClassVar[tuple[str, ...]] = (
         "prefix",
@@ -168,6 +172,8 @@ class APIKeyAdmin(_APIKeyAdminBase):
         "last_used_at",
         "created_at",
         "updated_at",
+        "usage_7_days",
+        "usage_30_days",
     )
     raw_id_fields = ("user",)
 
@@ -201,6 +207,28 @@ class APIKeyAdmin(_APIKeyAdminBase):
     @admin.display(description=_("allowed models"))
     def model_list(self, api_key: APIKey) -> str:
         return ", ".join(map(str, api_key.allowed_models or [])) or str(_("any"))
+
+    @admin.display(description=_("usage, last 7 days"))
+    def usage_7_days(self, api_key: APIKey) -> str:
+        return self.usage_since(api_key, 7)
+
+    @admin.display(description=_("usage, last 30 days"))
+    def usage_30_days(self, api_key: APIKey) -> str:
+        return self.usage_since(api_key, 30)
+
+    def usage_since(self, api_key: APIKey, days: int) -> str:
+        """Totals of the last ``days`` UTC days, today's included; counts still waiting in
+        the server processes (at most USAGE_FLUSH_INTERVAL old) are not in them yet."""
+        since = usage.today() - timedelta(days=days - 1)
+        totals = KeyUsage.objects.filter(api_key=api_key, day__gte=since).aggregate(
+            requests=Sum("requests", default=0),
+            prompt_tokens=Sum("prompt_tokens", default=0),
+            completion_tokens=Sum("completion_tokens", default=0),
+        )
+        template = _(
+            "%(requests)d requests, %(prompt_tokens)d prompt and %(completion_tokens)d completion tokens"
+        )
+        return str(template % totals)
 
     # --- adding: one-time plaintext ----------------------------------------------------
 

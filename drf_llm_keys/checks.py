@@ -104,6 +104,8 @@ def check_throttle_rates(**kwargs: Any) -> list[CheckMessage]:
         "DRF_LLM_KEYS['ANONYMOUS_THROTTLE_RATE']": conf.ANONYMOUS_THROTTLE_RATE,
     }
     rates |= {f"DRF_LLM_KEYS['THROTTLE_RATES'][{c!r}]": rate for c, rate in conf.THROTTLE_RATES.items()}
+    rates["DRF_LLM_KEYS['TOKEN_RATE']"] = conf.TOKEN_RATE
+    rates |= {f"DRF_LLM_KEYS['TOKEN_RATES'][{c!r}]": rate for c, rate in conf.TOKEN_RATES.items()}
     messages: list[CheckMessage] = []
     for name, rate in rates.items():
         try:

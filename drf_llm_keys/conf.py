@@ -33,6 +33,15 @@ DEFAULTS: dict[str, Any] = {
     "ANONYMOUS_THROTTLE_RATE": None,
     # per client lookup value, overriding both (a client is keyed or public, never both):
     "THROTTLE_RATES": {},
+    # TokenRateThrottle: tokens per key and client, "N/second|minute|hour|day", None for no
+    # budget; per client lookup value, overriding it:
+    "TOKEN_RATE": None,
+    "TOKEN_RATES": {},
+    # Seconds between two writes of a process's usage counts (drf_llm_keys.usage); also
+    # what a crash can lose.
+    "USAGE_FLUSH_INTERVAL": 10.0,
+    # (key, client, day) counters a process keeps waiting at most; beyond, counts are dropped.
+    "USAGE_MAX_PENDING": 10000,
 }
 
 CLIENT_MODEL_SETTING = "DRF_LLM_KEYS_CLIENT_MODEL"
@@ -125,6 +134,23 @@ class Settings:
     @property
     def THROTTLE_RATES(self) -> dict[str, str | None]:
         return {str(client): rate for client, rate in self._get("THROTTLE_RATES").items()}
+
+    @property
+    def TOKEN_RATE(self) -> str | None:
+        rate = self._get("TOKEN_RATE")
+        return None if rate is None else str(rate)
+
+    @property
+    def TOKEN_RATES(self) -> dict[str, str | None]:
+        return {str(client): rate for client, rate in self._get("TOKEN_RATES").items()}
+
+    @property
+    def USAGE_FLUSH_INTERVAL(self) -> float:
+        return float(self._get("USAGE_FLUSH_INTERVAL"))
+
+    @property
+    def USAGE_MAX_PENDING(self) -> int:
+        return int(self._get("USAGE_MAX_PENDING"))
 
     @property
     def CLIENT_MODEL(self) -> str:

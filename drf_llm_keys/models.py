@@ -341,6 +341,39 @@ class LLMClientAPIKey(models.Model):
         return rows.filter(llm_client=llm_client)  # type: ignore[misc,no-any-return]  # swappable client model
 
 
+class KeyUsage(models.Model):
+    """Requests and tokens of one key on one client in one UTC day (see ``drf_llm_keys.usage``).
+
+    Rows are written in batches by each process, adding to the stored figures. They change
+    no decision, so writing them invalidates nothing. Deleting a key deletes its history
+    (``CASCADE``): revoke a key to keep it.
+    """
+
+    api_key = models.ForeignKey(
+        APIKey, verbose_name=_("API key"), on_delete=models.CASCADE, related_name="usage"
+    )
+    llm_client = models.ForeignKey(
+        conf.CLIENT_MODEL, verbose_name=_("LLM client"), on_delete=models.CASCADE, related_name="+"
+    )
+    day = models.DateField(_("day (UTC)"))
+    requests = models.PositiveBigIntegerField(_("requests"), default=0)
+    prompt_tokens = models.PositiveBigIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.PositiveBigIntegerField(_("completion tokens"), default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=("api_key", "llm_client", "day"), name="drf_llm_keys_unique_key_usage_day"
+            ),
+        ]
+        ordering = ("-day", "api_key", "llm_client")
+        verbose_name = _("key usage")
+        verbose_name_plural = _("key usage")
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} on {self.llm_client_id}, {self.day}"
+
+
 # --- what the cache holds -------------------------------------------------------------
 
 

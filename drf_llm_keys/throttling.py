@@ -1,44 +1,34 @@
-"""Request rates per API key (per client IP on public clients), one budget across processes."""
+"""Request rates per API key (per client IP on public clients), and token budgets per API key,
+each one budget across processes (counted in ``windows``)."""
 
 from __future__ import annotations
 
-import logging
 import time
 
-from django.core.exceptions import ImproperlyConfigured
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from . import cache
+from . import cache, usage, windows
 from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
 from .models import APIKey, client_entry
 
-logger = logging.getLogger("drf_llm_keys")
-
-# DRF's rate format: "100/minute" reads as 100 requests per 60 seconds.
-PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Importable from here as before.
+parse_rate = windows.parse_rate
 
 
-def parse_rate(rate: str | None) -> tuple[int, int] | None:
-    """``(requests, seconds)`` of a rate such as ``"100/minute"``; None means no limit."""
-    if rate is None:
-        return None
-    count, _, period = rate.partition("/")
-    try:
-        requests, seconds = int(count), PERIODS[period[:1]]
-    except (ValueError, KeyError):
-        requests, seconds = -1, 0
-    if requests < 0:
-        raise ImproperlyConfigured(
-            f"Invalid DRF_LLM_KEYS throttle rate {rate!r}: use 'N/second', 'N/minute', 'N/hour' "
-            "or 'N/day', or None for no limit."
-        )
-    return requests, seconds
+class WindowThrottle(BaseThrottle):
+    """A throttle counted in fixed windows: a refusal waits for the end of the window."""
+
+    def __init__(self) -> None:
+        self.retry_at: float | None = None
+
+    def wait(self) -> float | None:
+        return None if self.retry_at is None else max(0.0, self.retry_at - time.time())
 
 
-class APIKeyRateThrottle(BaseThrottle):
+class APIKeyRateThrottle(WindowThrottle):
     """Limit each API key's requests to an LLM client, and each IP's while the client is public.
 
     The rate is ``DRF_LLM_KEYS["THROTTLE_RATES"][client lookup value]``, else ``THROTTLE_RATE``
@@ -50,9 +40,6 @@ class APIKeyRateThrottle(BaseThrottle):
 
     # The authenticator whose hook finds the request's client; a subclass of it may differ.
     authentication_class = LLMClientAPIKeyAuthentication
-
-    def __init__(self) -> None:
-        self.retry_at: float | None = None
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         client = self.get_client(request)
@@ -66,15 +53,12 @@ class APIKeyRateThrottle(BaseThrottle):
             return True
         requests, seconds = limit
         ident = f"key:{api_key.prefix}" if api_key is not None else f"ip:{self.get_ident(request)}"
-        window = int(time.time() // seconds)
+        window = windows.current(seconds)
         count = self.hit(cache.throttle_name(lookup, ident, seconds, window), seconds)
         if count is None or count <= requests:
             return True
-        self.retry_at = (window + 1) * seconds
+        self.retry_at = windows.end_of(window, seconds)
         return False
-
-    def wait(self) -> float | None:
-        return None if self.retry_at is None else max(0.0, self.retry_at - time.time())
 
     def get_client(self, request: Request) -> cache.Entry | None:
         """The request's client entry: the one the authenticator found, else looked up."""
@@ -96,14 +80,29 @@ class APIKeyRateThrottle(BaseThrottle):
         A cache outage lets requests through: throttling protects capacity, the key check
         (which fails closed) protects access.
         """
-        store = cache.get_cache()
-        try:
-            try:
-                return int(store.incr(name))
-            except ValueError:  # the window's first request, or one racing with it
-                if store.add(name, 1, timeout):
-                    return 1
-                return int(store.incr(name))
-        except Exception:
-            logger.warning("drf_llm_keys: throttle counter unavailable, request not counted", exc_info=True)
-            return None
+        return windows.add(name, 1, timeout)
+
+
+class TokenRateThrottle(WindowThrottle):
+    """Refuse a key's requests once its tokens in the current window reach its budget.
+
+    The budget is ``DRF_LLM_KEYS["TOKEN_RATES"][client lookup value]``, else ``TOKEN_RATE``
+    (``"100000/minute"``: tokens per fixed window), per key and client. Tokens are counted
+    by ``usage.record_tokens`` after each response, in the shared cache, so a budget spent
+    in one process refuses in every other. Deciding costs one cache GET, on the views that
+    list this class only. Requests without one of our keys are not limited here.
+    """
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        subject = usage.subject_of(request)
+        budget = None if subject is None else usage.token_budget(subject)
+        if subject is None or budget is None:
+            return True
+        tokens, seconds = budget
+        window = windows.current(seconds)
+        spent = windows.read(usage.token_counter_name(subject, seconds, window))
+        # A cache outage lets requests through: a budget protects spending, not access.
+        if spent is None or spent < tokens:
+            return True
+        self.retry_at = windows.end_of(window, seconds)
+        return False

@@ -7,6 +7,8 @@ LLM_UPSTREAM_URL      an OpenAI-compatible base URL, e.g. https://api.openai.com
                       local echo model answers
 LLM_UPSTREAM_API_KEY  the key sent upstream (never the client's key)
 LLM_UPSTREAM_TIMEOUT  seconds (default 60)
+LLM_TOKEN_RATE        each key's token budget, e.g. 100000/minute (default: none)
+LLM_USAGE_FLUSH_INTERVAL  seconds between writes of the usage counts (default 10)
 DJANGO_SECRET_KEY, DJANGO_DEBUG=1, DJANGO_ALLOWED_HOSTS (comma-separated)
 """
 
@@ -86,6 +88,8 @@ REST_FRAMEWORK = {
 DRF_LLM_KEYS = {
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
+    "TOKEN_RATE": os.environ.get("LLM_TOKEN_RATE") or None,
+    "USAGE_FLUSH_INTERVAL": float(os.environ.get("LLM_USAGE_FLUSH_INTERVAL") or 10),
 }
 
 LLM_UPSTREAM_URL = os.environ.get("LLM_UPSTREAM_URL", "")

@@ -11,6 +11,7 @@ from model_bakery import baker
 from rest_framework.test import APIClient
 
 from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import usage
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 
 MakeKey = Callable[..., tuple[APIKey, str]]
@@ -27,8 +28,10 @@ def empty_cache() -> Iterator[None]:
     llm_cache._pending.clear()
     llm_cache._held.clear()
     llm_cache._claimed_at.clear()
+    usage.counter.reset()
     yield
     llm_cache._pending.clear()
+    usage.counter.reset()
 
 
 @pytest.fixture

@@ -12,4 +12,6 @@ urlpatterns = [
     path("scoped/<str:llm_client>/echo/", views.ScopedEcho.as_view()),
     path("scoped-default/<str:llm_client>/echo/", views.ScopedDefaultEcho.as_view()),
     path("models/<str:llm_client>/echo/", views.ModelEcho.as_view()),
+    path("clients/<str:llm_client>/tokens/", views.TokenEcho.as_view()),
+    path("clients/<str:llm_client>/tokens/stream/", views.StreamedTokenEcho.as_view()),
 ]

@@ -1,14 +1,17 @@
+from collections.abc import Iterator
 from typing import Any
 
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from drf_llm_keys import get_client_model
+from drf_llm_keys import get_client_model, usage
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.permissions import HasScopes, require_model
+from drf_llm_keys.throttling import TokenRateThrottle
 
 
 class DefaultEcho(APIView):
@@ -76,3 +79,32 @@ class ModelEcho(APIView):
         model = request.query_params.get("model", "")
         require_model(request, model)
         return Response({"model": model})
+
+
+class TokenEcho(PerViewEcho):
+    """Reports ``?prompt=N&completion=M`` tokens as a completion's usage; budgeted per key."""
+
+    throttle_classes = [TokenRateThrottle]
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        usage.record_tokens(request, **tokens_asked(request))
+        return super().get(request, **kwargs)
+
+
+class StreamedTokenEcho(TokenEcho):
+    """The same, reported when the streamed body ends: after the view has returned."""
+
+    def get(self, request: Request, **kwargs: Any) -> StreamingHttpResponse:  # type: ignore[override]
+        def body() -> Iterator[bytes]:
+            yield b"streamed "
+            yield b"reply"
+            usage.record_tokens(request, **tokens_asked(request))
+
+        return StreamingHttpResponse(body())
+
+
+def tokens_asked(request: Request) -> dict[str, int]:
+    return {
+        "prompt_tokens": int(request.query_params.get("prompt", 0)),
+        "completion_tokens": int(request.query_params.get("completion", 0)),
+    }

@@ -22,8 +22,9 @@ from drf_llm_keys import get_client_model
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
 from drf_llm_keys.permissions import allows_model, require_model
+from drf_llm_keys.throttling import TokenRateThrottle
 
-from . import echo, upstream
+from . import accounting, echo, upstream
 from .errors import openai_exception_handler
 
 
@@ -92,6 +93,9 @@ class ChatCompletionView(OpenAICompatibleView):
     # (the default), a browser's session would authenticate a public client's POST and make
     # it need a CSRF token.
     authentication_classes = [LLMClientAPIKeyAuthentication]
+    # A key whose tokens reached its budget (DRF_LLM_KEYS["TOKEN_RATE"]) gets a 429 here,
+    # before anything is sent upstream.
+    throttle_classes = [TokenRateThrottle]
 
     def post(self, request: Request, **kwargs: Any) -> Response | StreamingHttpResponse:
         self.get_llm_client_or_404()
@@ -101,15 +105,22 @@ class ChatCompletionView(OpenAICompatibleView):
         require_model(request, body["model"])  # a 403 before anything reaches a model
         if upstream.configured():
             if body["stream"]:
-                return event_stream(upstream.chat_completion_stream(request.data))
-            return Response(upstream.chat_completion(request.data))
+                lines = upstream.chat_completion_stream(request.data)
+                return event_stream(accounting.upstream_events(request, lines))
+            reply = upstream.chat_completion(request.data)
+            accounting.record_usage(request, reply.get("usage"))
+            return Response(reply)
         if body["model"] != echo.MODEL_ID:
             raise exceptions.NotFound(f"The model {body['model']!r} does not exist.", code="model_not_found")
         messages = [dict(message) for message in body["messages"]]
         if body["stream"]:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return event_stream(server_sent_events(echo.completion_chunks(messages, include_usage)))
-        return Response(echo.completion(messages))
+            events = server_sent_events(echo.completion_chunks(messages, include_usage))
+            tokens = echo.usage(messages, echo.reply_to(messages))
+            return event_stream(accounting.then(events, lambda: accounting.record_usage(request, tokens)))
+        reply = echo.completion(messages)
+        accounting.record_usage(request, reply["usage"])
+        return Response(reply)
 
 
 def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:

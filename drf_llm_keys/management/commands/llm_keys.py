@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
@@ -21,21 +21,23 @@ from django.db import IntegrityError, models, router, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from drf_llm_keys import crypto, get_client_model, keys
+from drf_llm_keys import crypto, get_client_model, keys, usage
 from drf_llm_keys.conf import conf
-from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from drf_llm_keys.models import APIKey, KeyUsage, LLMClientAPIKey
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
+USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens")
+MAX_USAGE_DAYS = 36600
 
 ParsedT = TypeVar("ParsedT")
 
 
 class Command(BaseCommand):
     help = (
-        "Create, list, rotate and revoke the API keys of LLM clients; create and list the clients. "
+        "Create, list, update, rotate and revoke the API keys of LLM clients, report their usage; "
+        "create and list the clients. "
         "See 'llm_keys ACTION --help' for each action."
     )
-    help = "Create, list, update, rotate and revoke the API keys of LLM clients."
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -97,6 +99,15 @@ class Command(BaseCommand):
         revoke.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
         self.add_client_parsers(actions)
+        self._add_usage(actions)
+
+    def _add_usage(self, actions: Any) -> None:
+        usage = actions.add_parser("usage", help="Requests and tokens per key, client and UTC day.")
+        usage.add_argument(
+            "target", metavar="CLIENT|PREFIX", nargs="?", help="Only this client's keys, or this key."
+        )
+        usage.add_argument("--days", default="30", metavar="N", help="The last N UTC days (default 30).")
+        usage.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
     def _add_expiry(self, parser: CommandParser, what: str) -> None:
         accept_negative_values(parser)
@@ -264,6 +275,52 @@ class Command(BaseCommand):
             )
         return f"{revoked}; it is refused from now on."
 
+    def handle_usage(self, options: dict[str, Any]) -> None:
+        days = self.get_days(options["days"])
+        since = usage.today() - timedelta(days=days - 1)
+        rows = KeyUsage.objects.filter(day__gte=since).select_related("api_key", "llm_client")
+        if options["target"] is not None:
+            target = self.get_key_or_client(options["target"], "the two cannot be told apart")
+            rows = (
+                rows.filter(api_key=target) if isinstance(target, APIKey) else rows.filter(llm_client=target)
+            )
+        records = [
+            {
+                "day": row.day.isoformat(),
+                "client": keys.lookup_value(row.llm_client),
+                "prefix": row.api_key.prefix,
+                "name": row.api_key.name,
+                **{figure: getattr(row, figure) for figure in USAGE_FIGURES},
+            }
+            for row in rows.order_by("day", "api_key__prefix", "llm_client__pk")
+        ]
+        totals = {figure: sum(r[figure] for r in records) for figure in USAGE_FIGURES}
+        if options["json"]:
+            document = {"since": since.isoformat(), "days": days, "usage": records, "totals": totals}
+            self.stdout.write(json.dumps(document, indent=2))
+            return
+        header = ("DAY", "CLIENT", "PREFIX", "NAME", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS")
+        total = ("total", "", "", "", *(str(totals[f]) for f in USAGE_FIGURES))
+        table = [
+            header,
+            *[
+                (
+                    *(str(r[c]) for c in ("day", "client", "prefix", "name")),
+                    *(str(r[f]) for f in USAGE_FIGURES),
+                )
+                for r in records
+            ],
+            total,
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            cells = [
+                c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            self.stdout.write("  ".join(cells).rstrip())
+        if not records:
+            self.stderr.write(f"No usage recorded since {since.isoformat()}.", style_func=lambda text: text)
+
     # --- input --------------------------------------------------------------------------
 
     def get_client(self, value: str) -> models.Model:
@@ -297,14 +354,26 @@ class Command(BaseCommand):
         return api_key
 
     def get_rotation_target(self, value: str) -> APIKey | models.Model:
+        return self.get_key_or_client(value, "rotate the key by its prefix")
+
+    def get_key_or_client(self, value: str, ambiguity_hint: str) -> APIKey | models.Model:
         self.refuse_whole_key(value)
         api_key = APIKey.objects.filter(prefix=value).first()
         llm_client = self.find_client(value)
         if api_key is not None and llm_client is not None:
-            raise CommandError(f"{value!r} is both a key prefix and a client; rotate the key by its prefix.")
+            raise CommandError(f"{value!r} is both a key prefix and a client; {ambiguity_hint}.")
         if api_key is None and llm_client is None:
             raise CommandError(f"No API key prefix or LLM client {value!r}.")
         return api_key or llm_client  # type: ignore[return-value]
+
+    def get_days(self, text: str) -> int:
+        try:
+            days = int(text)
+        except ValueError:
+            days = 0
+        if not 1 <= days <= MAX_USAGE_DAYS:
+            raise CommandError(f"--days must be a whole number from 1 to {MAX_USAGE_DAYS}, not {text!r}.")
+        return days
 
     def get_expiry(self, options: dict[str, Any]) -> datetime | None:
         if options["expires_in"] is not None:

@@ -1,0 +1,328 @@
+"""Usage per key: requests and tokens counted in the process, written in batches.
+
+Every request one of our keys authenticates is counted (``count_request``, called by the
+authentication class); views add the tokens of each completion with ``record_tokens``. The
+counts wait in the process, summed per (key, client, UTC day), and a background timer
+writes them at most once per ``USAGE_FLUSH_INTERVAL`` seconds, as upserts that add to the
+stored figures, so processes never overwrite each other's counts. A request therefore
+costs no SQL and no cache round trip for counting.
+
+What can be lost: a process that dies without running ``atexit`` (SIGKILL, a crash, a
+SIGTERM to a server that does not handle it) loses the counts of its last
+``USAGE_FLUSH_INTERVAL`` seconds, plus whatever it could not write while the database was
+down. The counts waiting in a process are bounded by ``USAGE_MAX_PENDING`` entries; counts
+beyond it are dropped and logged.
+
+Token budgets (``throttling.TokenRateThrottle``) are shared by every process at once:
+``record_tokens`` adds the tokens to the key's counter in the shared cache, the one round
+trip here, made after the view has its answer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from django.db import IntegrityError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import F
+from rest_framework.request import Request
+
+from . import cache, get_client_model, windows
+from .conf import conf
+from .models import APIKey, KeyUsage
+
+logger = logging.getLogger("drf_llm_keys")
+
+# Where count_request leaves what record_tokens and TokenRateThrottle need, on the request.
+SUBJECT_ATTRIBUTE = "drf_llm_keys_usage"
+
+FIGURES = ("requests", "prompt_tokens", "completion_tokens")
+EPOCH = datetime.date(1970, 1, 1)
+SECONDS_PER_DAY = 86400
+# Rows per INSERT: well below every backend's limit on parameters (SQLite's is the lowest).
+BATCH_SIZE = 500
+# Backends with an atomic "insert or add" statement; others take the portable path.
+UPSERT_VENDORS = frozenset({"postgresql", "sqlite", "mysql"})
+
+# (API key pk, client pk, UTC day as days since 1970-01-01)
+CounterKey = tuple[Any, Any, int]
+
+
+class Subject(NamedTuple):
+    """Whose usage a request is: taken from the request once, usable after it has ended."""
+
+    key_id: Any
+    client_id: Any
+    client: str  # the client's stored lookup value, which names it in TOKEN_RATES
+    prefix: str
+
+
+def count_request(request: Request, api_key: APIKey, client: cache.Entry) -> None:
+    """Count a request authenticated by ``api_key``: in the process only, no I/O."""
+    subject = Subject(api_key.pk, client["id"], str(client["lookup"]), api_key.prefix)
+    setattr(request, SUBJECT_ATTRIBUTE, subject)
+    counter.add(subject, requests=1)
+
+
+def subject_of(request: Request) -> Subject | None:
+    """The request's key and client; None unless one of our keys authenticated it."""
+    subject: Subject | None = getattr(request, SUBJECT_ATTRIBUTE, None)
+    return subject
+
+
+def record_tokens(request: Request, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    """Count a completion's tokens for the request's key; also after the view has returned
+    (at the end of a streamed response). Requests not authenticated by one of our keys
+    (a public client's) are not counted."""
+    if prompt_tokens < 0 or completion_tokens < 0:
+        raise ValueError("Token counts cannot be negative.")
+    subject = subject_of(request)
+    if subject is None:
+        return
+    counter.add(subject, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    budget = token_budget(subject)
+    tokens = prompt_tokens + completion_tokens
+    if budget is not None and tokens:
+        seconds = budget[1]
+        windows.add(token_counter_name(subject, seconds, windows.current(seconds)), tokens, seconds)
+
+
+def token_budget(subject: Subject) -> tuple[int, int] | None:
+    """``(tokens, seconds)`` for the subject's key on its client; None for no budget."""
+    rates = conf.TOKEN_RATES
+    return windows.parse_rate(rates[subject.client] if subject.client in rates else conf.TOKEN_RATE)
+
+
+def token_counter_name(subject: Subject, seconds: int, window: int) -> str:
+    # Not the request throttle's counter of the same key, client and window length.
+    return cache.throttle_name(subject.client, f"tokens:{subject.prefix}", seconds, window)
+
+
+def day_of(number: int) -> datetime.date:
+    """The date of a UTC day counted from 1970-01-01 (what the counter files counts under)."""
+    return EPOCH + datetime.timedelta(days=number)
+
+
+def today() -> datetime.date:
+    """The current UTC day, which the counts of this moment go to."""
+    return day_of(int(time.time() // SECONDS_PER_DAY))
+
+
+class UsageCounter:
+    """The counts waiting in this process, and the timer that writes them."""
+
+    def __init__(self) -> None:
+        self._start_empty()
+
+    def _start_empty(self) -> None:
+        # New locks too: after a fork, another thread of the parent may have held the old ones.
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pending: dict[CounterKey, list[int]] = {}
+        self._dropped = 0
+        self._timer: threading.Timer | None = None
+
+    def add(
+        self, subject: Subject, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0
+    ) -> None:
+        name = (subject.key_id, subject.client_id, int(time.time() // SECONDS_PER_DAY))  # the UTC day
+        with self._lock:
+            counts = self._counts_of(name)
+            if counts is None:
+                return
+            counts[0] += requests
+            counts[1] += prompt_tokens
+            counts[2] += completion_tokens
+            if self._timer is None:
+                self._schedule()
+
+    def pending(self) -> dict[CounterKey, tuple[int, int, int]]:
+        """A copy of the counts not written yet."""
+        with self._lock:
+            return {name: (c[0], c[1], c[2]) for name, c in self._pending.items()}
+
+    def flush(self) -> bool:
+        """Write the waiting counts now. False when they could not be written: they are kept
+        (and logged) for the next flush."""
+        with self._flush_lock:  # one flush at a time: the exit's waits for the timer's
+            with self._lock:
+                taken, self._pending = self._pending, {}
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                logger.warning(
+                    "drf_llm_keys: %d usage counts dropped: more than USAGE_MAX_PENDING=%d "
+                    "(key, client, day) counters were waiting to be written",
+                    dropped,
+                    conf.USAGE_MAX_PENDING,
+                )
+            if not taken:
+                return True
+            try:
+                write_counts(taken)
+            except Exception:
+                logger.warning(
+                    "drf_llm_keys: could not write usage counts, kept for the next flush", exc_info=True
+                )
+                self._keep(taken)
+                return False
+            return True
+
+    def reset(self) -> None:
+        """Forget every waiting count and stop the timer (for tests)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._pending.clear()
+            self._dropped = 0
+            self._timer = None
+
+    def forget_after_fork(self) -> None:
+        # The parent writes its own counts: the child's copy would count them twice.
+        self._start_empty()
+
+    def flush_at_exit(self) -> None:
+        try:
+            if self._pending and not self.flush():
+                logger.warning("drf_llm_keys: usage counts not written at exit are lost")
+        except Exception:  # at shutdown, even a retry timer may fail to start
+            logger.warning("drf_llm_keys: usage counts not written at exit are lost", exc_info=True)
+
+    def _keep(self, taken: dict[CounterKey, list[int]]) -> None:
+        with self._lock:
+            for name, figures in taken.items():
+                counts = self._counts_of(name)
+                if counts is None:
+                    continue
+                for index, figure in enumerate(figures):
+                    counts[index] += figure
+            if self._pending and self._timer is None:
+                self._schedule()
+
+    def _counts_of(self, name: CounterKey) -> list[int] | None:
+        """The counts waiting under ``name`` (made if there is room; the lock is held)."""
+        counts = self._pending.get(name)
+        if counts is None:
+            if len(self._pending) >= conf.USAGE_MAX_PENDING:
+                self._dropped += 1
+                return None
+            counts = self._pending[name] = [0, 0, 0]
+        return counts
+
+    def _schedule(self) -> None:
+        # Called with the lock held. A one-shot timer: an idle process runs no thread.
+        self._timer = threading.Timer(conf.USAGE_FLUSH_INTERVAL, self._flush_in_background)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _flush_in_background(self) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return  # reset, or forked, since this timer started
+            self._timer = None
+        try:
+            self.flush()
+        finally:
+            connections.close_all()  # this thread's connections only: it ends here
+
+
+def write_counts(counts: dict[CounterKey, list[int]]) -> None:
+    """Add the counts to the stored figures, in one transaction; counts of keys or clients
+    deleted since are dropped with them."""
+    using = router.db_for_write(KeyUsage)
+    rows = [
+        (key_id, client_id, day_of(day), *figures)
+        for (key_id, client_id, day), figures in counts.items()
+        if any(figures)
+    ]
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic(using=using):
+                for start in range(0, len(rows), BATCH_SIZE):
+                    _add_rows(_of_existing(rows[start : start + BATCH_SIZE], using), using)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            # A key or client deleted between our check and our insert: check again.
+
+
+def _of_existing(rows: Sequence[tuple[Any, ...]], using: str) -> list[tuple[Any, ...]]:
+    key_ids = _existing_pks(APIKey, {row[0] for row in rows}, using)
+    client_ids = _existing_pks(get_client_model(), {row[1] for row in rows}, using)
+    return [row for row in rows if row[0] in key_ids and row[1] in client_ids]
+
+
+def _existing_pks(model: Any, pks: Iterable[Any], using: str) -> set[Any]:
+    return set(model._base_manager.using(using).filter(pk__in=list(pks)).values_list("pk", flat=True))
+
+
+def _add_rows(rows: Sequence[tuple[Any, ...]], using: str) -> None:
+    if not rows:
+        return
+    connection = connections[using]
+    if connection.vendor not in UPSERT_VENDORS:
+        _add_rows_portably(rows, using)
+        return
+    by_name = {field.name: field for field in KeyUsage._meta.concrete_fields}
+    fields = [by_name[name] for name in ("api_key", "llm_client", "day", *FIGURES)]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for row in rows
+        for field, value in zip(fields, row, strict=True)
+    ]
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
+    quote = connection.ops.quote_name
+    columns = [quote(str(field.column)) for field in fields]
+    sql = (
+        f"INSERT INTO {quote(KeyUsage._meta.db_table)} ({', '.join(columns)}) "
+        f"VALUES {placeholders} {_on_conflict_add(connection, columns)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _on_conflict_add(connection: BaseDatabaseWrapper, columns: list[str]) -> str:
+    """The clause that turns the INSERT of an existing (key, client, day) into an addition,
+    atomic in the database: concurrent writers never lose each other's counts."""
+    unique, figures = columns[:3], columns[3:]
+    if connection.vendor == "mysql":
+        # MySQL 8.0.19+ deprecates VALUES() here for a row alias, which MariaDB lacks.
+        alias = not connection.mysql_is_mariadb and connection.mysql_version >= (8, 0, 19)  # type: ignore[attr-defined]
+        new = "AS new " if alias else ""
+        added = ", ".join(f"{c} = {c} + " + (f"new.{c}" if alias else f"VALUES({c})") for c in figures)
+        return f"{new}ON DUPLICATE KEY UPDATE {added}"
+    table = connection.ops.quote_name(KeyUsage._meta.db_table)
+    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in figures)
+    return f"ON CONFLICT ({', '.join(unique)}) DO UPDATE SET {added}"
+
+
+def _add_rows_portably(rows: Sequence[tuple[Any, ...]], using: str) -> None:
+    """An UPDATE that adds, else an INSERT; an INSERT that loses a race becomes the UPDATE."""
+    for key_id, client_id, day, *figures in rows:
+        same = KeyUsage._base_manager.using(using).filter(api_key_id=key_id, llm_client_id=client_id, day=day)
+        added = {name: F(name) + figure for name, figure in zip(FIGURES, figures, strict=True)}
+        if same.update(**added):
+            continue
+        try:
+            with transaction.atomic(using=using):
+                KeyUsage._base_manager.using(using).create(
+                    api_key_id=key_id,
+                    llm_client_id=client_id,
+                    day=day,
+                    **dict(zip(FIGURES, figures, strict=True)),
+                )
+        except IntegrityError:
+            same.update(**added)
+
+
+counter = UsageCounter()
+flush = counter.flush
+atexit.register(counter.flush_at_exit)
+os.register_at_fork(after_in_child=counter.forget_after_fork)

@@ -1,0 +1,282 @@
+"""Usage per key (drf_llm_keys.usage): counted in the process, written by flush() as
+additions, never on a request's path; a database error keeps the counts for later."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from model_bakery import baker
+
+from drf_llm_keys import usage
+from drf_llm_keys.models import APIKey, KeyUsage
+
+from . import harness
+from .conftest import bearer
+from .test_database_faults import database_outage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ECHO = "/clients/{}/echo/"
+TOKENS = "/clients/{}/tokens/?prompt={}&completion={}"
+STREAM = "/clients/{}/tokens/stream/?prompt={}&completion={}"
+
+
+def stored(api_key: APIKey) -> list[tuple[Any, ...]]:
+    """The key's rows as (client slug, day, requests, prompt tokens, completion tokens)."""
+    rows = KeyUsage.objects.filter(api_key=api_key).order_by("llm_client__slug", "day")
+    return [
+        (row.llm_client.slug, row.day, row.requests, row.prompt_tokens, row.completion_tokens)  # type: ignore[attr-defined]
+        for row in rows
+    ]
+
+
+def pending_requests() -> int:
+    return sum(figures[0] for figures in usage.counter.pending().values())
+
+
+@pytest.fixture
+def quiet(settings: Any) -> None:
+    """No background flush during the test: only flush() writes."""
+    settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 3600}
+
+
+# --- what is counted ---------------------------------------------------------------------
+
+
+def test_requests_of_a_key_are_counted_per_key_client_and_day(api, quiet, make_key, protected_client):
+    other = baker.make_recipe("tests.llm_client", slug="other-bot")
+    api_key, plaintext = make_key(protected_client, other)
+    for slug in ["protected-bot"] * 3 + ["other-bot"] * 2:
+        assert api.get(ECHO.format(slug), **bearer(plaintext)).status_code == 200
+    assert usage.flush()
+    today = usage.today()
+    assert stored(api_key) == [("other-bot", today, 2, 0, 0), ("protected-bot", today, 3, 0, 0)]
+
+
+def test_refused_and_anonymous_requests_are_not_counted(api, quiet, key, make_key, public_client):
+    _, plaintext = key
+    _, other_plaintext = make_key(public_client)  # makes public-bot protected: use its key elsewhere
+    assert api.get(ECHO.format("protected-bot")).status_code == 401
+    assert api.get(ECHO.format("protected-bot"), **bearer(other_plaintext)).status_code == 401
+    assert api.get(ECHO.format("protected-bot"), **bearer(plaintext[:-1] + "x")).status_code == 401
+    assert usage.counter.pending() == {}
+
+
+def test_a_public_clients_requests_are_not_counted(api, quiet, public_client):
+    assert api.get(ECHO.format("public-bot")).status_code == 200
+    assert api.get(TOKENS.format("public-bot", 5, 5)).status_code == 200
+    assert usage.counter.pending() == {}
+
+
+def test_tokens_reported_by_the_view_are_counted(api, quiet, key):
+    api_key, plaintext = key
+    assert api.get(TOKENS.format("protected-bot", 12, 30), **bearer(plaintext)).status_code == 200
+    assert api.get(TOKENS.format("protected-bot", 1, 2), **bearer(plaintext)).status_code == 200
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 2, 13, 32)]
+
+
+def test_tokens_reported_at_the_end_of_a_stream_are_counted(api, quiet, key):
+    api_key, plaintext = key
+    response = api.get(STREAM.format("protected-bot", 7, 11), **bearer(plaintext))
+    assert usage.counter.pending()  # the request is counted; its tokens come with the body's end
+    assert b"".join(response.streaming_content) == b"streamed reply"
+    response.close()
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 7, 11)]
+
+
+def test_negative_token_counts_are_a_programming_error(api, quiet, key):
+    with pytest.raises(ValueError, match="cannot be negative"):
+        usage.record_tokens(object(), prompt_tokens=-1)  # type: ignore[arg-type]
+
+
+# --- flushing ----------------------------------------------------------------------------
+
+
+def test_each_flush_adds_to_the_stored_figures(api, quiet, key):
+    api_key, plaintext = key
+    for requests in (2, 3, 1):
+        for _ in range(requests):
+            api.get(TOKENS.format("protected-bot", 1, 1), **bearer(plaintext))
+        assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 6, 6, 6)]
+    assert usage.counter.pending() == {}
+
+
+def test_the_portable_path_adds_too(api, quiet, key, monkeypatch):
+    monkeypatch.setattr(usage, "UPSERT_VENDORS", frozenset())
+    api_key, plaintext = key
+    for _ in range(2):
+        api.get(TOKENS.format("protected-bot", 4, 5), **bearer(plaintext))
+        api.get(TOKENS.format("protected-bot", 4, 5), **bearer(plaintext))
+        assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 4, 16, 20)]
+
+
+def test_counts_of_a_deleted_key_are_dropped_and_the_others_written(api, quiet, make_key, protected_client):
+    kept, kept_plaintext = make_key(protected_client)
+    deleted, deleted_plaintext = make_key(protected_client)
+    api.get(ECHO.format("protected-bot"), **bearer(kept_plaintext))
+    api.get(ECHO.format("protected-bot"), **bearer(deleted_plaintext))
+    deleted.is_active = False
+    deleted.save()
+    deleted.delete()
+    assert usage.flush()
+    assert stored(kept) == [("protected-bot", usage.today(), 1, 0, 0)]
+    assert KeyUsage.objects.count() == 1
+
+
+def test_deleting_a_key_deletes_its_history(api, quiet, make_key, protected_client):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    api.get(ECHO.format("protected-bot"), **bearer(plaintext))
+    assert usage.flush()
+    assert KeyUsage.objects.filter(api_key=api_key).count() == 1
+    api_key.delete()
+    assert KeyUsage.objects.count() == 0
+
+
+def test_a_background_timer_writes_the_counts_within_the_interval(api, settings, key):
+    settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 0.05}
+    api_key, plaintext = key
+    for _ in range(3):
+        api.get(ECHO.format("protected-bot"), **bearer(plaintext))
+    harness.wait_until(lambda: stored(api_key) == [("protected-bot", usage.today(), 3, 0, 0)], 10, "no write")
+    assert usage.counter.pending() == {}
+
+
+def test_waiting_counters_are_bounded_and_the_drop_is_logged(
+    api, settings, make_key, protected_client, caplog
+):
+    settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 3600, "USAGE_MAX_PENDING": 1}
+    first, first_plaintext = make_key(protected_client)
+    second, second_plaintext = make_key(protected_client)
+    for _ in range(2):
+        api.get(ECHO.format("protected-bot"), **bearer(first_plaintext))
+        api.get(ECHO.format("protected-bot"), **bearer(second_plaintext))
+    assert len(usage.counter.pending()) == 1
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        assert usage.flush()
+    assert "2 usage counts dropped" in caplog.text
+    assert stored(first) == [("protected-bot", usage.today(), 2, 0, 0)]
+    assert stored(second) == []
+
+
+# --- the request's cost ------------------------------------------------------------------
+
+
+def test_counting_adds_no_sql_to_a_warm_request(api, quiet, key, django_assert_num_queries):
+    _, plaintext = key
+    api.get(ECHO.format("protected-bot"), **bearer(plaintext))  # cold: fills, records last use
+    with django_assert_num_queries(0):
+        assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+    assert pending_requests() == 2
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_a_database_error_during_flush_keeps_the_counts_and_spares_requests(
+    api, quiet, key, tmp_path, caplog
+):
+    api_key, plaintext = key
+    api.get(ECHO.format("protected-bot"), **bearer(plaintext))  # cold: needs the database
+    with database_outage(tmp_path):
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+            assert not usage.flush()
+            assert api.get(TOKENS.format("protected-bot", 2, 3), **bearer(plaintext)).status_code == 200
+    assert "could not write usage counts, kept for the next flush" in caplog.text
+    assert pending_requests() == 3
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 3, 2, 3)]
+
+
+def test_a_background_flush_that_fails_tries_again(api, settings, key, caplog):
+    api_key, plaintext = key
+    settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 0.05}
+    table = KeyUsage._meta.db_table
+    with connection.schema_editor() as editor:  # a real failure: the table is not there
+        editor.alter_db_table(KeyUsage, table, f"{table}_away")
+    try:
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            api.get(ECHO.format("protected-bot"), **bearer(plaintext))
+            harness.wait_until(lambda: "could not write usage counts" in caplog.text, 10, "no failed write")
+    finally:
+        with connection.schema_editor() as editor:
+            editor.alter_db_table(KeyUsage, f"{table}_away", table)
+    harness.wait_until(lambda: stored(api_key) != [], 10, "no retry")
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 0, 0)]
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+
+def test_threads_flushing_at_once_add_up_exactly(quiet, key, protected_client):
+    """Each thread has its own counter and database connection; all flush together, again
+    and again, into the same (key, client, day) row."""
+    api_key, _ = key
+    subject = usage.Subject(api_key.pk, protected_client.pk, "protected-bot", api_key.prefix)
+    threads, rounds = 4, 5
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        counter = usage.UsageCounter()
+        try:
+            for _ in range(rounds):
+                for _ in range(10):
+                    counter.add(subject, requests=1, prompt_tokens=3, completion_tokens=2)
+                barrier.wait()
+                while not counter.flush():  # SQLite may be locked for a moment: kept, retried
+                    pass
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            counter.reset()
+            connections.close_all()
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    total = threads * rounds * 10
+    assert stored(api_key) == [("protected-bot", usage.today(), total, 3 * total, 2 * total)]
+
+
+def test_a_forked_child_starts_with_no_counts_of_its_parent(api, quiet, key):
+    api_key, plaintext = key
+    for _ in range(3):
+        api.get(ECHO.format("protected-bot"), **bearer(plaintext))
+    subject = usage.Subject(api_key.pk, None, "protected-bot", api_key.prefix)
+    pid = os.fork()
+    if pid == 0:
+        inherited = usage.counter.pending()
+        usage.counter.add(subject, requests=1)
+        timer = usage.counter._timer
+        own = usage.counter.pending()
+        ok = inherited == {} and len(own) == 1 and timer is not None and timer.is_alive()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pending_requests() == 3
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 3, 0, 0)]
+
+
+def test_writing_usage_invalidates_no_decision(api, quiet, key):
+    _, plaintext = key
+    api.get(ECHO.format("protected-bot"), **bearer(plaintext))
+    assert usage.flush()
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+    assert len(queries) == 0, [q["sql"] for q in queries]

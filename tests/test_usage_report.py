@@ -1,0 +1,133 @@
+"""What the stored usage looks like to people: ``llm_keys usage`` and the key's admin page."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+from model_bakery import baker
+
+from drf_llm_keys import usage
+from drf_llm_keys.models import KeyUsage
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def history(make_key, protected_client):
+    """Two keys, two clients, usage today and 5, 20 and 40 days ago."""
+    other = baker.make_recipe("tests.llm_client", slug="other-bot")
+    first, _ = make_key(protected_client, other)
+    second, _ = make_key(protected_client)
+    today = usage.today()
+    for api_key, llm_client, age, figures in [
+        (first, protected_client, 0, (10, 100, 50)),
+        (first, other, 0, (1, 10, 5)),
+        (first, protected_client, 5, (2, 20, 10)),
+        (second, protected_client, 0, (3, 30, 15)),
+        (first, protected_client, 20, (100, 0, 0)),
+        (first, protected_client, 40, (1000, 1000, 1000)),
+    ]:
+        KeyUsage.objects.create(
+            api_key=api_key,
+            llm_client=llm_client,
+            day=today - timedelta(days=age),
+            requests=figures[0],
+            prompt_tokens=figures[1],
+            completion_tokens=figures[2],
+        )
+    return first, second
+
+
+def report(*args: str) -> dict:
+    out = StringIO()
+    call_command("llm_keys", "usage", *args, "--json", stdout=out)
+    document: dict = json.loads(out.getvalue())
+    return document
+
+
+def test_rows_per_key_client_and_day_with_totals(history):
+    first, second = history
+    document = report()
+    today = usage.today()
+    assert document["days"] == 30
+    assert document["since"] == (today - timedelta(days=29)).isoformat()
+    rows = [(r["day"], r["client"], r["prefix"], r["requests"]) for r in document["usage"]]
+    assert sorted(rows) == sorted(
+        [
+            ((today - timedelta(days=5)).isoformat(), "protected-bot", first.prefix, 2),
+            (today.isoformat(), "protected-bot", first.prefix, 10),
+            (today.isoformat(), "other-bot", first.prefix, 1),
+            (today.isoformat(), "protected-bot", second.prefix, 3),
+            ((today - timedelta(days=20)).isoformat(), "protected-bot", first.prefix, 100),
+        ]
+    )
+    assert document["totals"] == {"requests": 116, "prompt_tokens": 160, "completion_tokens": 80}
+
+
+def test_days_narrows_the_period(history):
+    assert report("--days", "1")["totals"] == {"requests": 14, "prompt_tokens": 140, "completion_tokens": 70}
+    assert report("--days", "60")["totals"]["requests"] == 1116
+
+
+def test_a_client_or_a_key_narrows_the_rows(history):
+    first, second = history
+    assert report("other-bot")["totals"]["requests"] == 1
+    assert report(first.prefix)["totals"]["requests"] == 113
+    assert {r["prefix"] for r in report("protected-bot")["usage"]} == {first.prefix, second.prefix}
+
+
+def test_the_table_has_a_total_row(history):
+    out = StringIO()
+    call_command("llm_keys", "usage", "--days", "1", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == [
+        "DAY",
+        "CLIENT",
+        "PREFIX",
+        "NAME",
+        "REQUESTS",
+        "PROMPT",
+        "TOKENS",
+        "COMPLETION",
+        "TOKENS",
+    ]
+    assert len(lines) == 5
+    assert lines[-1].split() == ["total", "14", "140", "70"]
+
+
+def test_nothing_recorded_is_an_empty_report(owner):
+    out, err = StringIO(), StringIO()
+    call_command("llm_keys", "usage", stdout=out, stderr=err)
+    assert "No usage recorded since" in err.getvalue()
+    assert report()["totals"] == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no-such-bot"], "No API key prefix or LLM client 'no-such-bot'."),
+        (["--days", "0"], "--days must be a whole number from 1 to 36600, not '0'."),
+        (["--days", "week"], "--days must be a whole number from 1 to 36600, not 'week'."),
+        (["--days", "-3"], "--days must be a whole number from 1 to 36600, not '-3'."),
+    ],
+)
+def test_bad_input_is_a_command_error(history, args, message):
+    with pytest.raises(CommandError) as refused:
+        call_command("llm_keys", "usage", *args, stdout=StringIO())
+    assert str(refused.value) == message
+
+
+def test_the_key_page_shows_its_7_and_30_day_totals(admin_client, history):
+    first, _ = history
+    page = admin_client.get(reverse("admin:drf_llm_keys_apikey_change", args=[first.pk]))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "usage, last 7 days" in text.lower() and "usage, last 30 days" in text.lower()
+    assert ">13 requests, 130 prompt and 65 completion tokens<" in text  # today and 5 days ago
+    assert ">113 requests, 130 prompt and 65 completion tokens<" in text  # and 20 days ago
