@@ -3,6 +3,10 @@
 A plaintext key is written to stdout alone, once, so ``KEY=$(manage.py llm_keys create ...)``
 captures just the key; what was done and the warning go to stderr. ``--json`` writes one
 JSON document to stdout instead.
+
+Every read runs where keys are written (``decision_db``): an operator sees the previous
+command's work at once, and the last-key guard counts keys on the primary, never on a
+read replica that may lag behind a revocation.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from django.utils import timezone
 
 from drf_llm_keys import get_client_model, keys
 from drf_llm_keys.conf import conf
-from drf_llm_keys.models import APIKey
+from drf_llm_keys.models import APIKey, decision_db
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
 
@@ -100,7 +104,11 @@ class Command(BaseCommand):
         self.show_plaintext(plaintext, {"key": plaintext, **self.record(api_key)}, options)
 
     def handle_list(self, options: dict[str, Any]) -> None:
-        rows = APIKey.objects.select_related("user").prefetch_related("client_links__llm_client")
+        rows = (
+            APIKey.objects.using(decision_db())
+            .select_related("user")
+            .prefetch_related("client_links__llm_client")
+        )
         if options["client"] is not None:
             rows = rows.filter(client_links__llm_client=self.get_client(options["client"]))
         if not options["all"]:
@@ -162,7 +170,10 @@ class Command(BaseCommand):
     def find_client(self, value: str) -> models.Model | None:
         try:
             found: models.Model | None = (
-                get_client_model()._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value}).first()
+                get_client_model()
+                ._default_manager.db_manager(decision_db())
+                .filter(**{conf.CLIENT_LOOKUP_FIELD: value})
+                .first()
             )
             return found
         except (ValueError, TypeError, ValidationError):  # a value the lookup field cannot hold
@@ -171,18 +182,18 @@ class Command(BaseCommand):
     def get_user(self, username: str) -> Any:
         user_model = get_user_model()
         try:
-            return user_model._default_manager.get_by_natural_key(username)
+            return user_model._default_manager.db_manager(decision_db()).get_by_natural_key(username)
         except user_model.DoesNotExist:
             raise CommandError(f"No user {username!r}.") from None
 
     def get_key(self, prefix: str) -> APIKey:
-        api_key: APIKey | None = APIKey.objects.filter(prefix=prefix).first()
+        api_key: APIKey | None = APIKey.objects.using(decision_db()).filter(prefix=prefix).first()
         if api_key is None:
             raise CommandError(f"No API key with prefix {prefix!r}.")
         return api_key
 
     def get_rotation_target(self, value: str) -> APIKey | models.Model:
-        api_key = APIKey.objects.filter(prefix=value).first()
+        api_key = APIKey.objects.using(decision_db()).filter(prefix=value).first()
         llm_client = self.find_client(value)
         if api_key is not None and llm_client is not None:
             raise CommandError(f"{value!r} is both a key prefix and a client; rotate the key by its prefix.")
