@@ -133,6 +133,8 @@ class AbstractLLMClient(models.Model):
 class LLMClient(AbstractLLMClient):
     class Meta(AbstractLLMClient.Meta):
         swappable = "DRF_LLM_KEYS_CLIENT_MODEL"
+        # Bulk writes through ``_base_manager`` invalidate too; a manager that filters no row.
+        base_manager_name = "objects"
 
 
 class APIKeyQuerySet(InvalidatingQuerySet):
@@ -200,6 +202,7 @@ class APIKey(models.Model):
     objects = APIKeyManager()
 
     class Meta:
+        base_manager_name = "objects"  # as LLMClient's
         ordering = ("-created_at",)
         verbose_name = _("API key")
         verbose_name_plural = _("API keys")
@@ -242,6 +245,7 @@ class LLMClientAPIKey(models.Model):
     objects = LLMClientAPIKeyQuerySet.as_manager()
 
     class Meta:
+        base_manager_name = "objects"  # as LLMClient's
         constraints = [
             models.UniqueConstraint(fields=("llm_client", "api_key"), name="drf_llm_keys_unique_client_key"),
         ]
