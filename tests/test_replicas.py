@@ -57,14 +57,16 @@ class Standby:
         """The key's is_active as the replica has it; None before its row got there."""
         return self.value("SELECT is_active FROM drf_llm_keys_apikey WHERE prefix = %s", prefix)
 
-    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        harness.wait_until(condition, 60, f"the standby did not catch up: {what}")
+    def wait_for_key(self, prefix: str, active: bool) -> None:
+        """Until the replica has the key, active or revoked."""
+        harness.wait_until(lambda: self.key_active(prefix) is active, 60, f"the standby lags behind {prefix}")
 
 
 @pytest.fixture
 def standby() -> Iterator[Standby]:
     url = urlsplit(REPLICA_URL)
-    server = {"host": url.hostname, "port": url.port, "user": url.username or connection.settings_dict["USER"]}
+    user = url.username or connection.settings_dict["USER"]
+    server = {"host": url.hostname, "port": url.port, "user": user}
 
     def set_lag(statement: str) -> None:
         # A superuser may change a standby's settings too; the startup process rereads them.
@@ -125,7 +127,7 @@ def test_a_revoked_key_is_refused_at_once_and_never_cached_as_valid(
     stale_replica = 0
     for round_ in range(ROUNDS):
         api_key, plaintext = make_key(protected_client)
-        standby.wait_for(lambda: standby.key_active(api_key.prefix) is True, "a new key")
+        standby.wait_for_key(api_key.prefix, active=True)
         # Both processes serve the key, and hold its decision.
         for name, worker in (("here", here), ("there", there)):
             for _ in range(2):
@@ -155,7 +157,8 @@ def test_a_revoked_key_is_refused_at_once_and_never_cached_as_valid(
 
     # Once the replica has every revocation: nothing stale was cached as valid, here, there,
     # or in a process that starts now and reads only the shared cache's entries.
-    standby.wait_for(lambda: not any(standby.key_active(p) for p, _ in revoked), "the revocations")
+    for prefix, _ in revoked:
+        standby.wait_for_key(prefix, active=False)
     newcomer = spawn()
     still_accepted = [
         f"{name} {prefix}"
@@ -174,7 +177,7 @@ def test_the_last_key_guard_counts_keys_on_the_primary(standby, spawn, make_key)
         llm_client = baker.make_recipe("tests.llm_client", slug=f"guarded-{round_}")
         first, _ = make_key(llm_client)
         second, plaintext = make_key(llm_client)
-        standby.wait_for(lambda: standby.key_active(second.prefix) is True, "the new keys")
+        standby.wait_for_key(second.prefix, active=True)
 
         assert operator.manage("llm_keys", "revoke", first.prefix) == "ok"
         # Without --yes: the second is the last active key, whatever the replica says.
