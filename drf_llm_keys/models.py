@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -302,6 +303,25 @@ def user_cache_fields() -> list[str]:
     return fields
 
 
+def owner_activity_is_computed() -> bool:
+    """Whether the user model's ``is_active`` is computed (a property), not a column.
+
+    Its value then depends on fields this library cannot name: the loader asks a loaded
+    owner, and any save of a user invalidates its keys.
+    """
+    user_model = get_user_model()
+    if _has_field(user_model, "is_active"):
+        return False
+    # AbstractBaseUser's plain ``is_active = True`` is a constant, not a computation.
+    return not isinstance(inspect.getattr_static(user_model, "is_active", True), bool)
+
+
+def _owner_is_active(user_id: Any, using: str) -> bool:
+    # One more query on the cold path; only the answer is cached, never the row.
+    owner = get_user_model()._base_manager.db_manager(using).filter(pk=user_id).first()
+    return owner is not None and bool(owner.is_active)
+
+
 def load_client_entry(value: str, using: str) -> cache.Entry:
     client_model = get_client_model()
     if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
@@ -359,6 +379,8 @@ def load_key_entry(prefix: str, using: str) -> cache.Entry:
         return {"id": None}
     pk, digest, is_active, expires_at, name, user_id = rows[0][:6]
     user = dict(zip(user_fields, rows[0][7:], strict=True)) if user_id is not None else None
+    if user is not None and owner_activity_is_computed():
+        user["is_active"] = _owner_is_active(user_id, using)
     return {
         "id": pk,
         "prefix": prefix,

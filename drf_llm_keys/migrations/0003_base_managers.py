@@ -4,22 +4,35 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('drf_llm_keys', '0002_apikey_scopes_allowed_models'),
+        ("drf_llm_keys", "0002_apikey_scopes_allowed_models"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='apikey',
-            options={'base_manager_name': 'objects', 'ordering': ('-created_at',), 'verbose_name': 'API key', 'verbose_name_plural': 'API keys'},
+            name="apikey",
+            options={
+                "base_manager_name": "objects",
+                "ordering": ("-created_at",),
+                "verbose_name": "API key",
+                "verbose_name_plural": "API keys",
+            },
         ),
         migrations.AlterModelOptions(
-            name='llmclient',
-            options={'base_manager_name': 'objects', 'ordering': ('slug',), 'verbose_name': 'LLM client', 'verbose_name_plural': 'LLM clients'},
+            name="llmclient",
+            options={
+                "base_manager_name": "objects",
+                "ordering": ("slug",),
+                "verbose_name": "LLM client",
+                "verbose_name_plural": "LLM clients",
+            },
         ),
         migrations.AlterModelOptions(
-            name='llmclientapikey',
-            options={'base_manager_name': 'objects', 'verbose_name': 'client API key', 'verbose_name_plural': 'client API keys'},
+            name="llmclientapikey",
+            options={
+                "base_manager_name": "objects",
+                "verbose_name": "client API key",
+                "verbose_name_plural": "client API keys",
+            },
         ),
     ]
