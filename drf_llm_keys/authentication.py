@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from django.db import DatabaseError, router
+from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
@@ -15,7 +16,7 @@ from rest_framework.request import Request
 
 from . import cache, crypto, signals, usage
 from .conf import conf
-from .models import APIKey, api_key_from_entry, load_decision
+from .models import APIKey, api_key_from_entry, decision_db, load_decision
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -62,9 +63,11 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
     def authenticate_client(self, request: Request, client_value: str) -> tuple[Any, APIKey] | None:
         plaintext = self.get_credentials(request)
         prefix = crypto.split_key(plaintext) if plaintext else None
-        db = router.db_for_read(APIKey)
+        db = decision_db()
         try:
-            decision = cache.lookup(client_value, prefix, load_decision, using=db)
+            decision = cache.lookup(
+                client_value, prefix, functools.partial(load_decision, using=db), using=db
+            )
         except DatabaseError:
             # Neither open (fail closed) nor a 500 with a traceback: the client may retry.
             logger.error("drf_llm_keys: database unavailable, refusing with 503", exc_info=True)

@@ -15,6 +15,7 @@ from datetime import datetime, time, timedelta
 from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models, router, transaction
 from django.db.models import Q
@@ -24,7 +25,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from . import get_client_model, signals
 from .conf import conf
-from .models import APIKey, LLMClientAPIKey, clean_allowed_models, clean_scopes
+from .models import APIKey, LLMClientAPIKey, clean_allowed_models, clean_scopes, decision_db
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -133,14 +134,22 @@ def working_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     return working
 
 
-def clients_left_public(api_key: APIKey, clients: Sequence[models.Model] | None = None) -> list[models.Model]:
-    """The clients that revoking ``api_key`` would leave with no active key: public."""
+def clients_left_public(
+    api_key: APIKey, clients: Sequence[models.Model] | None = None, using: str | None = None
+) -> list[models.Model]:
+    """The clients that revoking ``api_key`` would leave with no active key: public.
+
+    Read on ``using``, by default where keys are written: a read replica may not have the
+    previous revocation yet, and would let the last key go.
+    """
+    db = using or decision_db()
     if clients is None:
-        clients = list(clients_of(api_key))
+        clients = list(clients_of(api_key).using(db))
     return [
         c
         for c in clients
-        if not getattr(c, "require_api_key", False) and not active_keys(c).exclude(pk=api_key.pk).exists()
+        if not getattr(c, "require_api_key", False)
+        and not active_keys(c).using(db).exclude(pk=api_key.pk).exists()
     ]
 
 
@@ -201,7 +210,8 @@ def rotate_key(
         clients, old = _lock(api_key, using)
         if not old.is_active:
             raise KeyLifecycleError(f"Key {old.prefix} is revoked: create a new key instead of rotating it.")
-        owner = old.user
+        # Not ``old.user``: a router may send that read to a replica.
+        owner = get_user_model()._base_manager.using(using).filter(pk=old.user_id).first()
         if owner is None or not getattr(owner, "is_active", True):
             raise KeyLifecycleError(
                 f"Key {old.prefix} has no active owner, so its replacement would be refused too: "
@@ -276,7 +286,7 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
         clients, old = _lock(api_key, using)
         if not old.is_active:
             raise AlreadyRevoked(f"Key {old.prefix} is already revoked; nothing changed.")
-        made_public = clients_left_public(old, clients)
+        made_public = clients_left_public(old, clients, using)
         if made_public and not allow_public:
             raise LastActiveKeyError(old, made_public)
         old.is_active = False

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -40,6 +41,10 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
     ``delete()`` needs nothing here: the ``pre_delete`` receivers in ``signals`` (on
     clients and mappings, which a key's delete cascades to) keep Django off the signal-free
     fast path.
+
+    Every read here runs on ``self.db`` once the queryset is marked for writing, as
+    Django's own ``update()`` does: the database written to, never a read replica that
+    may not have the rows yet (``DATABASE_ROUTERS``).
     """
 
     # Fields whose bulk update changes no decision.
@@ -56,6 +61,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
     def update(self, **kwargs: Any) -> int:
         if set(kwargs) <= self.cache_free_fields:
             return super().update(**kwargs)
+        self._for_write = True
         with transaction.atomic(using=self.db, savepoint=False):
             pks = list(self.values_list("pk", flat=True))
             before = self.affected_clients(pks)
@@ -67,6 +73,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
     update.alters_data = True  # type: ignore[attr-defined]
 
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        self._for_write = True
         with transaction.atomic(using=self.db, savepoint=False):
             created = super().bulk_create(objs, *args, **kwargs)
             cache.invalidate(self.affected_clients_of(created), using=self.db)
@@ -78,6 +85,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
         objs = list(objs)
         if set(fields) <= self.cache_free_fields:
             return super().bulk_update(objs, fields, **kwargs)
+        self._for_write = True
         with transaction.atomic(using=self.db, savepoint=False):
             pks = [o.pk for o in objs]
             before = self.affected_clients(pks)
@@ -88,7 +96,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
 
 class LLMClientQuerySet(InvalidatingQuerySet):
     def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
-        return client_lookup_values(self.model._base_manager.filter(pk__in=list(pks)))
+        return client_lookup_values(self.model._base_manager.using(self.db).filter(pk__in=list(pks)))
 
     def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
         # A lookup value that was unknown may sit in the cache as "no such client".
@@ -131,13 +139,15 @@ class AbstractLLMClient(models.Model):
 class LLMClient(AbstractLLMClient):
     class Meta(AbstractLLMClient.Meta):
         swappable = "DRF_LLM_KEYS_CLIENT_MODEL"
+        # Bulk writes through ``_base_manager`` invalidate too; a manager that filters no row.
+        base_manager_name = "objects"
 
 
 class APIKeyQuerySet(InvalidatingQuerySet):
     cache_free_fields = frozenset({"last_used_at"})
 
     def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
-        links = LLMClientAPIKey._base_manager.filter(api_key__in=list(pks))
+        links = LLMClientAPIKey._base_manager.using(self.db).filter(api_key__in=list(pks))
         return set(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True))
 
     def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
@@ -239,6 +249,7 @@ class APIKey(models.Model):
     objects = APIKeyManager()
 
     class Meta:
+        base_manager_name = "objects"  # as LLMClient's
         ordering = ("-created_at",)
         verbose_name = _("API key")
         verbose_name_plural = _("API keys")
@@ -278,11 +289,13 @@ class APIKey(models.Model):
 
 class LLMClientAPIKeyQuerySet(InvalidatingQuerySet):
     def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
-        links = LLMClientAPIKey._base_manager.filter(pk__in=list(pks))
+        links = LLMClientAPIKey._base_manager.using(self.db).filter(pk__in=list(pks))
         return set(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True))
 
     def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
-        clients = get_client_model()._base_manager.filter(pk__in=[o.llm_client_id for o in objs])
+        clients = (
+            get_client_model()._base_manager.using(self.db).filter(pk__in=[o.llm_client_id for o in objs])
+        )
         return client_lookup_values(clients)
 
 
@@ -304,6 +317,7 @@ class LLMClientAPIKey(models.Model):
     objects = LLMClientAPIKeyQuerySet.as_manager()
 
     class Meta:
+        base_manager_name = "objects"  # as LLMClient's
         constraints = [
             models.UniqueConstraint(fields=("llm_client", "api_key"), name="drf_llm_keys_unique_client_key"),
         ]
@@ -331,8 +345,9 @@ class LLMClientAPIKey(models.Model):
         Which case applies comes from the cache, so a public client costs no query; the
         rows themselves are never cached (they would carry the owner and the digest).
         """
-        rows: models.QuerySet[LLMClientAPIKey] = cls.objects.filter(api_key__is_active=True).select_related(
-            "api_key"
+        # From where the case was decided: a replica may still list a revoked key.
+        rows: models.QuerySet[LLMClientAPIKey] = (
+            cls.objects.using(decision_db()).filter(api_key__is_active=True).select_related("api_key")
         )
         if llm_client is None:
             return rows
@@ -392,7 +407,26 @@ def user_cache_fields() -> list[str]:
     return fields
 
 
-def load_client_entry(value: str) -> cache.Entry:
+def owner_activity_is_computed() -> bool:
+    """Whether the user model's ``is_active`` is computed (a property), not a column.
+
+    Its value then depends on fields this library cannot name: the loader asks a loaded
+    owner, and any save of a user invalidates its keys.
+    """
+    user_model = get_user_model()
+    if _has_field(user_model, "is_active"):
+        return False
+    # AbstractBaseUser's plain ``is_active = True`` is a constant, not a computation.
+    return not isinstance(inspect.getattr_static(user_model, "is_active", True), bool)
+
+
+def _owner_is_active(user_id: Any, using: str) -> bool:
+    # One more query on the cold path; only the answer is cached, never the row.
+    owner = get_user_model()._base_manager.db_manager(using).filter(pk=user_id).first()
+    return owner is not None and bool(owner.is_active)
+
+
+def load_client_entry(value: str, using: str) -> cache.Entry:
     client_model = get_client_model()
     if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
         return {"id": None, cache.UNCACHEABLE: True}
@@ -402,7 +436,8 @@ def load_client_entry(value: str) -> cache.Entry:
         columns.append("require_api_key")
     try:
         row = (
-            client_model._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value})
+            client_model._default_manager.db_manager(using)
+            .filter(**{conf.CLIENT_LOOKUP_FIELD: value})
             .annotate(has_active=Exists(active))
             .values_list(*columns)
             .first()
@@ -428,10 +463,12 @@ def load_client_entry(value: str) -> cache.Entry:
     return entry
 
 
-def load_key_entry(prefix: str) -> cache.Entry:
+def load_key_entry(prefix: str, using: str) -> cache.Entry:
     user_fields = user_cache_fields()
     rows = list(
-        APIKey._base_manager.filter(prefix=prefix).values_list(
+        APIKey._base_manager.db_manager(using)
+        .filter(prefix=prefix)
+        .values_list(
             "pk",
             "digest",
             "is_active",
@@ -447,6 +484,8 @@ def load_key_entry(prefix: str) -> cache.Entry:
         return {"id": None}
     pk, digest, is_active, expires_at, name, user_id, _, scopes, allowed_models = rows[0][:9]
     user = dict(zip(user_fields, rows[0][9:], strict=True)) if user_id is not None else None
+    if user is not None and owner_activity_is_computed():
+        user["is_active"] = _owner_is_active(user_id, using)
     return {
         "id": pk,
         "prefix": prefix,
@@ -504,18 +543,29 @@ def _concrete_order(model: type[models.Model], names: tuple[str, ...]) -> list[s
     return [f.attname for f in model._meta.concrete_fields if f.attname in names]
 
 
-def load_decision(client_value: str, prefix: str | None) -> cache.Entry:
-    """What a decision needs from the database: at most two queries."""
-    client = load_client_entry(client_value)
+def load_decision(client_value: str, prefix: str | None, *, using: str | None = None) -> cache.Entry:
+    """What a decision needs from the database: at most two queries, on ``using``.
+
+    By default ``decision_db()``: a replica's rows may predate the invalidation that made
+    this load happen, and would be cached under the new generation.
+    """
+    using = using or decision_db()
+    client = load_client_entry(client_value, using)
     protected = client["id"] is not None and (client["require_api_key"] or client["has_active_key"])
-    key = load_key_entry(prefix) if prefix is not None and protected else None
+    key = load_key_entry(prefix, using) if prefix is not None and protected else None
     return {"client": client, "key": key, cache.UNCACHEABLE: client.get(cache.UNCACHEABLE, False)}
 
 
+def decision_db() -> str:
+    """Where decisions are read from: where keys are written (Django's primary), never a
+    read replica that may lag behind a revocation."""
+    return router.db_for_write(APIKey)
+
+
 def client_entry(value: Any, refresh: bool = False) -> cache.Entry:
-    decision = cache.lookup(
-        str(value), None, load_decision, using=router.db_for_read(LLMClientAPIKey), refresh=refresh
-    )
+    db = decision_db()
+    load = functools.partial(load_decision, using=db)
+    decision = cache.lookup(str(value), None, load, using=db, refresh=refresh)
     client: cache.Entry = decision["client"]
     return client
 

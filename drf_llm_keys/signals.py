@@ -21,6 +21,7 @@ from .models import (
     APIKeyQuerySet,
     LLMClientAPIKey,
     client_lookup_values,
+    owner_activity_is_computed,
     user_cache_fields,
 )
 
@@ -127,8 +128,8 @@ def user_post_save(
     update_fields: Any,
     **kwargs: Any,
 ) -> None:
-    # A login saves only last_login: no key entry holds it.
-    if created or not _updated(update_fields, set(user_cache_fields())):
+    # A login saves only last_login: no key entry holds it, unless is_active is computed.
+    if created or not (_updated(update_fields, set(user_cache_fields())) or owner_activity_is_computed()):
         return
     _invalidate_keys_of(instance, using)
 

@@ -4,6 +4,7 @@
 # test runs against real servers; and that mysqlclient can be built (libmariadb-dev). Starts what is installed but
 # stopped; on Debian/Ubuntu, run as root, installs what is missing first.
 #   scripts/services.sh start     start (and install) what is missing
+#   scripts/services.sh standby   also a streaming standby of that PostgreSQL on 127.0.0.1:5433
 #   scripts/services.sh status    exit 1 unless both answer
 set -euo pipefail
 
@@ -91,8 +92,67 @@ start_mariadb() {
     fi
 }
 
+# A PostgreSQL streaming standby of the server on 5432, for tests/test_replicas.py: a
+# physical copy (pg_basebackup -R) in $STANDBY_DIR, run by the postgres OS user on
+# 127.0.0.1:5433. It replays each commit no sooner than recovery_min_apply_delay after the
+# primary made it (0 here); a test sets the lag it wants, as superuser on the standby:
+#   psql -h 127.0.0.1 -p 5433 -U root -d postgres \
+#       -c "ALTER SYSTEM SET recovery_min_apply_delay = '500ms'" -c "SELECT pg_reload_conf()"
+STANDBY_DIR=/tmp/drf-llm-keys-standby
+STANDBY_PORT=5433
+
+as_postgres() {  # command...: as the postgres OS user, the owner of the data directories
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_standby() {
+    start_postgres
+    if answers 127.0.0.1 "$STANDBY_PORT"; then
+        if [ "$(psql -h 127.0.0.1 -p "$STANDBY_PORT" -U root -d postgres -Atc 'select pg_is_in_recovery()')" = t ]; then
+            return 0
+        fi
+        echo "services: port $STANDBY_PORT answers, but not as a standby" >&2
+        return 1
+    fi
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    bin=/usr/lib/postgresql/$version/bin
+    primary="psql -h 127.0.0.1 -U root -d postgres -Atc"
+    # Replication connections match only "replication" lines of pg_hba.conf.
+    hba=$($primary "show hba_file")
+    if ! grep -q "^host *replication .*drf-llm-keys" "$hba"; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "services: add 'host replication root 127.0.0.1/32 trust' to $hba (as root)" >&2
+            return 1
+        fi
+        sed -i '1i host replication root 127.0.0.1/32 trust # drf-llm-keys standby' "$hba"
+        $primary "select pg_reload_conf()" >/dev/null
+    fi
+    # Not running: a new copy, since the primary may have recycled the WAL an old one needs.
+    rm -rf "$STANDBY_DIR"
+    install -d -m 700 -o postgres -g postgres "$STANDBY_DIR"
+    as_postgres "$bin/pg_basebackup" -h 127.0.0.1 -p 5432 -U root -D "$STANDBY_DIR/data" -R -X stream -c fast
+    # Debian keeps the primary's configuration outside its data directory: the copy gets its
+    # own. A hot standby needs at least the primary's values of these settings.
+    {
+        echo "port = $STANDBY_PORT"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = '$STANDBY_DIR'"
+        echo "hot_standby = on"
+        echo "shared_buffers = 32MB"
+        for name in max_connections max_worker_processes max_wal_senders max_prepared_transactions \
+            max_locks_per_transaction; do
+            echo "$name = $($primary "show $name")"
+        done
+    } | as_postgres tee "$STANDBY_DIR/data/postgresql.conf" >/dev/null
+    printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' \
+        | as_postgres tee "$STANDBY_DIR/data/pg_hba.conf" >/dev/null
+    as_postgres "$bin/pg_ctl" -D "$STANDBY_DIR/data" -l "$STANDBY_DIR/standby.log" -w start >/dev/null
+    wait_for "PostgreSQL standby" 127.0.0.1 "$STANDBY_PORT"
+}
+
 case "${1:-start}" in
     start) start_redis; start_postgres; start_mariadb; echo "services: Redis, PostgreSQL and MariaDB are up" ;;
+    standby) start_standby; echo "services: PostgreSQL standby of 127.0.0.1:5432 is up on 127.0.0.1:$STANDBY_PORT" ;;
     status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 && answers 127.0.0.1 3306 ;;
-    *) echo "usage: $0 start|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|standby|status" >&2; exit 2 ;;
 esac

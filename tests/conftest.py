@@ -16,9 +16,10 @@ from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 
 MakeKey = Callable[..., tuple[APIKey, str]]
 
-# tests/swapped/ needs a swapped client model, which is fixed at process start: it runs in a
-# process of its own, started by tests/test_swapped_model.py.
-collect_ignore = ["swapped"]
+# tests/swapped/ needs a swapped client model, tests/custom_user/ a swapped user model; both
+# are fixed at process start: each runs in a process of its own, started by
+# tests/test_swapped_model.py.
+collect_ignore = ["swapped", "custom_user"]
 
 
 @pytest.fixture(autouse=True)

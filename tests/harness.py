@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -220,6 +221,65 @@ def child_environment(
         env["DRF_LLM_KEYS_TEST_CACHE_DIR"] = cache_dir
     env.update(extra)
     return env
+
+
+# --- a process that answers requests one at a time -------------------------------------
+
+
+class Worker:
+    """``tests.worker`` in another OS process: one request (or command) per call."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.worker"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.readline() == "ready"
+
+    def readline(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def ask(self, line: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self.readline()
+
+    def status(self, slug: str, key: str = "") -> int:
+        return int(self.ask(f"{slug} {key}"))
+
+    def manage(self, *args: str) -> str:
+        """Run a management command there: "ok", or "CommandError: " and its message."""
+        return self.ask(shlex.join(["manage", *args]))
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+def worker_environment(settings: Any, cache_dir: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``Worker`` sharing this process's test database and cache.
+
+    Without Redis, this process moves to a file-based cache in ``cache_dir`` (``settings`` is
+    pytest-django's fixture, which restores it afterwards) and the worker opens the same.
+    """
+    env = {**os.environ, "DRF_LLM_KEYS_TEST_DB_NAME": str(connections["default"].settings_dict["NAME"])}
+    if "DRF_LLM_KEYS_TEST_REDIS_URL" not in os.environ:
+        # The local-memory cache is per process.
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                "LOCATION": cache_dir,
+            }
+        }
+        env["DRF_LLM_KEYS_TEST_CACHE_DIR"] = cache_dir
+    return {**env, **extra}
 
 
 # --- gunicorn --------------------------------------------------------------------------

@@ -75,6 +75,19 @@ else:
             "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"drf_llm_keys_test_{os.getpid()}.sqlite3")},
         }
     }
+
+
+def own_test_database(suffix: str) -> None:
+    """For a settings variant whose suite runs in a process of its own (tests/swapped/,
+    tests/custom_user/): a test database of its own, beside the one of the run that starts it."""
+    database = DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        name = f"drf_llm_keys_test_{suffix}_{os.getpid()}.sqlite3"
+        database["TEST"] = {"NAME": os.path.join(os.path.dirname(database["TEST"]["NAME"]), name)}
+    else:
+        database["TEST"] = {**database.get("TEST", {}), "NAME": f"test_{database['NAME']}_{suffix}"}
+
+
 # A worker process started by a test opens the test database its parent made.
 if os.environ.get("DRF_LLM_KEYS_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["DRF_LLM_KEYS_TEST_DB_NAME"]

@@ -2,66 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.core.cache import caches
-from django.db import connection
 
 from drf_llm_keys import cache as llm_cache
 from drf_llm_keys import keys
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from tests.harness import Worker, worker_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Worker:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.readline() == "ready"
-
-    def readline(self) -> str:
-        assert self.process.stdout is not None
-        return self.process.stdout.readline().strip()
-
-    def status(self, slug: str, key: str = "") -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"{slug} {key}\n")
-        self.process.stdin.flush()
-        return int(self.readline())
-
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture
 def worker(settings, tmp_path) -> Iterator[Worker]:
-    env = {**os.environ, "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
-    if "DRF_LLM_KEYS_TEST_REDIS_URL" not in os.environ:
-        # The default run's local-memory cache is per process: share a file-based one.
-        directory = str(tmp_path / "cache")
-        settings.CACHES = {
-            "default": {
-                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                "LOCATION": directory,
-            }
-        }
-        env["DRF_LLM_KEYS_TEST_CACHE_DIR"] = directory
+    env = worker_environment(settings, str(tmp_path / "cache"))
     process = Worker(env)
     yield process
     process.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import models
 from model_bakery import baker
 
 from drf_llm_keys import cache, keys
@@ -214,10 +215,17 @@ def test_deleting_with_a_plain_manager_forgets_the_deployment_at_once(api, key, 
     assert get(api, "protected-bot", plaintext).json() == {"user": None, "key": None}
 
 
+def test_an_update_through_the_base_manager_protects_at_once(api, public_client):
+    # The README's model names "objects" as its base manager.
+    assert get(api, "public-bot").status_code == 200
+    Deployment._base_manager.filter(pk=public_client.pk).update(require_api_key=True)
+    assert_refused(get(api, "public-bot"))
+
+
 def test_an_update_through_a_plain_manager_needs_an_invalidation_by_hand(api, public_client):
     # The README's swappable section says so: only LLMClientQuerySet's update() invalidates.
     assert get(api, "public-bot").status_code == 200
-    Deployment._base_manager.filter(pk=public_client.pk).update(require_api_key=True)
+    models.QuerySet(Deployment).filter(pk=public_client.pk).update(require_api_key=True)
     assert get(api, "public-bot").status_code == 200  # still the cached decision
     cache.invalidate(["public-bot"], using="default")
     assert_refused(get(api, "public-bot"))

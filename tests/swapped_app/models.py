@@ -12,3 +12,6 @@ class Deployment(AbstractLLMClient):
     region = models.CharField(max_length=20, default="eu-west")
 
     objects = DeploymentQuerySet.as_manager()
+
+    class Meta(AbstractLLMClient.Meta):
+        base_manager_name = "objects"  # Django's own bulk writes invalidate too

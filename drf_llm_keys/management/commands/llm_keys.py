@@ -4,6 +4,10 @@ docs/key-management.md).
 A plaintext key is written to stdout alone, once, so ``KEY=$(manage.py llm_keys create ...)``
 captures just the key; what was done and the warning go to stderr. ``--json`` writes one
 JSON document to stdout instead.
+
+Every read runs where keys are written (``decision_db``): an operator sees the previous
+command's work at once, and the last-key guard counts keys on the primary, never on a
+read replica that may lag behind a revocation.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from django.utils import timezone
 
 from drf_llm_keys import crypto, get_client_model, keys, usage
 from drf_llm_keys.conf import conf
-from drf_llm_keys.models import APIKey, KeyUsage, LLMClientAPIKey
+from drf_llm_keys.models import APIKey, KeyUsage, LLMClientAPIKey, decision_db
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
 USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens")
@@ -179,7 +183,11 @@ class Command(BaseCommand):
         self.show_plaintext(plaintext, {"key": plaintext, **self.record(api_key)}, options)
 
     def handle_list(self, options: dict[str, Any]) -> None:
-        rows = APIKey.objects.select_related("user").prefetch_related("client_links__llm_client")
+        rows = (
+            APIKey.objects.using(decision_db())
+            .select_related("user")
+            .prefetch_related("client_links__llm_client")
+        )
         if options["client"] is not None:
             rows = rows.filter(client_links__llm_client=self.get_client(options["client"]))
         if not options["all"]:
@@ -333,7 +341,10 @@ class Command(BaseCommand):
     def find_client(self, value: str) -> models.Model | None:
         try:
             found: models.Model | None = (
-                get_client_model()._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value}).first()
+                get_client_model()
+                ._default_manager.db_manager(decision_db())
+                .filter(**{conf.CLIENT_LOOKUP_FIELD: value})
+                .first()
             )
             return found
         except (ValueError, TypeError, ValidationError):  # a value the lookup field cannot hold
@@ -342,13 +353,13 @@ class Command(BaseCommand):
     def get_user(self, username: str) -> Any:
         user_model = get_user_model()
         try:
-            return user_model._default_manager.get_by_natural_key(username)
+            return user_model._default_manager.db_manager(decision_db()).get_by_natural_key(username)
         except user_model.DoesNotExist:
             raise CommandError(f"No user {username!r}.") from None
 
     def get_key(self, prefix: str) -> APIKey:
         self.refuse_whole_key(prefix, expected_prefix=True)
-        api_key: APIKey | None = APIKey.objects.filter(prefix=prefix).first()
+        api_key: APIKey | None = APIKey.objects.using(decision_db()).filter(prefix=prefix).first()
         if api_key is None:
             raise CommandError(f"No API key with prefix {prefix!r}.")
         return api_key
@@ -358,7 +369,7 @@ class Command(BaseCommand):
 
     def get_key_or_client(self, value: str, ambiguity_hint: str) -> APIKey | models.Model:
         self.refuse_whole_key(value)
-        api_key = APIKey.objects.filter(prefix=value).first()
+        api_key = APIKey.objects.using(decision_db()).filter(prefix=value).first()
         llm_client = self.find_client(value)
         if api_key is not None and llm_client is not None:
             raise CommandError(f"{value!r} is both a key prefix and a client; {ambiguity_hint}.")

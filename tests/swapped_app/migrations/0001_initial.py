@@ -52,6 +52,7 @@ class Migration(migrations.Migration):
                 "verbose_name_plural": "LLM clients",
                 "ordering": ("slug",),
                 "abstract": False,
+                "base_manager_name": "objects",
             },
         ),
     ]
