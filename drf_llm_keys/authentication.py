@@ -13,9 +13,11 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from . import cache, crypto, signals
+from . import crypto, last_used, signals
 from .conf import conf
-from .models import APIKey, api_key_from_entry, load_decision
+from .decisions import store
+from .decisions.entries import api_key_from_entry, load_decision
+from .models import APIKey
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -64,7 +66,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         prefix = crypto.split_key(plaintext) if plaintext else None
         db = router.db_for_read(APIKey)
         try:
-            decision = cache.lookup(client_value, prefix, load_decision, using=db)
+            decision = store.lookup(client_value, prefix, load_decision, using=db)
         except DatabaseError:
             # Neither open (fail closed) nor a 500 with a traceback: the client may retry.
             logger.error("drf_llm_keys: database unavailable, refusing with 503", exc_info=True)
@@ -169,7 +171,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     def record_use(self, api_key: APIKey) -> None:
         """At most one UPDATE of last_used_at per key per LAST_USED_RESOLUTION, everywhere."""
-        if not cache.claim_last_used(api_key.prefix):
+        if not last_used.claim_last_used(api_key.prefix):
             return
         try:
             APIKey.objects.filter(pk=api_key.pk).update(last_used_at=timezone.now())

@@ -1,28 +1,20 @@
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models, router, transaction
-from django.db.models import Exists, OuterRef
+from django.db import models, transaction
 from django.utils.translation import gettext_lazy as _
 
-from . import cache, crypto, get_client_model
+from . import crypto, get_client_model
 from .conf import conf, install_defaults
+from .decisions import invalidation
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 install_defaults()
-
-ModelT = TypeVar("ModelT", bound=models.Model)
-
-# Fields of the owner that the cache may hold; the password hash is never one of them.
-USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
 
 
 def client_lookup_values(clients: models.QuerySet[Any]) -> set[Any]:
@@ -56,7 +48,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             before = self.affected_clients(pks)
             count = super().update(**kwargs)
             # After too: an update can move a row to another client or lookup value.
-            cache.invalidate(before | self.affected_clients(pks), using=self.db)
+            invalidation.invalidate(before | self.affected_clients(pks), using=self.db)
         return count
 
     update.alters_data = True  # type: ignore[attr-defined]
@@ -64,7 +56,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         with transaction.atomic(using=self.db, savepoint=False):
             created = super().bulk_create(objs, *args, **kwargs)
-            cache.invalidate(self.affected_clients_of(created), using=self.db)
+            invalidation.invalidate(self.affected_clients_of(created), using=self.db)
         return created
 
     def bulk_update(  # type: ignore[override]  # fields is read twice: a Sequence, not any Iterable
@@ -77,7 +69,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             pks = [o.pk for o in objs]
             before = self.affected_clients(pks)
             count = super().bulk_update(objs, fields, **kwargs)
-            cache.invalidate(before | self.affected_clients(pks), using=self.db)
+            invalidation.invalidate(before | self.affected_clients(pks), using=self.db)
         return count
 
 
@@ -248,6 +240,9 @@ class LLMClientAPIKey(models.Model):
 
         ``invalidate=True`` reloads the answer from the database and refreshes the cache.
         """
+        # Imported here: the entries are loaded from these models.
+        from .decisions.entries import client_entry
+
         entry = client_entry(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD), refresh=invalidate)
         return bool(entry["has_active_key"])
 
@@ -268,145 +263,3 @@ class LLMClientAPIKey(models.Model):
         if not cls.has_active_api_key(llm_client, invalidate=invalidate):
             return cast("models.QuerySet[LLMClientAPIKey]", cls.objects.none())
         return rows.filter(llm_client=llm_client)  # type: ignore[misc,no-any-return]  # swappable client model
-
-
-# --- what the cache holds -------------------------------------------------------------
-
-
-def user_cache_fields() -> list[str]:
-    """The owner's secret-free fields kept in a key's entry (pk and username included)."""
-    user_model = get_user_model()
-    names = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, *USER_CACHE_FIELDS]
-    fields = []
-    for name in dict.fromkeys(names):
-        try:
-            field = user_model._meta.get_field(name)
-        except FieldDoesNotExist:
-            continue
-        if field.concrete and name != "password":
-            fields.append(field.attname)
-    return fields
-
-
-def load_client_entry(value: str) -> cache.Entry:
-    client_model = get_client_model()
-    if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
-        return {"id": None, cache.UNCACHEABLE: True}
-    active = LLMClientAPIKey.objects.filter(llm_client=OuterRef("pk"), api_key__is_active=True)
-    columns = ["pk", "has_active", conf.CLIENT_LOOKUP_FIELD]
-    if _has_field(client_model, "require_api_key"):
-        columns.append("require_api_key")
-    try:
-        row = (
-            client_model._default_manager.filter(**{conf.CLIENT_LOOKUP_FIELD: value})
-            .annotate(has_active=Exists(active))
-            .values_list(*columns)
-            .first()
-        )
-    except (ValueError, TypeError, ValidationError):  # a value the lookup field cannot hold
-        row = None
-    if row is None:
-        # Not cached: under a case-insensitive collation a client created later as "Bot"
-        # would answer "bot" too, and its creation invalidates "Bot" only.
-        return {"id": None, cache.UNCACHEABLE: True}
-    entry = {
-        "id": row[0],
-        "has_active_key": bool(row[1]),
-        "require_api_key": bool(row[3:] and row[3]),
-        # The stored spelling, which names the client in settings (THROTTLE_RATES).
-        "lookup": str(row[2]),
-    }
-    if str(row[2]) != value:
-        # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
-        # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
-        # value only, so an entry cached under this spelling would outlive them.
-        entry[cache.UNCACHEABLE] = True
-    return entry
-
-
-def load_key_entry(prefix: str) -> cache.Entry:
-    user_fields = user_cache_fields()
-    rows = list(
-        APIKey._base_manager.filter(prefix=prefix).values_list(
-            "pk",
-            "digest",
-            "is_active",
-            "expires_at",
-            "name",
-            "user_id",
-            "client_links__llm_client_id",
-            *(f"user__{name}" for name in user_fields),
-        )
-    )
-    if not rows:
-        return {"id": None}
-    pk, digest, is_active, expires_at, name, user_id = rows[0][:6]
-    user = dict(zip(user_fields, rows[0][7:], strict=True)) if user_id is not None else None
-    return {
-        "id": pk,
-        "prefix": prefix,
-        "digest": digest,
-        "is_active": is_active,
-        "expires_at": expires_at,
-        "name": name,
-        "client_ids": sorted({row[6] for row in rows if row[6] is not None}),
-        "user": user,
-    }
-
-
-def api_key_from_entry(entry: cache.Entry, db: str) -> APIKey:
-    """The key and its owner rebuilt from a key entry: no query, no secret field.
-
-    The other fields are deferred: reading one loads it from the database.
-    """
-    user = _from_fields(get_user_model(), db, entry["user"])
-    api_key = _from_fields(
-        APIKey,
-        db,
-        {
-            "id": entry["id"],
-            "prefix": entry["prefix"],
-            "name": entry["name"],
-            "is_active": entry["is_active"],
-            "expires_at": entry["expires_at"],
-            "user_id": user.pk,
-        },
-    )
-    APIKey._meta.get_field("user").set_cached_value(api_key, user)  # type: ignore[union-attr]
-    return api_key
-
-
-def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    names = _concrete_order(model, tuple(values))
-    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
-    return instance
-
-
-@functools.lru_cache(maxsize=64)
-def _concrete_order(model: type[models.Model], names: tuple[str, ...]) -> list[str]:
-    # from_db() takes the values in the order of the model's concrete fields.
-    return [f.attname for f in model._meta.concrete_fields if f.attname in names]
-
-
-def load_decision(client_value: str, prefix: str | None) -> cache.Entry:
-    """What a decision needs from the database: at most two queries."""
-    client = load_client_entry(client_value)
-    protected = client["id"] is not None and (client["require_api_key"] or client["has_active_key"])
-    key = load_key_entry(prefix) if prefix is not None and protected else None
-    return {"client": client, "key": key, cache.UNCACHEABLE: client.get(cache.UNCACHEABLE, False)}
-
-
-def client_entry(value: Any, refresh: bool = False) -> cache.Entry:
-    decision = cache.lookup(
-        str(value), None, load_decision, using=router.db_for_read(LLMClientAPIKey), refresh=refresh
-    )
-    client: cache.Entry = decision["client"]
-    return client
-
-
-def _has_field(model: type[models.Model], name: str) -> bool:
-    try:
-        model._meta.get_field(name)
-    except FieldDoesNotExist:
-        return False
-    return True

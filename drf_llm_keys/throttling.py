@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -10,15 +11,24 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from . import cache
 from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
-from .models import APIKey, client_entry
+from .decisions import Entry, state
+from .decisions.entries import client_entry
+from .decisions.names import client_id, key_name
+from .models import APIKey
 
 logger = logging.getLogger("drf_llm_keys")
 
 # DRF's rate format: "100/minute" reads as 100 requests per 60 seconds.
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def throttle_name(client_value: str, ident: str, duration: int, window: int) -> str:
+    """The request counter of one key or client IP on one client, in one throttle window."""
+    # Hashed: an IP may come from a client-sent X-Forwarded-For, of any length and charset.
+    hashed = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return key_name("t", f"{client_id(client_value)}.{hashed}.{duration}.{window}")
 
 
 def parse_rate(rate: str | None) -> tuple[int, int] | None:
@@ -67,7 +77,7 @@ class APIKeyRateThrottle(BaseThrottle):
         requests, seconds = limit
         ident = f"key:{api_key.prefix}" if api_key is not None else f"ip:{self.get_ident(request)}"
         window = int(time.time() // seconds)
-        count = self.hit(cache.throttle_name(lookup, ident, seconds, window), seconds)
+        count = self.hit(throttle_name(lookup, ident, seconds, window), seconds)
         if count is None or count <= requests:
             return True
         self.retry_at = (window + 1) * seconds
@@ -76,9 +86,9 @@ class APIKeyRateThrottle(BaseThrottle):
     def wait(self) -> float | None:
         return None if self.retry_at is None else max(0.0, self.retry_at - time.time())
 
-    def get_client(self, request: Request) -> cache.Entry | None:
+    def get_client(self, request: Request) -> Entry | None:
         """The request's client entry: the one the authenticator found, else looked up."""
-        found: cache.Entry | None = getattr(request, CLIENT_ATTRIBUTE, None)
+        found: Entry | None = getattr(request, CLIENT_ATTRIBUTE, None)
         if found is not None:
             return found
         client_value = self.authentication_class().get_client_lookup_value(request)
@@ -96,7 +106,7 @@ class APIKeyRateThrottle(BaseThrottle):
         A cache outage lets requests through: throttling protects capacity, the key check
         (which fails closed) protects access.
         """
-        store = cache.get_cache()
+        store = state.get_cache()
         try:
             try:
                 return int(store.incr(name))

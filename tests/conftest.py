@@ -10,7 +10,7 @@ from django.core.cache import cache
 from model_bakery import baker
 from rest_framework.test import APIClient
 
-from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import decisions, last_used
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 
 MakeKey = Callable[..., tuple[APIKey, str]]
@@ -24,11 +24,10 @@ collect_ignore = ["swapped"]
 def empty_cache() -> Iterator[None]:
     # The Redis run uses a database of its own (see .ci/run): clearing it is safe.
     cache.clear()
-    llm_cache._pending.clear()
-    llm_cache._held.clear()
-    llm_cache._claimed_at.clear()
+    decisions.reset()
+    last_used.reset()
     yield
-    llm_cache._pending.clear()
+    decisions.reset()
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 
-from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import decisions
+from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import APIKey
 
 from . import harness
@@ -123,7 +124,7 @@ def warm_queries(api: Any, world: World) -> int:
 
 def wait_for_pending_invalidations(timeout: float = 10) -> None:
     harness.wait_until(
-        lambda: not llm_cache.pending_invalidations(), timeout, "invalidations were not retried"
+        lambda: not decisions.pending_invalidations(), timeout, "invalidations were not retried"
     )
 
 
@@ -145,7 +146,7 @@ def test_revoke_while_redis_is_stopped_takes_effect_at_once(api, private_redis, 
     private_redis.stop()
     world.revoke_valid()
     world.assert_valid_refused(api)
-    assert llm_cache.pending_invalidations()
+    assert decisions.pending_invalidations()
 
 
 def test_service_recovers_when_redis_is_back(api, private_redis, world):
@@ -178,13 +179,13 @@ def test_revoke_while_redis_is_paused_is_retried_until_it_lands(api, private_red
     # Redis keeps the old entries through a pause: the new generation must still reach it,
     # here by the retry timer alone (no request of this process flushes it).
     world.assert_decisions(api)
-    generation = llm_cache.generation_name("protected-bot")
+    generation = generation_name("protected-bot")
     before = private_redis.client().keys(f"*{generation}")
     assert before, "the client's generation should be in Redis"
     stored = private_redis.client().get(before[0])
     private_redis.pause()
     world.revoke_valid()
-    assert generation in llm_cache.pending_invalidations()
+    assert generation in decisions.pending_invalidations()
     private_redis.resume()
     wait_for_pending_invalidations()
     assert private_redis.client().get(before[0]) != stored
@@ -232,7 +233,7 @@ def test_raising_cache_revoke_takes_effect_and_is_kept_for_retry(api, world, bro
     world.assert_decisions(api)
     world.revoke_valid()
     world.assert_valid_refused(api)
-    assert llm_cache.generation_name("protected-bot") in llm_cache.pending_invalidations()
+    assert generation_name("protected-bot") in decisions.pending_invalidations()
 
 
 def test_raising_cache_never_opens_a_protected_client_whose_keys_all_go(api, world, broken_cache):

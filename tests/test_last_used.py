@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import last_used
 
 from .conftest import bearer
 
@@ -103,7 +103,7 @@ def test_one_claim_wins_among_concurrent_claimants(key):
 
     def claim() -> None:
         barrier.wait()
-        results.append(llm_cache.claim_last_used(api_key.prefix))
+        results.append(last_used.claim_last_used(api_key.prefix))
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for thread in threads:

@@ -17,8 +17,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
-from drf_llm_keys import cache as llm_cache
-from drf_llm_keys import push
+from drf_llm_keys.decisions import get_decision_cache
+from drf_llm_keys.decisions.names import generation_name
 
 from . import harness
 from .conftest import bearer
@@ -98,7 +98,7 @@ def test_without_push_a_warm_request_makes_one_round_trip(api, pushed, world, se
     before = commands(pushed)
     api.get(URL.format("protected-bot"), **bearer(world.valid_key))
     assert commands(pushed) == before + 1
-    assert push.channel() is None
+    assert get_decision_cache().push.channel() is None
 
 
 # --- what retires a trusted generation ---------------------------------------------------
@@ -127,9 +127,9 @@ def test_a_flush_retires_every_generation(api, pushed, world):
 
 def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pushed, world):
     settle(api, world)
-    channel = push.channel()
+    channel = get_decision_cache().push.channel()
     assert channel is not None
-    name = llm_cache.generation_name("protected-bot")
+    name = generation_name("protected-bot")
     mark = channel.mark()
     # Another client's write lands after our read of "read-token": Redis announces it.
     pushed.client().set(f"drf-llm-keys-tests:1:{name}", "written-after-the-read")
@@ -202,7 +202,7 @@ def test_a_channel_silent_for_ten_heartbeats_is_dropped(api, pushed, world, sett
 def test_the_trusted_generations_are_bounded_by_local_entries(api, pushed, world, settings):
     settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT, "LOCAL_ENTRIES": 2}
     settle(api, world)
-    channel = push.channel()
+    channel = get_decision_cache().push.channel()
     assert channel is not None and 0 < len(channel.current) <= 2
     world.revoke_valid()
     world.assert_valid_refused(api)
@@ -269,7 +269,7 @@ def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings
     config["OPTIONS"].update(options)
     settings.CACHES = {"default": config}
     settle(api, world)
-    assert push.channel() is not None
+    assert get_decision_cache().push.channel() is not None
     before = commands(pushed)
     world.assert_decisions(api)
     assert commands(pushed) == before
@@ -278,10 +278,12 @@ def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings
 
 def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
     settle(api, world)
-    assert push._channel is not None
+    parent = get_decision_cache()
+    assert parent.push.opened is not None
     pid = os.fork()
     if pid == 0:  # the child: its sockets are the parent's
-        os._exit(0 if push._channel is None else 1)
+        child = get_decision_cache()
+        os._exit(0 if child is not parent and child.push.opened is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     before = commands(pushed)
@@ -295,7 +297,7 @@ def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
 def test_no_channel_on_a_cache_that_is_not_redis(settings, caplog):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
-        assert push.channel() is None
+        assert get_decision_cache().push.channel() is None
     assert "is not django-redis" in caplog.text
 
 
@@ -308,7 +310,7 @@ def hashed_key(key: str, key_prefix: str, version: int) -> str:
 def test_no_channel_when_the_key_function_keeps_no_common_prefix(pushed, settings, caplog):
     settings.CACHES = {"default": {**cache_config(pushed), "KEY_FUNCTION": hashed_key}}
     with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
-        assert push.channel() is None
+        assert get_decision_cache().push.channel() is None
     assert "KEY_FUNCTION" in caplog.text
 
 
@@ -317,7 +319,7 @@ def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, 
         settings.CACHES = {"default": cache_config(server)}
         with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
             world.assert_decisions(api)
-            assert push.channel() is None
+            assert get_decision_cache().push.channel() is None
         assert "Redis refused client tracking" in caplog.text
         world.revoke_valid()
         world.assert_valid_refused(api)

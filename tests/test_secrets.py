@@ -26,9 +26,9 @@ from django.views.debug import ExceptionReporter, get_default_exception_reporter
 from model_bakery import baker
 from rest_framework.request import Request
 
-from drf_llm_keys import cache as llm_cache
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
+from drf_llm_keys.decisions import store
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 
 from .conftest import bearer
@@ -247,7 +247,7 @@ def test_error_reports_hide_the_key_in_the_authenticators_frames(key, reporter_f
     def unexpected(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(llm_cache, "lookup", unexpected)
+    monkeypatch.setattr(store, "lookup", unexpected)
     request = RequestFactory().get("/", **bearer(plaintext))
     drf_request = Request(request, parser_context={"kwargs": {"llm_client": "protected-bot"}})
     with pytest.raises(RuntimeError) as raised:
