@@ -12,6 +12,8 @@ from rest_framework.test import APIClient
 
 from drf_llm_keys import decisions, last_used
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+from tests.support.redis import RedisServer, running_redis
+from tests.support.world import World
 
 MakeKey = Callable[..., tuple[APIKey, str]]
 
@@ -68,8 +70,16 @@ def key(make_key: MakeKey, protected_client: LLMClient) -> tuple[APIKey, str]:
     return make_key(protected_client)
 
 
-def bearer(plaintext: str) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+@pytest.fixture
+def world(make_key: MakeKey) -> World:
+    return World(make_key)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the module's own, to stop, pause and flush (never the shared one)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.hookimpl(hookwrapper=True)

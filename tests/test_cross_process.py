@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.core.cache import caches
@@ -14,38 +11,9 @@ from django.db import connection
 
 from drf_llm_keys.decisions.names import decision_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from tests.support.harness import Worker
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Worker:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.readline() == "ready"
-
-    def readline(self) -> str:
-        assert self.process.stdout is not None
-        return self.process.stdout.readline().strip()
-
-    def status(self, slug: str, key: str = "") -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"{slug} {key}\n")
-        self.process.stdin.flush()
-        return int(self.readline())
-
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=10)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.fixture

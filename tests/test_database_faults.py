@@ -16,8 +16,7 @@ from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,8 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from drf_llm_keys import last_used
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

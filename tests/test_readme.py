@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from model_bakery import baker
 
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,8 +30,8 @@ from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import store
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from tests.support import bearer
 
-from .conftest import bearer
 from .test_database_faults import database_outage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -199,7 +199,7 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(
     assert send("bot", **bearer(third_key)) == 401
 
     # Faults log warnings and errors with tracebacks: the cache raising, the database gone.
-    broken = {**settings.CACHES, "broken": {"BACKEND": "tests.broken_cache.BrokenCache"}}
+    broken = {**settings.CACHES, "broken": {"BACKEND": "tests.support.caches.BrokenCache"}}
     with override_settings(CACHES=broken, DRF_LLM_KEYS={"CACHE_ALIAS": "broken"}):
         assert send("bot", **bearer(third_key)) == 401
         assert send("flagged", **bearer(first_key)) == 401

@@ -9,7 +9,7 @@ from model_bakery import baker
 
 from drf_llm_keys import decisions, keys
 from drf_llm_keys.models import LLMClientAPIKey
-from tests.conftest import bearer
+from tests.support import bearer
 from tests.swapped_app.models import Deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)  # invalidations run on commit

@@ -18,31 +18,12 @@ from drf_llm_keys.decisions import invalidation, state
 from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.models import APIKey
-
-from .conftest import bearer
+from tests.support import bearer
+from tests.support.caches import CountingCache, FlakyCache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 URL = "/clients/protected-bot/echo/"
-CACHE_METHODS = ("get", "get_many", "set", "set_many", "add", "delete", "delete_many", "incr")
-
-
-class CountingCache:
-    """The real cache, with each call (one round trip on Redis) counted."""
-
-    def __init__(self, real: Any) -> None:
-        self.real, self.calls = real, Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.real, name)
-        if name not in CACHE_METHODS:
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return attribute(*args, **kwargs)
-
-        return counted
 
 
 @pytest.fixture
@@ -50,25 +31,6 @@ def counting(monkeypatch) -> CountingCache:
     proxy = CountingCache(state.get_cache())
     monkeypatch.setattr(state, "get_cache", lambda: proxy)
     return proxy
-
-
-class FlakyCache:
-    """A real local-memory cache that raises on every call while ``down`` is set."""
-
-    down = False
-
-    def __init__(self) -> None:
-        self.real = caches["default"]
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.real, name)
-        if name in CACHE_METHODS and FlakyCache.down:
-
-            def broken(*args: Any, **kwargs: Any) -> Any:
-                raise ConnectionError("cache is down")
-
-            return broken
-        return attribute
 
 
 @pytest.fixture
@@ -95,7 +57,7 @@ def test_warm_request_runs_no_sql(api, key, django_assert_num_queries):
 
 
 def test_warm_request_makes_one_cache_round_trip(api, key, counting, settings):
-    # Without push invalidation (or on a cache that cannot announce; tests/test_push.py).
+    # Without push invalidation (or on a cache that cannot announce; tests/decisions/test_push.py).
     settings.DRF_LLM_KEYS = {"PUSH_INVALIDATION": False}
     _, plaintext = key
     warm(api, plaintext)

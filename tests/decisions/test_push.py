@@ -1,4 +1,4 @@
-"""Push invalidation (drf_llm_keys.push): a warm request makes no round trip at all, and
+"""Push invalidation (drf_llm_keys.decisions.push): a warm request makes no round trip at all, and
 every change Redis announces, or any doubt about the channel, sends requests back to Redis.
 
 Each test runs against a private redis-server, so it runs in every configuration.
@@ -19,28 +19,20 @@ from django_redis import get_redis_connection
 
 from drf_llm_keys.decisions import get_decision_cache
 from drf_llm_keys.decisions.names import generation_name
+from tests.support import bearer
+from tests.support.harness import Worker
+from tests.support.redis import RedisServer, running_redis
+from tests.support.world import URL, World
 
-from . import harness
-from .conftest import bearer
-from .test_cache_faults import World
-from .test_cross_process import Worker
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-URL = "/clients/{}/echo/"
 SOCKET_TIMEOUT = 0.3
 HEARTBEAT = 0.5
 # Connection housekeeping, not a cache operation: PING is the channel's heartbeat.
 CONTROL_COMMANDS = {"ping", "info", "client", "subscribe", "hello", "select", "auth", "flushdb", "config"}
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RedisServer]:
-    with harness.redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-def cache_config(server: harness.RedisServer, timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
+def cache_config(server: RedisServer, timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
     # The same KEY_PREFIX as tests/settings.py, so that a worker process shares the keys.
     return {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -51,7 +43,7 @@ def cache_config(server: harness.RedisServer, timeout: float = SOCKET_TIMEOUT) -
 
 
 @pytest.fixture
-def pushed(redis_server: harness.RedisServer, settings: Any) -> Iterator[harness.RedisServer]:
+def pushed(redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
     """The default cache on the private Redis, push invalidation on (the default)."""
     redis_server.resume()
     redis_server.flush()
@@ -61,12 +53,7 @@ def pushed(redis_server: harness.RedisServer, settings: Any) -> Iterator[harness
     redis_server.resume()
 
 
-@pytest.fixture
-def world(make_key: Any) -> World:
-    return World(make_key)
-
-
-def commands(server: harness.RedisServer) -> int:
+def commands(server: RedisServer) -> int:
     """Cache operations Redis has run so far, from its own statistics."""
     stats = server.client().info("commandstats")
     return sum(
@@ -142,7 +129,7 @@ def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pus
 # --- doubt about the channel: back to one GET per request --------------------------------
 
 
-def tracking_client_id(server: harness.RedisServer) -> int:
+def tracking_client_id(server: RedisServer) -> int:
     clients = server.client().client_list()
     return next(int(c["id"]) for c in clients if "t" in c["flags"])
 
@@ -315,7 +302,7 @@ def test_no_channel_when_the_key_function_keeps_no_common_prefix(pushed, setting
 
 
 def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, caplog):
-    with harness.redis_server(tmp_path, args=("--rename-command", "CLIENT", "")) as server:
+    with running_redis(tmp_path, args=("--rename-command", "CLIENT", "")) as server:
         settings.CACHES = {"default": cache_config(server)}
         with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
             world.assert_decisions(api)
@@ -329,7 +316,7 @@ def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, 
 
 
 @pytest.fixture
-def worker(pushed: harness.RedisServer, settings: Any) -> Iterator[Worker]:
+def worker(pushed: RedisServer, settings: Any) -> Iterator[Worker]:
     # The worker's settings (tests/settings.py) put its default cache on this Redis too.
     settings.CACHES = {"default": cache_config(pushed, timeout=2)}
     env = {
