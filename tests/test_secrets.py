@@ -31,8 +31,7 @@ from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import store
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 from tests.support import bearer
-
-from .test_database_faults import database_outage
+from tests.support.databases import database_outage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
