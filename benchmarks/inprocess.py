@@ -52,7 +52,9 @@ class Endpoint:
     expect: int = 200
     # Untimed and uncounted work before request i (making the cache cold, say).
     prepare: Callable[[int], None] | None = None
-    # DRF_LLM_KEYS for this endpoint's requests, put in place outside the timed call.
+    # DRF_LLM_KEYS for this endpoint's requests, put in place outside the timed calls. A
+    # settings change resets what the process keeps (drf_llm_keys.decisions.reset), so it is
+    # put in place once per batch of requests, followed by an untimed request.
     package_settings: dict[str, Any] | None = None
     samples: list[float] = field(default_factory=list)
     served: int = 0
@@ -81,10 +83,9 @@ class Driver:
 
     def call(self, endpoint: Endpoint) -> tuple[float, int]:
         """One request, after its untimed preparation: its microseconds and status code."""
-        with endpoint.in_place():
-            if endpoint.prepare is not None:
-                endpoint.prepare(endpoint.served)
-            return self.timed(endpoint)
+        if endpoint.prepare is not None:
+            endpoint.prepare(endpoint.served)
+        return self.timed(endpoint)
 
     def timed(self, endpoint: Endpoint) -> tuple[float, int]:
         env = endpoint.next_environ()
@@ -117,16 +118,17 @@ def census(driver: Driver, endpoint: Endpoint, requests: int) -> Census:
         queries += 1
         return execute(sql, params, many, context)
 
-    for _ in range(requests):
-        with endpoint.in_place():
+    with endpoint.in_place():
+        driver.call(endpoint)  # uncounted: the process may have just been reset
+        for _ in range(requests):
             if endpoint.prepare is not None:
                 endpoint.prepare(endpoint.served)
             before = RoundTrips.count
             with connection.execute_wrapper(count):
                 _, status = driver.timed(endpoint)
-        round_trips += RoundTrips.count - before
-        if status != endpoint.expect:
-            raise SystemExit(f"{endpoint.label}: expected HTTP {endpoint.expect}, got {status}")
+            round_trips += RoundTrips.count - before
+            if status != endpoint.expect:
+                raise SystemExit(f"{endpoint.label}: expected HTTP {endpoint.expect}, got {status}")
     return Census(queries / requests, round_trips / requests)
 
 
@@ -138,9 +140,11 @@ def measure(driver: Driver, endpoints: Sequence[Endpoint], rounds: int, per_roun
     for _ in range(rounds):
         shuffle(order)
         for endpoint in order:
-            for _ in range(per_round):
-                elapsed, _status = driver.call(endpoint)
-                endpoint.samples.append(elapsed)
+            with endpoint.in_place():
+                driver.call(endpoint)  # untimed: the process may have just been reset
+                for _ in range(per_round):
+                    elapsed, _status = driver.call(endpoint)
+                    endpoint.samples.append(elapsed)
 
 
 def median(samples: Sequence[float]) -> float:

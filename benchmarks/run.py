@@ -27,10 +27,11 @@ from django.test import RequestFactory  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
 
-from drf_llm_keys import cache as llm_cache  # noqa: E402
-from drf_llm_keys import crypto, push  # noqa: E402
+from drf_llm_keys import crypto, decisions  # noqa: E402
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E402
-from drf_llm_keys.models import api_key_from_entry, load_decision  # noqa: E402
+from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision  # noqa: E402
+from drf_llm_keys.decisions.names import decision_name, generation_name  # noqa: E402
+from drf_llm_keys.last_used import last_used_name  # noqa: E402
 
 from . import seed, server  # noqa: E402
 from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
@@ -51,15 +52,15 @@ PEERS = (DRF_TOKEN, KNOX, API_KEY)
 
 def invalidate(slug: str, prefix: str) -> None:
     """What a revocation or any other write does: a new generation for the client."""
-    llm_cache.publish({llm_cache.generation_name(slug)})
+    decisions.publish({generation_name(slug)})
 
 
 def evict(slug: str, prefix: str) -> None:
     """An empty cache for this client and key, in Redis and in this process (the last-used
     marker stays: no UPDATE)."""
-    entry = llm_cache.decision_name(slug, prefix)
-    cache.delete_many([llm_cache.generation_name(slug), entry])
-    llm_cache._held.pop(entry, None)
+    entry = decision_name(slug, prefix)
+    cache.delete_many([generation_name(slug), entry])
+    decisions.get_decision_cache().held.pop(entry, None)
 
 
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
@@ -168,21 +169,21 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
     )
     floor_request = Request(factory.get("/", HTTP_AUTHORIZATION=f"Floor {creds.floor}"))
     ours, floor = LLMClientAPIKeyAuthentication(), FloorAuthentication()
-    decision = llm_cache.lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
+    decision = decisions.lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
     digest = decision["key"]["digest"] if decision["key"] else ""
-    gen_name = llm_cache.generation_name(seed.PROTECTED)
-    entry_name = llm_cache.decision_name(seed.PROTECTED, creds.ours_prefix)
+    gen_name = generation_name(seed.PROTECTED)
+    entry_name = decision_name(seed.PROTECTED, creds.ours_prefix)
     floor_name = floor_cache_name(crypto.hash_key(creds.floor))
-    channel = push.channel()
-    token = llm_cache._held[entry_name][0]
+    channel = decisions.get_decision_cache().push.channel()
+    token = decisions.get_decision_cache().held[entry_name][0]
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("drf-llm-keys authenticate(), warm", lambda: ours.authenticate(request)),
         ("  parse: client, credentials, key format", lambda: (
             ours.get_client_lookup_value(request), crypto.split_key(ours.get_credentials(request) or "")
         )),
         ("  cache key names (2)", lambda: (
-            llm_cache.generation_name(seed.PROTECTED),
-            llm_cache.decision_name(seed.PROTECTED, creds.ours_prefix),
+            generation_name(seed.PROTECTED),
+            decision_name(seed.PROTECTED, creds.ours_prefix),
         )),
         ("  (no push: cache get of the generation)", lambda: cache.get(gen_name)),
         ("  (cache get_many, generation and entry)", lambda: cache.get_many([gen_name, entry_name])),
@@ -245,8 +246,8 @@ def run_scale(driver: Driver, scales: Sequence[int], rounds: int, per_round: int
 
 
 def report_cache_bytes(slug: str, prefix: str) -> None:
-    key_names = [llm_cache.decision_name(slug, prefix), llm_cache.last_used_name(prefix)]
-    client_names = [llm_cache.generation_name(slug)]
+    key_names = [decision_name(slug, prefix), last_used_name(prefix)]
+    client_names = [generation_name(slug)]
     key_bytes, client_bytes = _cache_bytes(key_names), _cache_bytes(client_names)
     how = (
         "Redis MEMORY USAGE, key names included"

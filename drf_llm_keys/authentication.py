@@ -14,9 +14,11 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from . import cache, crypto, signals, usage
+from . import crypto, last_used, signals, usage
 from .conf import conf
-from .models import APIKey, api_key_from_entry, decision_db, load_decision
+from .decisions import store
+from .decisions.entries import api_key_from_entry, load_decision
+from .models import APIKey, decision_db
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -65,7 +67,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         prefix = crypto.split_key(plaintext) if plaintext else None
         db = decision_db()
         try:
-            decision = cache.lookup(
+            decision = store.lookup(
                 client_value, prefix, functools.partial(load_decision, using=db), using=db
             )
         except DatabaseError:
@@ -173,7 +175,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     def record_use(self, api_key: APIKey) -> None:
         """At most one UPDATE of last_used_at per key per LAST_USED_RESOLUTION, everywhere."""
-        if not cache.claim_last_used(api_key.prefix):
+        if not last_used.claim_last_used(api_key.prefix):
             return
         try:
             APIKey.objects.filter(pk=api_key.pk).update(last_used_at=timezone.now())

@@ -15,7 +15,7 @@ DEFAULTS: dict[str, Any] = {
     # Decision entries each process keeps, checked against the shared generation on use.
     "LOCAL_ENTRIES": 4096,
     # Trust held entries until Redis announces a change (django-redis on Redis 6+ only;
-    # drf_llm_keys.push): a warm request then makes no round trip at all.
+    # drf_llm_keys.decisions.push): a warm request then makes no round trip at all.
     "PUSH_INVALIDATION": True,
     # Seconds: held entries are trusted only while the announcement channel has answered
     # a ping sent within this time; also the worst delay of an announcement on a silent link.
@@ -49,7 +49,7 @@ DEFAULT_CLIENT_MODEL = "drf_llm_keys.LLMClient"
 
 
 def install_defaults() -> None:
-    """Give our two settings defaults, as Django's global settings do for AUTH_USER_MODEL.
+    """Give our two settings defaults, as Django's own defaults do for AUTH_USER_MODEL.
 
     The migration autodetector reads the swappable setting for every foreign key to the
     client model, in the project's apps too; and a missing ``DRF_LLM_KEYS`` would cost

@@ -2,7 +2,7 @@
 write (connected in ``apps``).
 
 Each receiver works out what the write made stale while the rows are still there and hands
-it to ``cache.invalidate``, which acts once the transaction commits.
+it to ``decisions.invalidate``, which acts once the transaction commits.
 """
 
 from __future__ import annotations
@@ -10,20 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.signals import setting_changed
 from django.db import models
 from django.db.models.signals import post_save, pre_delete, pre_save
 from django.dispatch import Signal
 
-from . import cache, get_client_model
-from .conf import conf
-from .models import (
-    APIKey,
-    APIKeyQuerySet,
-    LLMClientAPIKey,
-    client_lookup_values,
-    owner_activity_is_computed,
-    user_cache_fields,
-)
+from . import decisions, get_client_model, last_used
+from .conf import CLIENT_MODEL_SETTING, conf
+from .decisions.entries import owner_activity_is_computed, user_cache_fields
+from .models import APIKey, APIKeyQuerySet, LLMClientAPIKey, client_lookup_values
 
 # --- public signals -------------------------------------------------------------------
 # The lifecycle signals are sent by ``drf_llm_keys.keys`` (the command and the admin both go
@@ -91,11 +86,11 @@ def client_post_save(
         return
     # A new client may replace a cached "no such client" for its lookup value.
     old = instance.__dict__.pop(_OLD_CLIENTS, set())
-    cache.invalidate([*old, getattr(instance, conf.CLIENT_LOOKUP_FIELD)], using)
+    decisions.invalidate([*old, getattr(instance, conf.CLIENT_LOOKUP_FIELD)], using)
 
 
 def client_pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
-    cache.invalidate([getattr(instance, conf.CLIENT_LOOKUP_FIELD)], using)
+    decisions.invalidate([getattr(instance, conf.CLIENT_LOOKUP_FIELD)], using)
 
 
 def api_key_post_save(
@@ -104,7 +99,7 @@ def api_key_post_save(
     # A new key is mapped to no client yet; last_used_at is in no decision.
     if created or (update_fields is not None and set(update_fields) <= APIKeyQuerySet.cache_free_fields):
         return
-    cache.invalidate(APIKey.objects.using(using).affected_clients([instance.pk]), using)
+    decisions.invalidate(APIKey.objects.using(using).affected_clients([instance.pk]), using)
 
 
 def link_pre_save(
@@ -117,7 +112,7 @@ def link_pre_save(
 
 def link_changed(sender: type[LLMClientAPIKey], instance: LLMClientAPIKey, using: str, **kwargs: Any) -> None:
     old = instance.__dict__.pop(_OLD_CLIENTS, set())
-    cache.invalidate(old | LLMClientAPIKey.objects.using(using).affected_clients_of([instance]), using)
+    decisions.invalidate(old | LLMClientAPIKey.objects.using(using).affected_clients_of([instance]), using)
 
 
 def user_post_save(
@@ -141,7 +136,18 @@ def user_pre_delete(sender: type[models.Model], instance: models.Model, using: s
 
 def _invalidate_keys_of(user: models.Model, using: str) -> None:
     links = LLMClientAPIKey._base_manager.using(using).filter(api_key__user=user)
-    cache.invalidate(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True), using)
+    decisions.invalidate(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True), using)
+
+
+# What this process keeps (held entries, pending invalidations, push channels, last-use
+# claims) was built under these settings: override_settings must not leave it in force.
+_STATE_SETTINGS = frozenset({"DRF_LLM_KEYS", "CACHES", CLIENT_MODEL_SETTING})
+
+
+def reset_process_state(setting: str, **kwargs: Any) -> None:
+    if setting in _STATE_SETTINGS:
+        decisions.reset()
+        last_used.reset()
 
 
 def connect() -> None:
@@ -157,3 +163,4 @@ def connect() -> None:
     pre_delete.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_delete")
     post_save.connect(user_post_save, sender=user_model, dispatch_uid=f"{uid}.user_post_save")
     pre_delete.connect(user_pre_delete, sender=user_model, dispatch_uid=f"{uid}.user_pre_delete")
+    setting_changed.connect(reset_process_state, dispatch_uid=f"{uid}.reset_process_state")

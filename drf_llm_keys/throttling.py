@@ -9,10 +9,12 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from . import cache, usage, windows
+from . import usage, windows
 from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
-from .models import APIKey, client_entry
+from .decisions import Entry
+from .decisions.entries import client_entry
+from .models import APIKey
 
 # Importable from here as before.
 parse_rate = windows.parse_rate
@@ -54,15 +56,15 @@ class APIKeyRateThrottle(WindowThrottle):
         requests, seconds = limit
         ident = f"key:{api_key.prefix}" if api_key is not None else f"ip:{self.get_ident(request)}"
         window = windows.current(seconds)
-        count = self.hit(cache.throttle_name(lookup, ident, seconds, window), seconds)
+        count = self.hit(windows.throttle_name(lookup, ident, seconds, window), seconds)
         if count is None or count <= requests:
             return True
         self.retry_at = windows.end_of(window, seconds)
         return False
 
-    def get_client(self, request: Request) -> cache.Entry | None:
+    def get_client(self, request: Request) -> Entry | None:
         """The request's client entry: the one the authenticator found, else looked up."""
-        found: cache.Entry | None = getattr(request, CLIENT_ATTRIBUTE, None)
+        found: Entry | None = getattr(request, CLIENT_ATTRIBUTE, None)
         if found is not None:
             return found
         client_value = self.authentication_class().get_client_lookup_value(request)

@@ -34,8 +34,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
 from rest_framework.request import Request
 
-from . import cache, get_client_model, windows
+from . import get_client_model, windows
 from .conf import conf
+from .decisions import Entry
 from .models import APIKey, KeyUsage
 
 logger = logging.getLogger("drf_llm_keys")
@@ -64,7 +65,7 @@ class Subject(NamedTuple):
     prefix: str
 
 
-def count_request(request: Request, api_key: APIKey, client: cache.Entry) -> None:
+def count_request(request: Request, api_key: APIKey, client: Entry) -> None:
     """Count a request authenticated by ``api_key``: in the process only, no I/O."""
     subject = Subject(api_key.pk, client["id"], str(client["lookup"]), api_key.prefix)
     setattr(request, SUBJECT_ATTRIBUTE, subject)
@@ -102,7 +103,7 @@ def token_budget(subject: Subject) -> tuple[int, int] | None:
 
 def token_counter_name(subject: Subject, seconds: int, window: int) -> str:
     # Not the request throttle's counter of the same key, client and window length.
-    return cache.throttle_name(subject.client, f"tokens:{subject.prefix}", seconds, window)
+    return windows.throttle_name(subject.client, f"tokens:{subject.prefix}", seconds, window)
 
 
 def day_of(number: int) -> datetime.date:

@@ -43,7 +43,7 @@ def main() -> int:
     from hypothesis import strategies as st
     from rest_framework.test import APIClient
 
-    from tests.hostile import World, api_key_headers, authorization_headers, check, slugs
+    from tests.support.hostile import World, api_key_headers, authorization_headers, check, slugs
 
     setup_test_environment()
     if connection.vendor != "sqlite":

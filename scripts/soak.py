@@ -53,11 +53,11 @@ def main() -> int:
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.server_settings"
     os.environ["DRF_LLM_KEYS_TEST_REDIS_TIMEOUT"] = str(args.redis_timeout)
     work = Path(tempfile.mkdtemp(prefix="drf-llm-keys-soak-"))
-    from tests import harness
+    from tests.support.redis import RedisServer
 
     redis_server = None
     if args.redis == "private":
-        redis_server = harness.RedisServer(work / "redis").start()
+        redis_server = RedisServer(work / "redis").start()
         os.environ["DRF_LLM_KEYS_TEST_REDIS_URL"] = redis_server.url
     elif args.redis == "none":
         os.environ.pop("DRF_LLM_KEYS_TEST_REDIS_URL", None)
@@ -79,7 +79,8 @@ def soak(args: argparse.Namespace, work: Path, redis_server: object) -> int:
     from django.db import connection
 
     from drf_llm_keys.models import LLMClient
-    from tests import harness
+    from tests.support import harness
+    from tests.support.redis import RedisServer
 
     test_settings = settings.DATABASES["default"].setdefault("TEST", {})
     if connection.vendor != "sqlite":
@@ -94,7 +95,7 @@ def soak(args: argparse.Namespace, work: Path, redis_server: object) -> int:
         env = harness.child_environment(cache_dir=str(work / "cache"))
         faults = None
         if args.fault != "none":
-            assert isinstance(redis_server, harness.RedisServer)
+            assert isinstance(redis_server, RedisServer)
             faults = harness.Faults(
                 redis_server,
                 args.fault,

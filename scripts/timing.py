@@ -47,7 +47,7 @@ def main() -> int:
     from rest_framework.test import APIRequestFactory
 
     from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
-    from tests.hostile import World
+    from tests.support.hostile import World
 
     if connection.vendor != "sqlite":
         settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = (

@@ -7,12 +7,15 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import connection
 from model_bakery import baker
 from rest_framework.test import APIClient
 
-from drf_llm_keys import cache as llm_cache
-from drf_llm_keys import usage
+from drf_llm_keys import decisions, last_used, usage
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+from tests.support.harness import Worker
+from tests.support.redis import HEARTBEAT, RedisServer, cache_config, running_redis
+from tests.support.world import World
 
 MakeKey = Callable[..., tuple[APIKey, str]]
 
@@ -26,12 +29,11 @@ collect_ignore = ["swapped", "custom_user"]
 def empty_cache() -> Iterator[None]:
     # The Redis run uses a database of its own (see .ci/run): clearing it is safe.
     cache.clear()
-    llm_cache._pending.clear()
-    llm_cache._held.clear()
-    llm_cache._claimed_at.clear()
+    decisions.reset()
+    last_used.reset()
     usage.counter.reset()
     yield
-    llm_cache._pending.clear()
+    decisions.reset()
     usage.counter.reset()
 
 
@@ -73,8 +75,16 @@ def key(make_key: MakeKey, protected_client: LLMClient) -> tuple[APIKey, str]:
     return make_key(protected_client)
 
 
-def bearer(plaintext: str) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+@pytest.fixture
+def world(make_key: MakeKey) -> World:
+    return World(make_key)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the module's own, to stop, pause and flush (never the shared one)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -85,3 +95,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and os.environ.get("DRF_LLM_KEYS_TEST_NO_SKIP") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, but DRF_LLM_KEYS_TEST_NO_SKIP is set: {report.longrepr}"
+
+
+@pytest.fixture
+def pushed(redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
+    """The default cache on the private Redis, push invalidation on (the default)."""
+    redis_server.resume()
+    redis_server.flush()
+    settings.CACHES = {"default": cache_config(redis_server)}
+    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT}
+    yield redis_server
+    redis_server.resume()
+
+
+@pytest.fixture
+def pushed_worker(pushed: RedisServer, settings: Any) -> Iterator[Worker]:
+    # The worker's settings (tests/settings.py) put its default cache on this Redis too.
+    settings.CACHES = {"default": cache_config(pushed, timeout=2)}
+    env = {
+        **os.environ,
+        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "DRF_LLM_KEYS_TEST_REDIS_URL": pushed.url,
+    }
+    process = Worker(env)
+    yield process
+    process.stop()

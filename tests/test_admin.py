@@ -10,8 +10,7 @@ from model_bakery import baker
 
 from drf_llm_keys import crypto
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,7 @@ from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,7 @@ from django.test import TestCase
 from model_bakery import baker
 
 from drf_llm_keys.models import LLMClient
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
 

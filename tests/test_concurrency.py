@@ -1,6 +1,6 @@
 """Revocation under concurrency: gunicorn workers serve while another process rotates keys.
 
-Every request and every key change is recorded with its time (see ``tests.harness``); no
+Every request and every key change is recorded with its time (see ``tests.support.harness``); no
 request may be accepted with a key retired before it began, and no valid request refused.
 The longer form is ``scripts/soak.py``.
 """
@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from model_bakery import baker
 
-from . import harness
+from tests.support import harness
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 CLIENTS = ["bot-a", "bot-b", "bot-c"]
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 import pytest
 from django.core.cache import caches
 
-from drf_llm_keys import cache as llm_cache
 from drf_llm_keys import keys
+from drf_llm_keys.decisions.names import decision_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-from tests.harness import Worker, worker_environment
+from tests.support.harness import Worker, worker_environment
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_a_key_revoked_here_is_refused_there_at_once(worker, make_key, protected
     api_key, plaintext = make_key(protected_client)
     assert worker.status("protected-bot", plaintext) == 200
     # The other process answered from its database read and filled the shared cache...
-    assert caches["default"].get(llm_cache.decision_name("protected-bot", api_key.prefix)) is not None
+    assert caches["default"].get(decision_name("protected-bot", api_key.prefix)) is not None
     assert worker.status("protected-bot", plaintext) == 200
     api_key.is_active = False
     api_key.save()

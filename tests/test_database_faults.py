@@ -6,18 +6,14 @@ Transactional tests: ``on_commit`` really runs, or really does not, as in produc
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-
-from .conftest import bearer
+from tests.support import bearer
+from tests.support.databases import database_outage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,31 +23,6 @@ DEFAULT_URL = "/default/clients/{}/echo/"
 
 class Rollback(Exception):
     pass
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting there is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def database_outage(tmp_path: os.PathLike[str]) -> Iterator[None]:
-    """Point the default connection at a database that is not there, then back."""
-    connection = connections["default"]
-    saved = dict(connection.settings_dict)
-    connection.close()
-    if connection.vendor == "sqlite":
-        connection.settings_dict["NAME"] = os.path.join(tmp_path, "no-such-dir", "db.sqlite3")
-    else:
-        connection.settings_dict.update(HOST="127.0.0.1", PORT=str(closed_port()))
-    try:
-        yield
-    finally:
-        connection.close()
-        connection.settings_dict.clear()
-        connection.settings_dict.update(saved)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 
 from drf_llm_keys import get_client_model
-from drf_llm_keys.cache import _fill_is_safe
 from drf_llm_keys.conf import conf
+from drf_llm_keys.decisions.store import _fill_is_safe
 
 from .views import PerViewEcho
 

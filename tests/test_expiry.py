@@ -8,8 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from drf_llm_keys.models import APIKey
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from . import harness
-from .hostile import URLSAFE, World, api_key_headers, authorization_headers, check, slugs
+from tests.support import harness
+from tests.support.hostile import URLSAFE, World, api_key_headers, authorization_headers, check, slugs
 
 # Transactional: the world is committed, so requests fill and use the cache as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -97,6 +97,7 @@ def test_valid_prefix_with_a_wrong_secret_is_refused(api, world):
     refused()
 
 
+@pytest.mark.slow
 def test_repeated_headers_over_a_real_server_are_refused_or_anonymous(tmp_path):
     # Only a real server receives a header twice; gunicorn joins the values with a comma.
     world = World.create()

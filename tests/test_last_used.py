@@ -8,9 +8,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from drf_llm_keys import cache as llm_cache
-
-from .conftest import bearer
+from drf_llm_keys import last_used
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,7 +102,7 @@ def test_one_claim_wins_among_concurrent_claimants(key):
 
     def claim() -> None:
         barrier.wait()
-        results.append(llm_cache.claim_last_used(api_key.prefix))
+        results.append(last_used.claim_last_used(api_key.prefix))
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for thread in threads:

@@ -10,8 +10,7 @@ from django.test import TestCase
 from drf_llm_keys import keys, signals
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.models import APIKey
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
 

@@ -13,11 +13,11 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.exceptions import PermissionDenied
 
 from drf_llm_keys import keys
-from drf_llm_keys.models import APIKey, api_key_from_entry, load_key_entry
+from drf_llm_keys.decisions.entries import api_key_from_entry, load_key_entry
+from drf_llm_keys.models import APIKey
 from drf_llm_keys.permissions import HasScopes, allows_model, require_model
-
-from .conftest import bearer
-from .test_push import commands, pushed, redis_server, worker  # noqa: F401  (fixtures)
+from tests.support import bearer
+from tests.support.redis import commands
 
 # Transactions commit, so that the decision cache is filled as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -196,7 +196,7 @@ def test_a_warm_scoped_request_runs_no_sql(api, django_assert_num_queries, make_
         assert get(api, MODELS.format("protected-bot"), plaintext, model="gpt-4o").status_code == 403
 
 
-def test_a_warm_scoped_request_makes_no_cache_round_trip(api, pushed, make_key, protected_client):  # noqa: F811
+def test_a_warm_scoped_request_makes_no_cache_round_trip(api, pushed, make_key, protected_client):
     _, plaintext = make_key(protected_client, scopes=["chat", "files"], allowed_models=["echo"])
     for _ in range(3):  # cold, then confirmed under the push channel: warm from then on
         assert get(api, SCOPED.format("protected-bot"), plaintext).status_code == 200
@@ -221,7 +221,11 @@ def test_the_key_is_rebuilt_with_its_lists_loaded(make_key, protected_client, dj
 def test_an_entry_without_the_lists_reads_them_from_the_database(make_key, protected_client):
     # Written by a version that did not hold them: never taken as "unrestricted".
     api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
-    entry = {k: v for k, v in load_key_entry(api_key.prefix, "default").items() if k not in ("scopes", "allowed_models")}
+    entry = {
+        k: v
+        for k, v in load_key_entry(api_key.prefix, "default").items()
+        if k not in ("scopes", "allowed_models")
+    }
     rebuilt = api_key_from_entry(entry, "default")
     assert (rebuilt.scopes, rebuilt.allowed_models) == (["chat"], ["echo"])
     assert not rebuilt.has_scopes("files")
@@ -277,24 +281,24 @@ def test_a_model_change_takes_effect_on_the_next_request(api, make_key, protecte
 
 
 def test_a_change_here_is_applied_by_another_process_on_its_next_request(
-    worker,  # noqa: F811
-    pushed,  # noqa: F811
+    pushed_worker,
+    pushed,
     make_key,
     protected_client,
 ):
     api_key, plaintext = make_key(protected_client, scopes=["chat", "files"], allowed_models=["echo"])
     scoped, models = SCOPED.format("protected-bot"), MODELS.format("protected-bot") + "?model=echo"
     for _ in range(3):
-        assert worker.status(scoped, plaintext) == 200
-        assert worker.status(models, plaintext) == 200
+        assert pushed_worker.status(scoped, plaintext) == 200
+        assert pushed_worker.status(models, plaintext) == 200
     before = commands(pushed)
-    assert worker.status(scoped, plaintext) == 200
+    assert pushed_worker.status(scoped, plaintext) == 200
     assert commands(pushed) == before, "the other process should trust its entry"
 
     keys.update_restrictions(api_key, scopes=["chat"], allowed_models=["gpt-4o*"])
-    assert worker.status(scoped, plaintext) == 403
-    assert worker.status(models, plaintext) == 403
+    assert pushed_worker.status(scoped, plaintext) == 403
+    assert pushed_worker.status(models, plaintext) == 403
 
     APIKey.objects.filter(pk=api_key.pk).update(scopes=[], allowed_models=[])
-    assert worker.status(scoped, plaintext) == 200
-    assert worker.status(models, plaintext) == 200
+    assert pushed_worker.status(scoped, plaintext) == 200
+    assert pushed_worker.status(models, plaintext) == 200

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from model_bakery import baker
 from rest_framework.test import APIRequestFactory
 
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -24,8 +24,8 @@ from django.conf import settings as django_settings
 from django.db import connection
 from model_bakery import baker
 
-from tests import harness
-from tests.harness import Worker
+from tests.support import harness
+from tests.support.harness import Worker
 
 REPLICA_URL = os.environ.get("DRF_LLM_KEYS_TEST_REPLICA_URL", "")
 LAG = "1s"

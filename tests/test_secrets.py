@@ -26,13 +26,12 @@ from django.views.debug import ExceptionReporter, get_default_exception_reporter
 from model_bakery import baker
 from rest_framework.request import Request
 
-from drf_llm_keys import cache as llm_cache
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
+from drf_llm_keys.decisions import store
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-
-from .conftest import bearer
-from .test_database_faults import database_outage
+from tests.support import bearer
+from tests.support.databases import database_outage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -199,7 +198,7 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(
     assert send("bot", **bearer(third_key)) == 401
 
     # Faults log warnings and errors with tracebacks: the cache raising, the database gone.
-    broken = {**settings.CACHES, "broken": {"BACKEND": "tests.broken_cache.BrokenCache"}}
+    broken = {**settings.CACHES, "broken": {"BACKEND": "tests.support.caches.BrokenCache"}}
     with override_settings(CACHES=broken, DRF_LLM_KEYS={"CACHE_ALIAS": "broken"}):
         assert send("bot", **bearer(third_key)) == 401
         assert send("flagged", **bearer(first_key)) == 401
@@ -247,7 +246,7 @@ def test_error_reports_hide_the_key_in_the_authenticators_frames(key, reporter_f
     def unexpected(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(llm_cache, "lookup", unexpected)
+    monkeypatch.setattr(store, "lookup", unexpected)
     request = RequestFactory().get("/", **bearer(plaintext))
     drf_request = Request(request, parser_context={"kwargs": {"llm_client": "protected-bot"}})
     with pytest.raises(RuntimeError) as raised:

@@ -11,8 +11,7 @@ from django.utils import timezone
 from model_bakery import baker
 
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

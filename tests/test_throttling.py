@@ -18,8 +18,8 @@ from drf_llm_keys.checks import check_throttle_rates
 from drf_llm_keys.conf import conf
 from drf_llm_keys.models import LLMClientAPIKey
 from drf_llm_keys.throttling import APIKeyRateThrottle, parse_rate
+from tests.support import bearer
 
-from .conftest import bearer
 from .views import PerViewEcho, WhoAmI
 
 pytestmark = pytest.mark.django_db

@@ -13,10 +13,8 @@ from django.test.utils import CaptureQueriesContext
 
 from drf_llm_keys import usage
 from drf_llm_keys.checks import check_throttle_rates
-
-from . import harness
-from .conftest import bearer
-from .test_push import CONTROL_COMMANDS, cache_config, commands, redis_server  # noqa: F401  (a private Redis)
+from tests.support import bearer, harness
+from tests.support.redis import CONTROL_COMMANDS, cache_config, commands
 
 pytestmark = pytest.mark.django_db
 
@@ -84,7 +82,7 @@ def test_a_cache_error_lets_requests_through_and_is_logged(api, settings, key, c
     settings.DRF_LLM_KEYS = {"TOKEN_RATE": "1/hour"}
     _, plaintext = key
     spend(api, plaintext, 0, 0)  # fills the decision cache while it works
-    settings.CACHES = {"default": {"BACKEND": "tests.broken_cache.BrokenCache"}}
+    settings.CACHES = {"default": {"BACKEND": "tests.support.caches.BrokenCache"}}
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         assert [spend(api, plaintext, 5, 5) for _ in range(2)] == [200, 200]
     assert "throttle counter unavailable, request allowed" in caplog.text
@@ -102,7 +100,7 @@ def test_a_bad_token_rate_is_a_system_check_error(settings):
 
 
 @pytest.fixture
-def on_redis(redis_server: harness.RedisServer, settings: Any) -> Iterator[harness.RedisServer]:  # noqa: F811
+def on_redis(redis_server: harness.RedisServer, settings: Any) -> Iterator[harness.RedisServer]:
     redis_server.resume()
     redis_server.flush()
     settings.CACHES = {"default": cache_config(redis_server)}

@@ -15,10 +15,8 @@ from model_bakery import baker
 
 from drf_llm_keys import usage
 from drf_llm_keys.models import APIKey, KeyUsage
-
-from . import harness
-from .conftest import bearer
-from .test_database_faults import database_outage
+from tests.support import bearer, harness
+from tests.support.databases import database_outage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,7 @@ from rest_framework.test import APIRequestFactory
 
 from drf_llm_keys import usage
 from drf_llm_keys.models import KeyUsage
-
-from .conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

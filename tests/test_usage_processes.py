@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 
-from drf_llm_keys.models import KeyUsage
-
-from . import harness
-from .conftest import bearer
-from .test_push import cache_config, redis_server  # noqa: F401  (a module-scoped private Redis)
+from tests.support import bearer, harness
+from tests.support.redis import cache_config
+from tests.support.usage import figures
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,7 +27,7 @@ FILE_BASED_CACHE = "django.core.cache.backends.filebased.FileBasedCache"
 class UsageWorker:
     def __init__(self, env: dict[str, str], settings: dict[str, Any]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.usage_worker"],
+            [sys.executable, "-m", "tests.support.usage_worker"],
             cwd=harness.ROOT,
             env={**env, "USAGE_WORKER_SETTINGS": json.dumps(settings)},
             stdin=subprocess.PIPE,
@@ -92,15 +90,6 @@ def start(settings: Any, tmp_path: Any) -> Iterator[Start]:
             worker.kill()
 
 
-def figures(api_key: Any) -> tuple[int, int, int]:
-    rows = KeyUsage.objects.filter(api_key=api_key)
-    return (
-        sum(r.requests for r in rows),
-        sum(r.prompt_tokens for r in rows),
-        sum(r.completion_tokens for r in rows),
-    )
-
-
 def test_processes_flushing_at_once_add_up_exactly(start, key):
     api_key, plaintext = key
     workers = [start() for _ in range(3)]
@@ -153,7 +142,7 @@ def test_a_crash_loses_at_most_the_last_interval(start, key):
 
 
 @pytest.fixture
-def shared_redis(start: Start, redis_server: harness.RedisServer, settings: Any) -> harness.RedisServer:  # noqa: F811
+def shared_redis(start: Start, redis_server: harness.RedisServer, settings: Any) -> harness.RedisServer:
     """The private Redis, for this process (after ``start`` chose its cache) and the workers."""
     redis_server.resume()
     redis_server.flush()

@@ -7,10 +7,10 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from drf_llm_keys import cache as llm_cache
-from drf_llm_keys.models import owner_activity_is_computed
-from tests.conftest import bearer
+from drf_llm_keys.decisions.entries import owner_activity_is_computed
+from drf_llm_keys.decisions.names import decision_name
 from tests.custom_user_app.models import Member
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,6 +53,6 @@ def test_the_cache_holds_the_answer_not_the_row(api, key, owner):
     owner.set_password("a password")
     owner.save()
     assert status(api, plaintext) == 200
-    entry = cache.get(llm_cache.decision_name("protected-bot", api_key.prefix))[1]
+    entry = cache.get(decision_name("protected-bot", api_key.prefix))[1]
     assert entry["key"]["user"] == {"id": owner.pk, "username": "owner", "is_active": True}
     assert owner.password not in repr(entry)

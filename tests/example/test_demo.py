@@ -12,6 +12,8 @@ import pytest
 
 from example_project.llm.server import MANAGE_PY, free_port, running_server
 
+pytestmark = pytest.mark.slow
+
 # Long enough for two requests on a busy machine: the old key must still work for step 8.
 GRACE = "2"
 

@@ -13,7 +13,7 @@ from drf_llm_keys import keys
 
 from .conftest import openai_client
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

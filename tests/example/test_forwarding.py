@@ -8,7 +8,7 @@ import pytest
 from .conftest import openai_client
 from .standin import FAILING_MODEL, MODEL, REFUSED_MODEL
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 HELLO = [{"role": "user", "content": "hello upstream"}]
 

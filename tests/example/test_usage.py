@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from example_project.llm.server import running_server
+from tests.support import harness
+from tests.support.usage import figures
 
-from .. import harness
-from ..test_usage_processes import figures
 from .conftest import openai_client
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import override_settings
 
-from tests.conftest import bearer
+from tests.support import bearer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("example_project.urls")]
 

@@ -8,9 +8,9 @@ import pytest
 from django.db import models
 from model_bakery import baker
 
-from drf_llm_keys import cache, keys
+from drf_llm_keys import decisions, keys
 from drf_llm_keys.models import LLMClientAPIKey
-from tests.conftest import bearer
+from tests.support import bearer
 from tests.swapped_app.models import Deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)  # invalidations run on commit
@@ -227,5 +227,5 @@ def test_an_update_through_a_plain_manager_needs_an_invalidation_by_hand(api, pu
     assert get(api, "public-bot").status_code == 200
     models.QuerySet(Deployment).filter(pk=public_client.pk).update(require_api_key=True)
     assert get(api, "public-bot").status_code == 200  # still the cached decision
-    cache.invalidate(["public-bot"], using="default")
+    decisions.invalidate(["public-bot"], using="default")
     assert_refused(get(api, "public-bot"))

@@ -14,7 +14,7 @@ from django.test import TestCase
 from django.urls import reverse
 
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-from tests.conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from model_bakery import baker
 
-from tests.conftest import bearer
+from tests.support import bearer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECTION = (ROOT / "README.md").read_text().split("### Your own client model\n", 1)[1].split("\n## ", 1)[0]

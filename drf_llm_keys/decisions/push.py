@@ -16,15 +16,14 @@ its reply, the announcement is on every other process's socket (within the micro
 of that pass). Across hosts the window is the network's delivery skew between two packets
 Redis sent together.
 
-Fail closed: an error on either connection, a fork, or a channel that has not answered a
+Fail closed: an error on either connection, a fork (``state``), or a channel that has not answered a
 ping sent within the last ``PUSH_HEARTBEAT`` seconds suspends the trust, and requests go
-back to one GET each (``cache.lookup``) until the channel proves itself again.
+back to one GET each (``store.lookup``) until the channel proves itself again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -33,7 +32,8 @@ from django.conf import settings
 from django.core.cache import caches
 from redis.exceptions import ResponseError
 
-from .conf import conf
+from ..conf import conf
+from .names import generation_name, generation_prefix
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -61,7 +61,7 @@ class Channel:
         self.proven_at = time.monotonic()
         self.ping_sent_at: float | None = None
 
-    # --- what cache.lookup asks ------------------------------------------------------
+    # --- what store.lookup asks ------------------------------------------------------
 
     def trusts(self, gen_name: str, token: str) -> bool:
         """Whether ``token`` is still the generation of ``gen_name``, without asking Redis."""
@@ -148,55 +148,65 @@ class Channel:
         _disconnect([self.subscriber, self.tracker])
 
 
-# --- one channel per process ------------------------------------------------------------
-
-_channel: Channel | None = None
-_unavailable: tuple[tuple[Any, ...], float] | None = None  # (config, retry after)
-_open_lock = threading.Lock()
+# --- one channel per process and cache alias ---------------------------------------------
 
 
-def channel() -> Channel | None:
-    """This process's live channel for the configured cache, or None (then: one GET each)."""
-    if not conf.PUSH_INVALIDATION:
-        return None
-    config = (conf.CACHE_ALIAS, conf.CACHE_KEY_PREFIX, settings.CACHES)
-    current = _channel
-    if current is not None and current.alive and _same(current.config, config):
-        return current
-    if _unavailable is not None and _same(_unavailable[0], config) and time.monotonic() < _unavailable[1]:
-        return None
-    return _open(config)
+class Push:
+    """This process's channel for one cache alias: opened on first use, reopened after a
+    failure (at most every ``RETRY_DELAY`` seconds), or never when the cache cannot announce."""
 
+    def __init__(self) -> None:
+        self.opened: Channel | None = None
+        self.unavailable: tuple[tuple[Any, ...], float] | None = None  # (config, retry after)
+        self.open_lock = threading.Lock()
 
-def forget(gen_names: set[str]) -> None:
-    if _channel is not None:
-        _channel.forget(gen_names)
+    def channel(self) -> Channel | None:
+        """The live channel for the configured cache, or None (then: one GET each)."""
+        if not conf.PUSH_INVALIDATION:
+            return None
+        config = (conf.CACHE_ALIAS, conf.CACHE_KEY_PREFIX, settings.CACHES)
+        current = self.opened
+        if current is not None and current.alive and _same(current.config, config):
+            return current
+        unavailable = self.unavailable
+        if unavailable is not None and _same(unavailable[0], config) and time.monotonic() < unavailable[1]:
+            return None
+        return self._open(config)
+
+    def forget(self, gen_names: set[str]) -> None:
+        current = self.opened
+        if current is not None:
+            current.forget(gen_names)
+
+    def close(self) -> None:
+        with self.open_lock:
+            if self.opened is not None:
+                self.opened.close()
+                self.opened = None
+
+    def _open(self, config: tuple[Any, ...]) -> Channel | None:
+        with self.open_lock:
+            if self.opened is not None:
+                if self.opened.alive and _same(self.opened.config, config):
+                    return self.opened
+                self.opened.close()
+                self.opened = None
+            try:
+                self.opened = _connect(config)
+            except Unsupported as exc:
+                logger.log(exc.level, "drf_llm_keys: no invalidation channel (%s): one GET per request", exc)
+                self.unavailable = (config, float("inf"))
+            except Exception:
+                logger.warning("drf_llm_keys: could not open the invalidation channel", exc_info=True)
+                self.unavailable = (config, time.monotonic() + RETRY_DELAY)
+            else:
+                self.unavailable = None
+            return self.opened
 
 
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     # The CACHES dict by identity: override_settings and a new configuration replace it.
     return a[0] == b[0] and a[1] == b[1] and a[2] is b[2]
-
-
-def _open(config: tuple[Any, ...]) -> Channel | None:
-    global _channel, _unavailable
-    with _open_lock:
-        if _channel is not None:
-            if _channel.alive and _same(_channel.config, config):
-                return _channel
-            _channel.close()
-            _channel = None
-        try:
-            _channel = _connect(config)
-        except Unsupported as exc:
-            logger.log(exc.level, "drf_llm_keys: no invalidation channel (%s): one GET per request", exc)
-            _unavailable = (config, float("inf"))
-        except Exception:
-            logger.warning("drf_llm_keys: could not open the invalidation channel", exc_info=True)
-            _unavailable = (config, time.monotonic() + RETRY_DELAY)
-        else:
-            _unavailable = None
-        return _channel
 
 
 class Unsupported(Exception):
@@ -209,8 +219,6 @@ class Unsupported(Exception):
 
 
 def _connect(config: tuple[Any, ...]) -> Channel:
-    from .cache import generation_name, generation_prefix
-
     cache = caches[config[0]]
     try:
         redis = cache.client.get_client(write=True)  # type: ignore[attr-defined]
@@ -279,13 +287,3 @@ def _disconnect(connections: list[Any]) -> None:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-def _after_fork() -> None:
-    # The sockets are the parent's: leave them to it (redis-py shuts down only its own pid's).
-    # The lock may have been held by a thread that the child does not have.
-    global _channel, _unavailable, _open_lock
-    _channel, _unavailable, _open_lock = None, None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork)

@@ -1,4 +1,4 @@
-"""The key-changing process of the concurrency tests: ``python -m tests.mutator CONFIG_JSON``.
+"""The key-changing process of the concurrency tests: ``python -m tests.support.mutator CONFIG_JSON``.
 
 Creates keys for the given clients, then rotates them until the duration runs out: a new
 key is created and mapped, then an old one is taken out of service in one of the ways that

@@ -13,65 +13,30 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from drf_llm_keys import cache as llm_cache
-from drf_llm_keys.models import APIKey, load_decision
-
-from .conftest import bearer
+from drf_llm_keys import decisions
+from drf_llm_keys.decisions import invalidation, state
+from drf_llm_keys.decisions.entries import load_decision
+from drf_llm_keys.decisions.names import decision_name, generation_name
+from drf_llm_keys.models import APIKey
+from tests.support import bearer
+from tests.support.caches import CountingCache, FlakyCache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 URL = "/clients/protected-bot/echo/"
-CACHE_METHODS = ("get", "get_many", "set", "set_many", "add", "delete", "delete_many", "incr")
-
-
-class CountingCache:
-    """The real cache, with each call (one round trip on Redis) counted."""
-
-    def __init__(self, real: Any) -> None:
-        self.real, self.calls = real, Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.real, name)
-        if name not in CACHE_METHODS:
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return attribute(*args, **kwargs)
-
-        return counted
 
 
 @pytest.fixture
 def counting(monkeypatch) -> CountingCache:
-    proxy = CountingCache(llm_cache.get_cache())
-    monkeypatch.setattr(llm_cache, "get_cache", lambda: proxy)
+    proxy = CountingCache(state.get_cache())
+    monkeypatch.setattr(state, "get_cache", lambda: proxy)
     return proxy
-
-
-class FlakyCache:
-    """A real local-memory cache that raises on every call while ``down`` is set."""
-
-    down = False
-
-    def __init__(self) -> None:
-        self.real = caches["default"]
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.real, name)
-        if name in CACHE_METHODS and FlakyCache.down:
-
-            def broken(*args: Any, **kwargs: Any) -> Any:
-                raise ConnectionError("cache is down")
-
-            return broken
-        return attribute
 
 
 @pytest.fixture
 def flaky(monkeypatch) -> type[FlakyCache]:
     proxy = FlakyCache()
-    monkeypatch.setattr(llm_cache, "get_cache", lambda: proxy)
+    monkeypatch.setattr(state, "get_cache", lambda: proxy)
     yield FlakyCache
     FlakyCache.down = False
 
@@ -92,14 +57,14 @@ def test_warm_request_runs_no_sql(api, key, django_assert_num_queries):
 
 
 def test_warm_request_makes_one_cache_round_trip(api, key, counting, settings):
-    # Without push invalidation (or on a cache that cannot announce; tests/test_push.py).
+    # Without push invalidation (or on a cache that cannot announce; tests/decisions/test_push.py).
     settings.DRF_LLM_KEYS = {"PUSH_INVALIDATION": False}
     _, plaintext = key
     warm(api, plaintext)
     counting.calls.clear()
     warm(api, plaintext)
     assert sum(counting.calls.values()) == 1
-    llm_cache._held.clear()  # a process that has not seen the entry yet
+    decisions.get_decision_cache().held.clear()  # a process that has not seen the entry yet
     counting.calls.clear()
     warm(api, plaintext)
     assert counting.calls == Counter(get_many=1)
@@ -125,7 +90,7 @@ def test_warm_refusal_runs_no_sql(api, key, django_assert_num_queries):
 def test_cold_request_runs_at_most_two_sql_queries(api, key):
     _, plaintext = key
     api.get(URL, **bearer(plaintext))  # records last use: not part of the decision
-    caches["default"].delete(llm_cache.generation_name("protected-bot"))
+    caches["default"].delete(generation_name("protected-bot"))
     with CaptureQueriesContext(connection) as queries:
         assert api.get(URL, **bearer(plaintext)).status_code == 200
     assert len(queries) <= 2, [q["sql"] for q in queries]
@@ -169,9 +134,9 @@ def test_a_reader_that_loaded_before_a_revoke_cannot_fill_its_stale_entry(make_k
         APIKey.objects.filter(pk=api_key.pk).update(is_active=False)  # commits, invalidates
         return entry
 
-    stale = llm_cache.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
+    stale = decisions.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
     assert stale["key"]["is_active"] is True  # what the slow reader saw, and wrote late
-    fresh = llm_cache.lookup("protected-bot", api_key.prefix, load_decision, using="default")
+    fresh = decisions.lookup("protected-bot", api_key.prefix, load_decision, using="default")
     assert fresh["key"]["is_active"] is False
 
 
@@ -187,8 +152,8 @@ def test_a_reader_that_finds_no_generation_cannot_fill_a_stale_entry(make_key, p
         api_key.save()  # commits, invalidates
         return entry
 
-    llm_cache.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
-    fresh = llm_cache.lookup("protected-bot", api_key.prefix, load_decision, using="default")
+    decisions.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
+    fresh = decisions.lookup("protected-bot", api_key.prefix, load_decision, using="default")
     assert fresh["key"]["is_active"] is False
 
 
@@ -196,13 +161,13 @@ def test_no_fill_inside_a_repeatable_read_transaction(key, monkeypatch):
     """Its snapshot may predate an invalidation that the reader has already seen."""
     monkeypatch.setattr(connection, "isolation_level", "repeatable read", raising=False)
     with transaction.atomic():
-        llm_cache.lookup("protected-bot", key[0].prefix, load_decision, using="default")
-    assert caches["default"].get(llm_cache.decision_name("protected-bot", key[0].prefix)) is None
+        decisions.lookup("protected-bot", key[0].prefix, load_decision, using="default")
+    assert caches["default"].get(decision_name("protected-bot", key[0].prefix)) is None
 
 
 def test_fill_outside_a_transaction(key):
-    llm_cache.lookup("protected-bot", key[0].prefix, load_decision, using="default")
-    assert caches["default"].get(llm_cache.decision_name("protected-bot", key[0].prefix)) is not None
+    decisions.lookup("protected-bot", key[0].prefix, load_decision, using="default")
+    assert caches["default"].get(decision_name("protected-bot", key[0].prefix)) is not None
 
 
 # --- fail closed ----------------------------------------------------------------------
@@ -254,24 +219,24 @@ def test_failed_invalidation_is_retried_before_the_next_read(
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
     assert "invalidation failed" in caplog.text
-    assert llm_cache.generation_name("protected-bot") in llm_cache.pending_invalidations()
+    assert generation_name("protected-bot") in decisions.pending_invalidations()
     flaky.down = False
     assert api.get(URL, **bearer(plaintext)).status_code == 401
-    assert llm_cache.pending_invalidations() == frozenset()
+    assert decisions.pending_invalidations() == frozenset()
 
 
 def test_failed_invalidation_is_retried_in_the_background(
     key, make_key, protected_client, flaky, monkeypatch
 ):
-    monkeypatch.setattr(llm_cache, "RETRY_DELAYS", (0.05,))
+    monkeypatch.setattr(invalidation, "RETRY_DELAYS", (0.05,))
     api_key, _ = key
     flaky.down = True
     APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
     flaky.down = False
-    timer = llm_cache._retry_timer
+    timer = decisions.get_decision_cache().retry_timer
     assert timer is not None
     timer.join(2)
-    assert llm_cache.pending_invalidations() == frozenset()
+    assert decisions.pending_invalidations() == frozenset()
 
 
 # --- what the cache holds -------------------------------------------------------------

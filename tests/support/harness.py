@@ -12,123 +12,23 @@ import json
 import os
 import random
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import connections
 
-ROOT = Path(__file__).resolve().parent.parent
+from . import ROOT, free_port, wait_until
+from .redis import RedisServer
+
 ECHO = "/clients/{}/echo/"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout} s")
-        time.sleep(0.05)
-
-
-# --- a Redis of our own, to stop, pause and flush --------------------------------------
-
-
-class RedisServer:
-    """``redis-server`` on a private loopback port, never the shared one."""
-
-    def __init__(
-        self, directory: str | os.PathLike[str], port: int | None = None, args: tuple[str, ...] = ()
-    ) -> None:
-        self.port = port or free_port()
-        self.args = args
-        self.directory = Path(directory)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.paused = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-
-    def start(self) -> RedisServer:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--logfile",
-                str(self.directory / "redis.log"),
-                *self.args,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 10, f"redis-server did not answer on port {self.port}")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.resume()
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def pause(self) -> None:
-        """Freeze the server: connections hang until the client's socket timeout."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.process is not None and self.paused:
-            self.process.send_signal(signal.SIGCONT)
-            self.paused = False
-
-    def flush(self) -> None:
-        self.client().flushdb()
-
-
-@contextmanager
-def redis_server(directory: str | os.PathLike[str], args: tuple[str, ...] = ()) -> Iterator[RedisServer]:
-    server = RedisServer(directory, args=args).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Faults:
@@ -227,11 +127,11 @@ def child_environment(
 
 
 class Worker:
-    """``tests.worker`` in another OS process: one request (or command) per call."""
+    """``tests.support.worker`` in another OS process: one request (or command) per call."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker"],
+            [sys.executable, "-m", "tests.support.worker"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -371,7 +271,7 @@ class KeyHistory:
 
 
 class Mutator:
-    """Runs ``tests.mutator`` and keeps the history of every key it changed."""
+    """Runs ``tests.support.mutator`` and keeps the history of every key it changed."""
 
     def __init__(self, env: dict[str, str], config: dict[str, Any]) -> None:
         self.keys: dict[str, KeyHistory] = {}
@@ -381,7 +281,7 @@ class Mutator:
         self.changes = 0
         self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.mutator", json.dumps(config)],
+            [sys.executable, "-m", "tests.support.mutator", json.dumps(config)],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

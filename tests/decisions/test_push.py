@@ -1,4 +1,4 @@
-"""Push invalidation (drf_llm_keys.push): a warm request makes no round trip at all, and
+"""Push invalidation (drf_llm_keys.decisions.push): a warm request makes no round trip at all, and
 every change Redis announces, or any doubt about the channel, sends requests back to Redis.
 
 Each test runs against a private redis-server, so it runs in every configuration.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,61 +16,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
-from drf_llm_keys import cache as llm_cache
-from drf_llm_keys import push
+from drf_llm_keys.decisions import get_decision_cache
+from drf_llm_keys.decisions.names import generation_name
+from tests.support import bearer
+from tests.support.redis import HEARTBEAT, SOCKET_TIMEOUT, RedisServer, cache_config, commands, running_redis
+from tests.support.world import URL, World
 
-from . import harness
-from .conftest import bearer
-from .test_cache_faults import World
-from .test_cross_process import Worker
-
-pytestmark = pytest.mark.django_db(transaction=True)
-
-URL = "/clients/{}/echo/"
-SOCKET_TIMEOUT = 0.3
-HEARTBEAT = 0.5
-# Connection housekeeping, not a cache operation: PING is the channel's heartbeat.
-CONTROL_COMMANDS = {"ping", "info", "client", "subscribe", "hello", "select", "auth", "flushdb", "config"}
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RedisServer]:
-    with harness.redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-def cache_config(server: harness.RedisServer, timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
-    # The same KEY_PREFIX as tests/settings.py, so that a worker process shares the keys.
-    return {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": server.url,
-        "KEY_PREFIX": "drf-llm-keys-tests",
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
-    }
-
-
-@pytest.fixture
-def pushed(redis_server: harness.RedisServer, settings: Any) -> Iterator[harness.RedisServer]:
-    """The default cache on the private Redis, push invalidation on (the default)."""
-    redis_server.resume()
-    redis_server.flush()
-    settings.CACHES = {"default": cache_config(redis_server)}
-    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT}
-    yield redis_server
-    redis_server.resume()
-
-
-@pytest.fixture
-def world(make_key: Any) -> World:
-    return World(make_key)
-
-
-def commands(server: harness.RedisServer) -> int:
-    """Cache operations Redis has run so far, from its own statistics."""
-    stats = server.client().info("commandstats")
-    return sum(
-        value["calls"] for name, value in stats.items() if name[len("cmdstat_") :] not in CONTROL_COMMANDS
-    )
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def settle(api: Any, world: World) -> None:
@@ -98,7 +49,7 @@ def test_without_push_a_warm_request_makes_one_round_trip(api, pushed, world, se
     before = commands(pushed)
     api.get(URL.format("protected-bot"), **bearer(world.valid_key))
     assert commands(pushed) == before + 1
-    assert push.channel() is None
+    assert get_decision_cache().push.channel() is None
 
 
 # --- what retires a trusted generation ---------------------------------------------------
@@ -127,9 +78,9 @@ def test_a_flush_retires_every_generation(api, pushed, world):
 
 def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pushed, world):
     settle(api, world)
-    channel = push.channel()
+    channel = get_decision_cache().push.channel()
     assert channel is not None
-    name = llm_cache.generation_name("protected-bot")
+    name = generation_name("protected-bot")
     mark = channel.mark()
     # Another client's write lands after our read of "read-token": Redis announces it.
     pushed.client().set(f"drf-llm-keys-tests:1:{name}", "written-after-the-read")
@@ -142,7 +93,7 @@ def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pus
 # --- doubt about the channel: back to one GET per request --------------------------------
 
 
-def tracking_client_id(server: harness.RedisServer) -> int:
+def tracking_client_id(server: RedisServer) -> int:
     clients = server.client().client_list()
     return next(int(c["id"]) for c in clients if "t" in c["flags"])
 
@@ -202,7 +153,7 @@ def test_a_channel_silent_for_ten_heartbeats_is_dropped(api, pushed, world, sett
 def test_the_trusted_generations_are_bounded_by_local_entries(api, pushed, world, settings):
     settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT, "LOCAL_ENTRIES": 2}
     settle(api, world)
-    channel = push.channel()
+    channel = get_decision_cache().push.channel()
     assert channel is not None and 0 < len(channel.current) <= 2
     world.revoke_valid()
     world.assert_valid_refused(api)
@@ -269,7 +220,7 @@ def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings
     config["OPTIONS"].update(options)
     settings.CACHES = {"default": config}
     settle(api, world)
-    assert push.channel() is not None
+    assert get_decision_cache().push.channel() is not None
     before = commands(pushed)
     world.assert_decisions(api)
     assert commands(pushed) == before
@@ -278,10 +229,12 @@ def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings
 
 def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
     settle(api, world)
-    assert push._channel is not None
+    parent = get_decision_cache()
+    assert parent.push.opened is not None
     pid = os.fork()
     if pid == 0:  # the child: its sockets are the parent's
-        os._exit(0 if push._channel is None else 1)
+        child = get_decision_cache()
+        os._exit(0 if child is not parent and child.push.opened is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     before = commands(pushed)
@@ -295,7 +248,7 @@ def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
 def test_no_channel_on_a_cache_that_is_not_redis(settings, caplog):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
-        assert push.channel() is None
+        assert get_decision_cache().push.channel() is None
     assert "is not django-redis" in caplog.text
 
 
@@ -308,16 +261,16 @@ def hashed_key(key: str, key_prefix: str, version: int) -> str:
 def test_no_channel_when_the_key_function_keeps_no_common_prefix(pushed, settings, caplog):
     settings.CACHES = {"default": {**cache_config(pushed), "KEY_FUNCTION": hashed_key}}
     with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
-        assert push.channel() is None
+        assert get_decision_cache().push.channel() is None
     assert "KEY_FUNCTION" in caplog.text
 
 
 def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, caplog):
-    with harness.redis_server(tmp_path, args=("--rename-command", "CLIENT", "")) as server:
+    with running_redis(tmp_path, args=("--rename-command", "CLIENT", "")) as server:
         settings.CACHES = {"default": cache_config(server)}
         with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
             world.assert_decisions(api)
-            assert push.channel() is None
+            assert get_decision_cache().push.channel() is None
         assert "Redis refused client tracking" in caplog.text
         world.revoke_valid()
         world.assert_valid_refused(api)
@@ -326,48 +279,34 @@ def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, 
 # --- another process ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def worker(pushed: harness.RedisServer, settings: Any) -> Iterator[Worker]:
-    # The worker's settings (tests/settings.py) put its default cache on this Redis too.
-    settings.CACHES = {"default": cache_config(pushed, timeout=2)}
-    env = {
-        **os.environ,
-        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "DRF_LLM_KEYS_TEST_REDIS_URL": pushed.url,
-    }
-    process = Worker(env)
-    yield process
-    process.stop()
-
-
-def test_a_revoke_here_is_refused_there_at_once_every_time(worker, pushed, make_key, protected_client):
+def test_a_revoke_here_is_refused_there_at_once_every_time(pushed_worker, pushed, make_key, protected_client):
     make_key(protected_client)  # keeps the client protected while the other is revoked
     api_key, plaintext = make_key(protected_client)
     for _ in range(25):
         for _ in range(3):
-            assert worker.status("protected-bot", plaintext) == 200
+            assert pushed_worker.status("protected-bot", plaintext) == 200
         before = commands(pushed)
-        assert worker.status("protected-bot", plaintext) == 200
+        assert pushed_worker.status("protected-bot", plaintext) == 200
         assert commands(pushed) == before, "the other process should trust its entry"
         api_key.is_active = False
         api_key.save()
-        assert worker.status("protected-bot", plaintext) == 401
+        assert pushed_worker.status("protected-bot", plaintext) == 401
         api_key.is_active = True
         api_key.save()
 
 
 def test_a_revoke_during_a_pause_reaches_another_process_within_the_heartbeat(
-    worker, pushed, make_key, protected_client
+    pushed_worker, pushed, make_key, protected_client
 ):
     make_key(protected_client)
     api_key, plaintext = make_key(protected_client)
     for _ in range(3):
-        assert worker.status("protected-bot", plaintext) == 200
+        assert pushed_worker.status("protected-bot", plaintext) == 200
     pushed.pause()
     api_key.is_active = False
     api_key.save()  # its invalidation cannot land: it is retried
     # The worker trusts its entry for at most its PUSH_HEARTBEAT (the default, 1 s); then
     # it asks Redis, times out, and decides from the database.
     time.sleep(1.0)
-    assert worker.status("protected-bot", plaintext) == 401
+    assert pushed_worker.status("protected-bot", plaintext) == 401
     pushed.resume()

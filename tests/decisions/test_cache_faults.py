@@ -2,7 +2,7 @@
 
 Fail closed: no protected client is ever opened, requests keep being decided from the
 database, and the cache is used again once it is back. The library's alias points at a
-redis-server of our own (``tests.harness.RedisServer``), never at the shared one.
+redis-server of our own (the ``redis_server`` fixture), never at the shared one.
 """
 
 from __future__ import annotations
@@ -20,27 +20,21 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 
-from drf_llm_keys import cache as llm_cache
+from drf_llm_keys import decisions
+from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import APIKey
-
-from . import harness
-from .conftest import bearer
+from tests.support import bearer, harness, wait_until
+from tests.support.redis import RedisServer
+from tests.support.world import URL, World
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-URL = "/clients/{}/echo/"
 # Long enough for a loaded machine, short enough that a frozen Redis costs little.
 SOCKET_TIMEOUT = 0.3
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.RedisServer]:
-    with harness.redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture
-def private_redis(redis_server: harness.RedisServer) -> Iterator[harness.RedisServer]:
+def private_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
     """The library's cache alias on the private Redis, empty and answering."""
     if redis_server.process is None:
         redis_server.start()
@@ -58,59 +52,9 @@ def private_redis(redis_server: harness.RedisServer) -> Iterator[harness.RedisSe
 
 @pytest.fixture
 def broken_cache() -> Iterator[None]:
-    alias = {"BACKEND": "tests.broken_cache.BrokenCache"}
+    alias = {"BACKEND": "tests.support.caches.BrokenCache"}
     with override_settings(CACHES={**settings.CACHES, "keys": alias}, DRF_LLM_KEYS={"CACHE_ALIAS": "keys"}):
         yield
-
-
-class World:
-    """A protected client with a valid, a spare and a revoked key, another client's key;
-    a client protected by its flag alone; a public client."""
-
-    def __init__(self, make_key: Any) -> None:
-        self.protected = baker.make_recipe("tests.llm_client", slug="protected-bot")
-        self.flagged = baker.make_recipe("tests.protected_client", slug="flagged-bot")
-        self.public = baker.make_recipe("tests.llm_client", slug="public-bot")
-        self.other = baker.make_recipe("tests.llm_client", slug="other-bot")
-        self.valid, self.valid_key = make_key(self.protected)
-        make_key(self.protected)  # keeps the client protected when the valid one is revoked
-        self.revoked, self.revoked_key = make_key(self.protected)
-        _, self.other_key = make_key(self.other)
-        self.revoked.is_active = False
-        self.revoked.save()
-
-    def assert_decisions(self, api: Any) -> None:
-        """The decision table, all of it: nothing opened, nothing valid refused."""
-        served = api.get(URL.format("protected-bot"), **bearer(self.valid_key))
-        assert served.status_code == 200, served.content
-        assert served.json()["key"] == self.valid.prefix
-        wrong_secret = self.valid_key[:-1] + ("A" if self.valid_key[-1] != "A" else "B")
-        for slug, headers in [
-            ("protected-bot", {}),
-            ("protected-bot", bearer(self.revoked_key)),
-            ("protected-bot", bearer(self.other_key)),
-            ("protected-bot", bearer(wrong_secret)),
-            ("protected-bot", {"HTTP_X_API_KEY": self.revoked_key}),
-            ("flagged-bot", {}),
-            ("flagged-bot", bearer(self.valid_key)),
-        ]:
-            refused = api.get(URL.format(slug), **headers)
-            assert refused.status_code == 401, (slug, headers, refused.content)
-        public = api.get(URL.format("public-bot"), **bearer(self.revoked_key))
-        assert public.json() == {"user": None, "key": None}
-
-    def revoke_valid(self) -> None:
-        self.valid.is_active = False
-        self.valid.save()
-
-    def assert_valid_refused(self, api: Any) -> None:
-        response = api.get(URL.format("protected-bot"), **bearer(self.valid_key))
-        assert response.status_code == 401, response.content
-
-
-@pytest.fixture
-def world(make_key: Any) -> World:
-    return World(make_key)
 
 
 def warm_queries(api: Any, world: World) -> int:
@@ -122,14 +66,13 @@ def warm_queries(api: Any, world: World) -> int:
 
 
 def wait_for_pending_invalidations(timeout: float = 10) -> None:
-    harness.wait_until(
-        lambda: not llm_cache.pending_invalidations(), timeout, "invalidations were not retried"
-    )
+    wait_until(lambda: not decisions.pending_invalidations(), timeout, "invalidations were not retried")
 
 
 # --- Redis stopped ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_redis_stopped_decisions_come_from_the_database(api, private_redis, world, caplog):
     world.assert_decisions(api)
     assert warm_queries(api, world) == 0
@@ -140,14 +83,16 @@ def test_redis_stopped_decisions_come_from_the_database(api, private_redis, worl
     assert warm_queries(api, world) > 0
 
 
+@pytest.mark.slow
 def test_revoke_while_redis_is_stopped_takes_effect_at_once(api, private_redis, world):
     world.assert_decisions(api)
     private_redis.stop()
     world.revoke_valid()
     world.assert_valid_refused(api)
-    assert llm_cache.pending_invalidations()
+    assert decisions.pending_invalidations()
 
 
+@pytest.mark.slow
 def test_service_recovers_when_redis_is_back(api, private_redis, world):
     private_redis.stop()
     world.assert_decisions(api)
@@ -161,6 +106,7 @@ def test_service_recovers_when_redis_is_back(api, private_redis, world):
 # --- Redis paused (slow) ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_redis_paused_decisions_come_from_the_database(api, private_redis, world, settings):
     # With push invalidation, held entries are trusted for PUSH_HEARTBEAT first (test_push).
     settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "PUSH_INVALIDATION": False}
@@ -174,23 +120,25 @@ def test_redis_paused_decisions_come_from_the_database(api, private_redis, world
     assert warm_queries(api, world) == 0
 
 
+@pytest.mark.slow
 def test_revoke_while_redis_is_paused_is_retried_until_it_lands(api, private_redis, world):
     # Redis keeps the old entries through a pause: the new generation must still reach it,
     # here by the retry timer alone (no request of this process flushes it).
     world.assert_decisions(api)
-    generation = llm_cache.generation_name("protected-bot")
+    generation = generation_name("protected-bot")
     before = private_redis.client().keys(f"*{generation}")
     assert before, "the client's generation should be in Redis"
     stored = private_redis.client().get(before[0])
     private_redis.pause()
     world.revoke_valid()
-    assert generation in llm_cache.pending_invalidations()
+    assert generation in decisions.pending_invalidations()
     private_redis.resume()
     wait_for_pending_invalidations()
     assert private_redis.client().get(before[0]) != stored
     world.assert_valid_refused(api)
 
 
+@pytest.mark.slow
 def test_revoke_while_redis_is_paused_is_refused_during_the_pause(api, private_redis, world):
     world.assert_decisions(api)
     private_redis.pause()
@@ -201,6 +149,7 @@ def test_revoke_while_redis_is_paused_is_refused_during_the_pause(api, private_r
 # --- Redis flushed ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_redis_flushed_mid_run_changes_no_decision(api, private_redis, world):
     world.assert_decisions(api)
     private_redis.flush()
@@ -211,6 +160,7 @@ def test_redis_flushed_mid_run_changes_no_decision(api, private_redis, world):
     world.assert_valid_refused(api)
 
 
+@pytest.mark.slow
 def test_redis_flushed_between_a_revoke_and_the_next_request(api, private_redis, world):
     world.assert_decisions(api)
     world.revoke_valid()
@@ -232,7 +182,7 @@ def test_raising_cache_revoke_takes_effect_and_is_kept_for_retry(api, world, bro
     world.assert_decisions(api)
     world.revoke_valid()
     world.assert_valid_refused(api)
-    assert llm_cache.generation_name("protected-bot") in llm_cache.pending_invalidations()
+    assert generation_name("protected-bot") in decisions.pending_invalidations()
 
 
 def test_raising_cache_never_opens_a_protected_client_whose_keys_all_go(api, world, broken_cache):
@@ -250,6 +200,7 @@ def test_raising_cache_owner_deactivated_is_refused(api, world, broken_cache):
 # --- the same, with several processes -----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["stop", "pause", "flush"])
 def test_server_processes_keep_the_invariants_through_redis_faults(redis_server, tmp_path, fault):
     if redis_server.process is None:

@@ -1,0 +1,35 @@
+"""The names of everything the library keeps in the shared cache, in one place.
+
+Each name starts with ``CACHE_KEY_PREFIX`` and a kind letter: ``g`` a client's generation,
+``d`` a decision entry, ``u`` a key's last-use marker (``drf_llm_keys.last_used``), ``t`` a
+throttle counter (``drf_llm_keys.throttling``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..conf import conf
+
+
+def client_id(value: str) -> str:
+    # Hashed: lookup values may hold characters some backends refuse in keys.
+    raw = f"{conf.CLIENT_LOOKUP_FIELD}={value}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def key_name(kind: str, ident: str) -> str:
+    return f"{conf.CACHE_KEY_PREFIX}:2:{kind}:{ident}"
+
+
+def generation_prefix() -> str:
+    return key_name("g", "")
+
+
+def generation_name(client_value: str) -> str:
+    return generation_prefix() + client_id(client_value)
+
+
+def decision_name(client_value: str, prefix: str | None) -> str:
+    # Prefixes are checked against crypto's pattern before they get here: safe in a key.
+    return key_name("d", f"{client_id(client_value)}:{prefix or ''}")

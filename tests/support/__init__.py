@@ -1,0 +1,32 @@
+"""Helpers shared by the tests, ``scripts/`` and ``benchmarks/``; no test module imports
+another. ``redis``: a private redis-server; ``world``: the clients and keys most fault
+tests start from; ``caches``: cache doubles; ``harness``: server, worker and mutator
+processes (``worker`` and ``mutator`` are their entry points); ``hostile``: hostile
+requests and the decision table they must meet."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def bearer(plaintext: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(0.05)

