@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import sqlite3
 import time
 import timeit
 from collections.abc import Callable, Sequence
@@ -27,13 +28,12 @@ from django.test import RequestFactory  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
 
-from drf_llm_keys import cache as llm_cache  # noqa: E402
-from drf_llm_keys import crypto, push  # noqa: E402
+from drf_llm_keys import crypto  # noqa: E402
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E402
-from drf_llm_keys.models import api_key_from_entry, load_decision  # noqa: E402
 
-from . import seed, server  # noqa: E402
+from . import revocation, seed, server  # noqa: E402
 from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
+from .internals import api_key_from_entry, evict, invalidate, llm_cache, load_decision, push  # noqa: E402
 from .views import FloorAuthentication, floor_cache_name  # noqa: E402
 
 NONE = "none (unauthenticated view)"
@@ -49,19 +49,6 @@ API_KEY = "djangorestframework-api-key"
 PEERS = (DRF_TOKEN, KNOX, API_KEY)
 
 
-def invalidate(slug: str, prefix: str) -> None:
-    """What a revocation or any other write does: a new generation for the client."""
-    llm_cache.publish({llm_cache.generation_name(slug)})
-
-
-def evict(slug: str, prefix: str) -> None:
-    """An empty cache for this client and key, in Redis and in this process (the last-used
-    marker stays: no UPDATE)."""
-    entry = llm_cache.decision_name(slug, prefix)
-    cache.delete_many([llm_cache.generation_name(slug), entry])
-    llm_cache._held.pop(entry, None)
-
-
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
     ours = environ(f"/ours/{seed.PROTECTED}/", f"Bearer {creds.ours}")
     return [
@@ -70,7 +57,7 @@ def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
         Endpoint(WARM, [ours]),
         Endpoint(WARM_GET, [ours], package_settings={"PUSH_INVALIDATION": False}),
         Endpoint(PUBLIC, [environ(f"/ours/{seed.PUBLIC}/")]),
-        Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED, creds.ours_prefix)),
+        Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED)),
         Endpoint(EMPTY, [ours], prepare=lambda i: evict(seed.PROTECTED, creds.ours_prefix)),
         Endpoint(DRF_TOKEN, [environ("/drf-token/", f"Token {creds.drf_token}")]),
         Endpoint(KNOX, [environ("/knox/", f"Token {creds.knox}")]),
@@ -134,7 +121,7 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
             peer >= 4 * ours,
         ),
     ]
-    print("Targets (DESIGN.md; set for PostgreSQL + Redis):")
+    print("Targets (set for PostgreSQL + Redis):")
     for name, figure, met in checks:
         print(f"  {'met   ' if met else 'MISSED'}  {name}: {figure}")
     if floor > 0:
@@ -223,8 +210,7 @@ def run_scale(driver: Driver, scales: Sequence[int], rounds: int, per_round: int
         requests = [environ(f"/ours/{slug}/", f"Bearer {plaintext}") for slug, plaintext in pairs]
 
         def cold(i: int, pairs: list[tuple[str, str]] = pairs) -> None:
-            slug, plaintext = pairs[i % len(pairs)]
-            invalidate(slug, plaintext.partition(".")[0])
+            invalidate(pairs[i % len(pairs)][0])
 
         none = Endpoint(NONE, [environ("/none/")])
         warm = Endpoint(WARM, requests)
@@ -278,7 +264,7 @@ def describe() -> str:
             cursor.execute("SHOW server_version")
             database = f"PostgreSQL {cursor.fetchone()[0]}"
     else:
-        database = f"SQLite {connection.Database.sqlite_version} (file)"
+        database = f"SQLite {sqlite3.sqlite_version} (file)"
     if hasattr(cache, "client"):
         info: dict[str, Any] = cache.client.get_client(write=False).info("server")
         parser = "hiredis" if HIREDIS_AVAILABLE else "pure-Python parser"
@@ -303,11 +289,13 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--scales", default="10,10000")
     parser.add_argument("--sample", type=int, default=100)
-    parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--no-server", action="store_true", help="skip the gunicorn and revocation steps")
     parser.add_argument("--server-rounds", type=int, default=3)
-    parser.add_argument("--server-seconds", type=float, default=2.0)
+    parser.add_argument("--server-seconds", type=int, default=2, help="per wrk run (whole seconds)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=4, help="per gthread worker")
+    parser.add_argument("--concurrency", type=int, default=4, help="wrk connections")
+    parser.add_argument("--revocation-trials", type=int, default=100)
     args = parser.parse_args()
 
     try:
@@ -334,10 +322,13 @@ def main() -> None:
             server.run(
                 creds,
                 workers=args.workers,
-                concurrency=args.concurrency,
+                threads=args.threads,
+                connections=args.concurrency,
                 rounds=args.server_rounds,
                 seconds=args.server_seconds,
             )
+            if args.revocation_trials:
+                revocation.run(workers=args.workers, trials=args.revocation_trials)
     finally:
         seed.reset_cache()
     print(f"\nMachine at the end: {machine()}")

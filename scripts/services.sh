@@ -5,6 +5,8 @@
 # stopped; on Debian/Ubuntu, run as root, installs what is missing first.
 #   scripts/services.sh start     start (and install) what is missing
 #   scripts/services.sh status    exit 1 unless both answer
+#   scripts/services.sh bench     install what the benchmarks run besides Python: wrk (the
+#                                 load generator), redis-server (their private Redis), valgrind
 set -euo pipefail
 
 answers() {  # host port
@@ -91,8 +93,17 @@ start_mariadb() {
     fi
 }
 
+install_bench_tools() {
+    # Elsewhere: brew install wrk redis (valgrind: Linux only), or build wrk from
+    # https://github.com/wg/wrk with make.
+    command -v wrk >/dev/null || apt_install wrk
+    command -v redis-server >/dev/null || apt_install redis-server
+    command -v valgrind >/dev/null || apt_install valgrind
+}
+
 case "${1:-start}" in
     start) start_redis; start_postgres; start_mariadb; echo "services: Redis, PostgreSQL and MariaDB are up" ;;
+    bench) install_bench_tools; echo "services: wrk, redis-server and valgrind are installed" ;;
     status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 && answers 127.0.0.1 3306 ;;
-    *) echo "usage: $0 start|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|status|bench" >&2; exit 2 ;;
 esac
