@@ -37,12 +37,18 @@ def run(*, workers: int, trials: int) -> None:
     client = LLMClient.objects.create(name="Revocation", slug=CLIENT, require_api_key=True)
     path = f"/ours-pid/{CLIENT}/"
     latencies_ms: list[float] = []
+    reference_ms: list[float] = []  # the same request, warm, just before the revocation
+    after_ms: list[float] = []  # and once more after the first 401
     served_after, never = 0, 0
     with gunicorn("benchmarks.wsgi:application", ("--worker-class", "sync"), workers) as port:
         for trial in range(trials):
             api_key, plaintext = keys.create_key([client], user=owner, name=f"revocation {trial}")
             headers = {"Authorization": f"Bearer {plaintext}"}
             _warm_every_worker(port, path, headers, workers)
+            started = time.perf_counter()
+            if get(port, path, headers).status != 200:
+                raise SystemExit(f"revocation trial {trial}: the key was refused before its revocation")
+            reference_ms.append((time.perf_counter() - started) * 1000)
             keys.revoke_key(api_key)
             returned = time.perf_counter()
             while True:
@@ -50,6 +56,10 @@ def run(*, workers: int, trials: int) -> None:
                 elapsed = time.perf_counter() - returned
                 if status == 401:
                     latencies_ms.append(elapsed * 1000)
+                    started = time.perf_counter()
+                    if get(port, path, headers).status != 401:
+                        raise SystemExit(f"revocation trial {trial}: served again after a 401")
+                    after_ms.append((time.perf_counter() - started) * 1000)
                     break
                 if status == 200:
                     served_after += 1
@@ -68,6 +78,11 @@ def run(*, workers: int, trials: int) -> None:
             f"  p50 {median(latencies_ms):.2f} ms, p99 {percentile(latencies_ms, 0.99):.2f} ms, "
             f"max {max(latencies_ms):.2f} ms"
         )
+        for what, figures in (
+            ("the same request just before the revocation (200, warm)", reference_ms),
+            ("the next request after the first 401 (401 again)", after_ms),
+        ):
+            print(f"  {what}: p50 {median(figures):.2f} ms, p99 {percentile(figures, 0.99):.2f} ms")
     flag = "" if served_after == 0 else "  (a revoked key was served!)"
     print(f"  requests served with 200 after revoke_key() returned: {served_after}{flag}")
     if never:

@@ -62,6 +62,7 @@ class WorkerClass:
     label: str
     application: str
     options: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def worker_classes(threads: int) -> list[WorkerClass]:
@@ -76,6 +77,7 @@ def worker_classes(threads: int) -> list[WorkerClass]:
             "ASGI (uvicorn worker)",
             "benchmarks.asgi:application",
             ("--worker-class", "uvicorn_worker.UvicornWorker"),
+            env=(("DRF_LLM_KEYS_BENCH_ASGI", "1"),),  # settings: a connection pool
         ),
     ]
 
@@ -84,14 +86,16 @@ def worker_classes(threads: int) -> list[WorkerClass]:
 
 
 @contextlib.contextmanager
-def gunicorn(application: str, options: Sequence[str], workers: int) -> Iterator[int]:
+def gunicorn(
+    application: str, options: Sequence[str], workers: int, env: Sequence[tuple[str, str]] = ()
+) -> Iterator[int]:
     """gunicorn serving ``application`` with this process's settings; yields its port."""
     port = free_port()
     command = [
         sys.executable, "-m", "gunicorn", application, "--bind", f"{HOST}:{port}",
         "--workers", str(workers), *options, "--log-level", "warning",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=dict(os.environ))
+    process = subprocess.Popen(command, env=dict(os.environ, **dict(env)))
     try:
         _wait_until_ready(process, port)
         yield port
@@ -204,12 +208,12 @@ def run(
     cases = scenarios(creds)
     print(
         f"\nThrough gunicorn ({workers} workers) on loopback, loaded by wrk: {connections} connections "
-        "from one wrk thread, Connection: close; {rounds} interleaved rounds of {seconds} s "
+        f"from one wrk thread, Connection: close; {rounds} interleaved rounds of {seconds} s "
         "per scenario; medians over the rounds"
     )
     for worker_class in worker_classes(threads):
         runs: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
-        with gunicorn(worker_class.application, worker_class.options, workers) as port:
+        with gunicorn(worker_class.application, worker_class.options, workers, worker_class.env) as port:
             keeps_alive = get(port, "/none/", {}).keeps_alive
             for case in cases:
                 status = get(port, case.path, case.headers).status
