@@ -136,6 +136,8 @@ def seed_scale(target: int) -> None:
                 "last_used_at",
                 "created_at",
                 "updated_at",
+                "scopes",
+                "allowed_models",
             ),
             keys,
         )
@@ -167,6 +169,8 @@ def _key_row(index: int, owner_id: Any, now: Any) -> tuple[Any, ...]:
         None,
         now,
         now,
+        "[]",  # no scope restriction (JSON, as the database stores it)
+        "[]",  # any model
     )
 
 
