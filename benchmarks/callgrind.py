@@ -25,14 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The labels, as the child names its sections (benchmarks.callgrind_child).
-NONE = "none (unauthenticated view)"
-FLOOR = "floor: SHA-256 + one cache GET"
-WARM = "drf-llm-keys, warm"
-COLD = "drf-llm-keys, cold (invalidated)"
-REFUSED = "drf-llm-keys, refused unknown key"
-DRF_TOKEN = "DRF TokenAuthentication"
-DRF_TOKEN_REFUSED = "DRF Token, refused unknown token"
+from .labels import COLD, DRF_TOKEN, DRF_TOKEN_REFUSED, FLOOR, NONE, REFUSED, WARM
 
 # (what, numerator, denominator, at most): ratios of instructions added over the
 # unauthenticated view.

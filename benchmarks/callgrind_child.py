@@ -25,17 +25,17 @@ from drf_llm_keys.conf import conf  # noqa: E402
 from . import seed  # noqa: E402
 from .inprocess import Driver, Endpoint, environ  # noqa: E402
 from .internals import invalidate  # noqa: E402
-
-NONE = "none (unauthenticated view)"
-FLOOR = "floor: SHA-256 + one cache GET"
-WARM = "drf-llm-keys, warm"
-COLD = "drf-llm-keys, cold (invalidated)"
-REFUSED = "drf-llm-keys, refused unknown key"
-DRF_TOKEN = "DRF TokenAuthentication"
-DRF_TOKEN_REFUSED = "DRF Token, refused unknown token"
-API_KEY = "djangorestframework-api-key"
-KNOX = "django-rest-knox"
-LABELS = (NONE, FLOOR, WARM, COLD, REFUSED, DRF_TOKEN, DRF_TOKEN_REFUSED, API_KEY, KNOX)
+from .labels import (  # noqa: E402
+    API_KEY,
+    COLD,
+    DRF_TOKEN,
+    DRF_TOKEN_REFUSED,
+    FLOOR,
+    KNOX,
+    NONE,
+    REFUSED,
+    WARM,
+)
 
 _URL_SAFE = string.ascii_letters + string.digits + "-_"
 

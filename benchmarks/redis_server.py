@@ -15,14 +15,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-HOST = "127.0.0.1"
+from .processes import HOST, free_port, stop
+
 STARTUP_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(port: int) -> bool:
@@ -57,9 +52,4 @@ def private_redis() -> Iterator[str]:
                 time.sleep(0.05)
             yield f"redis://{HOST}:{port}/0"
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            stop(process)

@@ -34,19 +34,8 @@ from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E
 from . import revocation, seed, server  # noqa: E402
 from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
 from .internals import api_key_from_entry, evict, invalidate, llm_cache, load_decision, push  # noqa: E402
+from .labels import API_KEY, COLD, DRF_TOKEN, EMPTY, FLOOR, KNOX, NONE, PEERS, PUBLIC, WARM, WARM_GET  # noqa: E402
 from .views import FloorAuthentication, floor_cache_name  # noqa: E402
-
-NONE = "none (unauthenticated view)"
-FLOOR = "floor: SHA-256 + one cache GET"
-WARM = "drf-llm-keys, warm"
-WARM_GET = "drf-llm-keys, warm, no push"
-PUBLIC = "drf-llm-keys, public client"
-COLD = "drf-llm-keys, cold (invalidated)"
-EMPTY = "drf-llm-keys, cold (empty cache)"
-DRF_TOKEN = "DRF TokenAuthentication"
-KNOX = "django-rest-knox"
-API_KEY = "djangorestframework-api-key"
-PEERS = (DRF_TOKEN, KNOX, API_KEY)
 
 
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:

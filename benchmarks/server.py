@@ -16,7 +16,6 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .redis_server import HOST, free_port
+from .processes import HOST, free_port, stop
 from .seed import PROTECTED, Credentials
 
 STARTUP_SECONDS = 30.0
@@ -100,12 +99,7 @@ def gunicorn(
         _wait_until_ready(process, port)
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)  # graceful stop: gunicorn stops its workers
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], port: int) -> None:
