@@ -34,7 +34,7 @@ class CountingPipeline(Pipeline):
 class CountingRedis(Redis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         RoundTrips.count += 1
-        return super().execute_command(*args, **options)
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> CountingPipeline:
         return CountingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)

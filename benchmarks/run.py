@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import sqlite3
 import time
 import timeit
 from collections.abc import Callable, Sequence
@@ -27,40 +28,25 @@ from django.test import RequestFactory  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
 
-from drf_llm_keys import crypto, decisions  # noqa: E402
+from drf_llm_keys import crypto  # noqa: E402
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication  # noqa: E402
-from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision  # noqa: E402
-from drf_llm_keys.decisions.names import decision_name, generation_name  # noqa: E402
-from drf_llm_keys.last_used import last_used_name  # noqa: E402
 
-from . import seed, server  # noqa: E402
+from . import revocation, seed, server  # noqa: E402
 from .inprocess import Census, Driver, Endpoint, census, environ, measure, median, percentile  # noqa: E402
+from .internals import (  # noqa: E402
+    api_key_from_entry,
+    channel,
+    decision_name,
+    evict,
+    generation_name,
+    held_token,
+    invalidate,
+    last_used_name,
+    load_decision,
+    lookup,
+)
+from .labels import API_KEY, COLD, DRF_TOKEN, EMPTY, FLOOR, KNOX, NONE, PEERS, PUBLIC, WARM, WARM_GET  # noqa: E402
 from .views import FloorAuthentication, floor_cache_name  # noqa: E402
-
-NONE = "none (unauthenticated view)"
-FLOOR = "floor: SHA-256 + one cache GET"
-WARM = "drf-llm-keys, warm"
-WARM_GET = "drf-llm-keys, warm, no push"
-PUBLIC = "drf-llm-keys, public client"
-COLD = "drf-llm-keys, cold (invalidated)"
-EMPTY = "drf-llm-keys, cold (empty cache)"
-DRF_TOKEN = "DRF TokenAuthentication"
-KNOX = "django-rest-knox"
-API_KEY = "djangorestframework-api-key"
-PEERS = (DRF_TOKEN, KNOX, API_KEY)
-
-
-def invalidate(slug: str, prefix: str) -> None:
-    """What a revocation or any other write does: a new generation for the client."""
-    decisions.publish({generation_name(slug)})
-
-
-def evict(slug: str, prefix: str) -> None:
-    """An empty cache for this client and key, in Redis and in this process (the last-used
-    marker stays: no UPDATE)."""
-    entry = decision_name(slug, prefix)
-    cache.delete_many([generation_name(slug), entry])
-    decisions.get_decision_cache().held.pop(entry, None)
 
 
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
@@ -71,7 +57,7 @@ def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
         Endpoint(WARM, [ours]),
         Endpoint(WARM_GET, [ours], package_settings={"PUSH_INVALIDATION": False}),
         Endpoint(PUBLIC, [environ(f"/ours/{seed.PUBLIC}/")]),
-        Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED, creds.ours_prefix)),
+        Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED)),
         Endpoint(EMPTY, [ours], prepare=lambda i: evict(seed.PROTECTED, creds.ours_prefix)),
         Endpoint(DRF_TOKEN, [environ("/drf-token/", f"Token {creds.drf_token}")]),
         Endpoint(KNOX, [environ("/knox/", f"Token {creds.knox}")]),
@@ -169,13 +155,13 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
     )
     floor_request = Request(factory.get("/", HTTP_AUTHORIZATION=f"Floor {creds.floor}"))
     ours, floor = LLMClientAPIKeyAuthentication(), FloorAuthentication()
-    decision = decisions.lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
+    decision = lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
     digest = decision["key"]["digest"] if decision["key"] else ""
     gen_name = generation_name(seed.PROTECTED)
     entry_name = decision_name(seed.PROTECTED, creds.ours_prefix)
     floor_name = floor_cache_name(crypto.hash_key(creds.floor))
-    channel = decisions.get_decision_cache().push.channel()
-    token = decisions.get_decision_cache().held[entry_name][0]
+    push_channel = channel()
+    token = held_token(entry_name)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("drf-llm-keys authenticate(), warm", lambda: ours.authenticate(request)),
         ("  parse: client, credentials, key format", lambda: (
@@ -192,8 +178,8 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
         ("floor authenticate()", lambda: floor.authenticate(floor_request)),
         ("  cache get (1 name, 1 round trip)", lambda: cache.get(floor_name)),
     ]  # fmt: skip
-    if channel is not None:  # django-redis on Redis 6+: what replaces the GET
-        trusted = ("  push: announcements read, entry trusted", lambda: channel.trusts(gen_name, token))
+    if push_channel is not None:  # django-redis on Redis 6+: what replaces the GET
+        trusted = ("  push: announcements read, entry trusted", lambda: push_channel.trusts(gen_name, token))
         steps.insert(4, trusted)
     print("\nWhere the warm time goes (back to back, best of 5, µs per call):")
     for label, step in steps:
@@ -224,8 +210,7 @@ def run_scale(driver: Driver, scales: Sequence[int], rounds: int, per_round: int
         requests = [environ(f"/ours/{slug}/", f"Bearer {plaintext}") for slug, plaintext in pairs]
 
         def cold(i: int, pairs: list[tuple[str, str]] = pairs) -> None:
-            slug, plaintext = pairs[i % len(pairs)]
-            invalidate(slug, plaintext.partition(".")[0])
+            invalidate(pairs[i % len(pairs)][0])
 
         none = Endpoint(NONE, [environ("/none/")])
         warm = Endpoint(WARM, requests)
@@ -279,7 +264,7 @@ def describe() -> str:
             cursor.execute("SHOW server_version")
             database = f"PostgreSQL {cursor.fetchone()[0]}"
     else:
-        database = f"SQLite {connection.Database.sqlite_version} (file)"
+        database = f"SQLite {sqlite3.sqlite_version} (file)"
     if hasattr(cache, "client"):
         info: dict[str, Any] = cache.client.get_client(write=False).info("server")
         parser = "hiredis" if HIREDIS_AVAILABLE else "pure-Python parser"
@@ -304,11 +289,13 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--scales", default="10,10000")
     parser.add_argument("--sample", type=int, default=100)
-    parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--no-server", action="store_true", help="skip the gunicorn and revocation steps")
     parser.add_argument("--server-rounds", type=int, default=3)
-    parser.add_argument("--server-seconds", type=float, default=2.0)
+    parser.add_argument("--server-seconds", type=int, default=2, help="per wrk run (whole seconds)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=4, help="per gthread worker")
+    parser.add_argument("--concurrency", type=int, default=4, help="wrk connections")
+    parser.add_argument("--revocation-trials", type=int, default=100)
     args = parser.parse_args()
 
     try:
@@ -335,10 +322,13 @@ def main() -> None:
             server.run(
                 creds,
                 workers=args.workers,
-                concurrency=args.concurrency,
+                threads=args.threads,
+                connections=args.concurrency,
                 rounds=args.server_rounds,
                 seconds=args.server_seconds,
             )
+            if args.revocation_trials:
+                revocation.run(workers=args.workers, trials=args.revocation_trials)
     finally:
         seed.reset_cache()
     print(f"\nMachine at the end: {machine()}")

@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.utils import timezone
-from knox.models import AuthToken
+from knox.models import AuthToken  # type: ignore[import-untyped]
 from rest_framework.authtoken.models import Token
 from rest_framework_api_key.models import APIKey as PeerAPIKey
 
@@ -63,7 +63,7 @@ def create_credentials() -> Credentials:
     api_key, plaintext = APIKey.objects.create_key(user=owner, name="bench")
     LLMClientAPIKey.objects.create(llm_client=protected, api_key=api_key)
     floor = secrets.token_urlsafe(32)
-    cache.set(floor_cache_name(crypto.hash_key(floor)), {"user_id": owner.pk}, None)
+    fill_floor(floor)
     _, knox = AuthToken.objects.create(user=owner)
     _, peer_key = PeerAPIKey.objects.create_key(name="bench")
     return Credentials(
@@ -74,6 +74,13 @@ def create_credentials() -> Credentials:
         knox=knox,
         api_key=peer_key,
     )
+
+
+def fill_floor(floor: str) -> None:
+    """The floor's cache entry (it has no database row); each process with a local-memory
+    cache fills its own."""
+    owner = get_user_model()._default_manager.get(username="bench-owner")
+    cache.set(floor_cache_name(crypto.hash_key(floor)), {"user_id": owner.pk}, None)
 
 
 # --- scale ----------------------------------------------------------------------------
@@ -91,7 +98,7 @@ def scale_plaintext(index: int) -> str:
 
 
 def scale_count() -> int:
-    return LLMClient._base_manager.filter(pk__gte=SCALE_ID_BASE).count()
+    return int(LLMClient._base_manager.filter(pk__gte=SCALE_ID_BASE).count())
 
 
 def seed_scale(target: int) -> None:
@@ -162,8 +169,8 @@ def _key_row(index: int, owner_id: Any, now: Any) -> tuple[Any, ...]:
         None,
         now,
         now,
-        "[]",  # scopes and allowed_models, as JSON text: unrestricted
-        "[]",
+        "[]",  # no scope restriction (JSON, as the database stores it)
+        "[]",  # any model
     )
 
 

@@ -1,23 +1,34 @@
-"""Through a real server: gunicorn with sync workers on loopback, driven by ``loadgen``."""
+"""Through a real server: gunicorn on loopback with three worker classes (sync, gthread,
+and uvicorn's ASGI worker), loaded by wrk.
+
+Every wrk request carries ``Connection: close``, so each request is a new connection that
+the kernel hands to whichever worker is free (as behind nginx, which by default does not
+keep upstream connections alive). Sync workers close after every response anyway; gthread
+and uvicorn workers would keep a connection alive, and a kept-alive connection stays with
+the worker that accepted it, so a few wrk connections could pin the load on one worker.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import ipaddress
 import os
-import signal
-import socket
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from . import loadgen
-from .inprocess import percentile
-from .seed import PROTECTED, PUBLIC, Credentials
+from .processes import HOST, free_port, stop
+from .seed import PROTECTED, Credentials
 
-HOST = "127.0.0.1"
 STARTUP_SECONDS = 30.0
+REQUEST_TIMEOUT = 5.0
+WARM_UP_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -28,47 +39,67 @@ class Scenario:
     expect: int
 
 
+NONE = "unauthenticated view"
+OURS = "drf-llm-keys, valid key (warm)"
+
+
 def scenarios(creds: Credentials) -> list[Scenario]:
-    valid = {"Authorization": f"Bearer {creds.ours}"}
-    # A well-formed key with a known prefix and a wrong secret: the costliest refusal.
-    refused = {"Authorization": f"Bearer {creds.ours_prefix}.{'x' * 43}"}
+    def auth(value: str) -> dict[str, str]:
+        return {"Authorization": value}
+
     return [
-        Scenario("unauthenticated view", "/none/", {}, 200),
-        Scenario("drf-llm-keys, public client", f"/ours/{PUBLIC}/", {}, 200),
-        Scenario("drf-llm-keys, valid key", f"/ours/{PROTECTED}/", valid, 200),
-        Scenario("drf-llm-keys, refused key", f"/ours/{PROTECTED}/", refused, 401),
-        Scenario("DRF Token, public view", "/drf-token-public/", {}, 200),
-        Scenario("DRF Token, valid token", "/drf-token/", {"Authorization": f"Token {creds.drf_token}"}, 200),
-        Scenario("DRF Token, refused token", "/drf-token/", {"Authorization": "Token " + "0" * 40}, 401),
+        Scenario(NONE, "/none/", {}, 200),
+        Scenario(OURS, f"/ours/{PROTECTED}/", auth(f"Bearer {creds.ours}"), 200),
+        Scenario("DRF TokenAuthentication", "/drf-token/", auth(f"Token {creds.drf_token}"), 200),
+        Scenario("djangorestframework-api-key", "/api-key/", auth(f"Api-Key {creds.api_key}"), 200),
+        Scenario("django-rest-knox", "/knox/", auth(f"Token {creds.knox}"), 200),
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True)
+class WorkerClass:
+    label: str
+    application: str
+    options: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def worker_classes(threads: int) -> list[WorkerClass]:
+    return [
+        WorkerClass("sync", "benchmarks.wsgi:application", ("--worker-class", "sync")),
+        WorkerClass(
+            f"gthread, {threads} threads",
+            "benchmarks.wsgi:application",
+            ("--worker-class", "gthread", "--threads", str(threads)),
+        ),
+        WorkerClass(
+            "ASGI (uvicorn worker)",
+            "benchmarks.asgi:application",
+            ("--worker-class", "uvicorn_worker.UvicornWorker"),
+            env=(("DRF_LLM_KEYS_BENCH_ASGI", "1"),),  # settings: a connection pool
+        ),
+    ]
+
+
+# --- the server -----------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def gunicorn(workers: int) -> Iterator[int]:
-    """A gunicorn serving ``benchmarks.wsgi`` with this process's settings; yields its port."""
-    port = _free_port()
+def gunicorn(
+    application: str, options: Sequence[str], workers: int, env: Sequence[tuple[str, str]] = ()
+) -> Iterator[int]:
+    """gunicorn serving ``application`` with this process's settings; yields its port."""
+    port = free_port()
     command = [
-        sys.executable, "-m", "gunicorn", "benchmarks.wsgi:application",
-        "--bind", f"{HOST}:{port}", "--workers", str(workers), "--worker-class", "sync",
-        "--log-level", "warning",
+        sys.executable, "-m", "gunicorn", application, "--bind", f"{HOST}:{port}",
+        "--workers", str(workers), *options, "--log-level", "warning",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=dict(os.environ))
+    process = subprocess.Popen(command, env=dict(os.environ, **dict(env)))
     try:
         _wait_until_ready(process, port)
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)  # graceful stop: gunicorn stops its workers
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], port: int) -> None:
@@ -76,49 +107,143 @@ def _wait_until_ready(process: subprocess.Popen[bytes], port: int) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"gunicorn exited with status {process.returncode}")
-        load = loadgen.run(HOST, port, "/none/", {}, concurrency=1, max_requests=1, max_seconds=1)
-        if load.statuses[200]:
-            return
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if get(port, "/none/", {}).status == 200:
+                return
         time.sleep(0.2)
     raise SystemExit("gunicorn did not answer in time")
 
 
-def run(creds: Credentials, *, workers: int, concurrency: int, rounds: int, seconds: float) -> None:
-    cases = scenarios(creds)
-    with gunicorn(workers) as port:
-        # Warm every worker's imports, connections and (local-memory) caches.
-        for case in cases:
-            loadgen.run(
-                HOST, port, case.path, case.headers, concurrency=concurrency, max_requests=200, max_seconds=5
-            )
-        loads = {case.label: loadgen.Load() for case in cases}
-        for index in range(rounds):
-            # Interleaved, and each round in another order, as in-process.
-            for case in cases[index % len(cases) :] + cases[: index % len(cases)]:
-                loadgen.run(
-                    HOST,
-                    port,
-                    case.path,
-                    case.headers,
-                    concurrency=concurrency,
-                    max_requests=1_000_000,
-                    max_seconds=seconds,
-                    into=loads[case.label],
-                )
-    print(
-        f"\nThrough gunicorn ({workers} sync workers) on loopback: {concurrency} client threads, "
-        f"{rounds} interleaved rounds of {seconds:g} s per scenario"
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    keeps_alive: bool  # the server left the connection open for another request
+
+
+def get(port: int, path: str, headers: dict[str, str]) -> Answer:
+    """One request on a new connection."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        return Answer(response.status, body, not response.will_close)
+    finally:
+        connection.close()
+
+
+# --- wrk ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    requests: int
+    seconds: float
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    unexpected: int  # responses with another status class than the scenario expects
+    socket_errors: int
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS_MS[unit]
+
+
+def wrk(port: int, case: Scenario, *, connections: int, threads: int, seconds: int) -> WrkRun:
+    if not ipaddress.ip_address(HOST).is_loopback:  # a load generator aims at this machine only
+        raise ValueError(f"wrk only targets loopback, not {HOST}")
+    command = [
+        "wrk", "--threads", str(threads), "--connections", str(connections), "--duration", f"{seconds}s",
+        "--timeout", f"{REQUEST_TIMEOUT:g}s", "--latency", "--header", "Connection: close",
+    ]  # fmt: skip
+    for name, value in case.headers.items():
+        command += ["--header", f"{name}: {value}"]
+    command.append(f"http://{HOST}:{port}{case.path}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + REQUEST_TIMEOUT + 30)
+    out = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in out:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or out}")
+    count = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    assert count is not None, out
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    requests = int(count[1])
+    failed = int(non_2xx[1]) if non_2xx else 0
+    return WrkRun(
+        requests=requests,
+        seconds=_ms(count[2] + count[3]) / 1000,
+        rate=float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        p50_ms=_ms(latency["50"]),
+        p99_ms=_ms(latency["99"]),
+        unexpected=failed if case.expect < 400 else requests - failed,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
     )
-    print(f"{'scenario':<32}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'requests':>10}  statuses")
+
+
+# --- the step -------------------------------------------------------------------------
+
+
+def run(
+    creds: Credentials, *, workers: int, threads: int, connections: int, rounds: int, seconds: int
+) -> None:
+    if shutil.which("wrk") is None:
+        print(
+            "\nThrough gunicorn: skipped, wrk is not installed (scripts/services.sh bench, "
+            "apt-get install wrk, brew install wrk)."
+        )
+        return
+    cases = scenarios(creds)
+    print(
+        f"\nThrough gunicorn ({workers} workers) on loopback, loaded by wrk: {connections} connections "
+        f"from one wrk thread, Connection: close; {rounds} interleaved rounds of {seconds} s "
+        "per scenario; medians over the rounds"
+    )
+    for worker_class in worker_classes(threads):
+        runs: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
+        with gunicorn(worker_class.application, worker_class.options, workers, worker_class.env) as port:
+            keeps_alive = get(port, "/none/", {}).keeps_alive
+            for case in cases:
+                status = get(port, case.path, case.headers).status
+                if status != case.expect:
+                    raise SystemExit(
+                        f"{worker_class.label}, {case.label}: expected HTTP {case.expect}, got {status}"
+                    )
+                # Every worker's imports, connections and caches.
+                wrk(port, case, connections=connections, threads=1, seconds=WARM_UP_SECONDS)
+            for index in range(rounds):
+                # Interleaved, each round in another order: drift hits every scenario alike.
+                for case in cases[index % len(cases) :] + cases[: index % len(cases)]:
+                    runs[case.label].append(
+                        wrk(port, case, connections=connections, threads=1, seconds=seconds)
+                    )
+        alive = "keeps connections alive unless asked not to" if keeps_alive else "closes every connection"
+        print(f"\n{worker_class.label} ({alive})")
+        report(cases, runs)
+
+
+def report(cases: Sequence[Scenario], runs: dict[str, list[WrkRun]]) -> None:
+    rate = {label: statistics.median(r.rate for r in found) for label, found in runs.items()}
+    print(f"{'scenario':<34}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'x none':>8}{'ours x':>8}  checked")
     for case in cases:
-        load = loads[case.label]
-        statuses = ", ".join(f"{code}: {count}" for code, count in sorted(load.statuses.items()))
-        if load.errors:
-            statuses += f", errors: {load.errors}"
-        if set(load.statuses) != {case.expect}:
-            statuses += f"  (expected only {case.expect}!)"
-        done = len(load.latencies_ms)
-        rate = done / load.seconds if load.seconds else 0.0
-        p50 = percentile(load.latencies_ms, 0.50) if done else float("nan")
-        p99 = percentile(load.latencies_ms, 0.99) if done else float("nan")
-        print(f"{case.label:<32}{rate:>9.0f}{p50:>9.2f}{p99:>9.2f}{done:>10}  {statuses}")
+        found = runs[case.label]
+        unexpected = sum(r.unexpected for r in found)
+        errors = sum(r.socket_errors for r in found)
+        checked = f"{sum(r.requests for r in found)} x {case.expect}"
+        if unexpected:
+            checked += f", {unexpected} other statuses!"
+        if errors:
+            checked += f", {errors} socket errors!"
+        ours_vs = "-" if case.label in (NONE, OURS) else f"{rate[OURS] / rate[case.label]:.2f}"
+        p50 = statistics.median(r.p50_ms for r in found)
+        p99 = statistics.median(r.p99_ms for r in found)
+        print(
+            f"{case.label:<34}{rate[case.label]:>8.0f}{p50:>8.2f}{p99:>8.2f}"
+            f"{rate[case.label] / rate[NONE]:>8.2f}{ours_vs:>8}  {checked}"
+        )

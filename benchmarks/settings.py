@@ -2,13 +2,17 @@
 
 DRF_LLM_KEYS_BENCH_DATABASE_URL  postgres://USER@HOST:PORT/NAME or sqlite:///ABSOLUTE/PATH
 DRF_LLM_KEYS_BENCH_REDIS_URL     redis://HOST:PORT/DB (unset: the local-memory cache)
+DRF_LLM_KEYS_BENCH_ASGI          set (by the server step) for the ASGI workers
 
 Both cache backends count their round trips (see ``benchmarks.counting``).
 """
 
 import os
 import tempfile
+from typing import Any
 from urllib.parse import urlsplit
+
+import django
 
 SECRET_KEY = "drf-llm-keys-benchmarks-only"
 DEBUG = False
@@ -32,6 +36,7 @@ MIDDLEWARE: list[str] = []
 
 default_database = "sqlite:///" + os.path.join(tempfile.gettempdir(), "drf-llm-keys-bench.sqlite3")
 database_url = urlsplit(os.environ.get("DRF_LLM_KEYS_BENCH_DATABASE_URL", default_database))
+DATABASES: dict[str, dict[str, Any]]
 if database_url.scheme in ("postgres", "postgresql"):
     DATABASES = {
         "default": {
@@ -46,6 +51,10 @@ if database_url.scheme in ("postgres", "postgresql"):
             "CONN_MAX_AGE": None,
         }
     }
+    if os.environ.get("DRF_LLM_KEYS_BENCH_ASGI") and django.VERSION >= (5, 1):
+        # Under ASGI each request has a connection of its own, so persistent ones are not
+        # reused (and pile up): Django advises its connection pool instead.
+        DATABASES["default"].update(CONN_MAX_AGE=0, OPTIONS={"pool": True})
 elif database_url.scheme == "sqlite":
     DATABASES = {
         "default": {

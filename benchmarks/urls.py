@@ -6,8 +6,8 @@ urlpatterns = [
     path("none/", views.Trivial.as_view()),
     path("floor/", views.Floor.as_view()),
     path("ours/<str:llm_client>/", views.Ours.as_view()),
+    path("ours-pid/<str:llm_client>/", views.OursWhichWorker.as_view()),
     path("drf-token/", views.DrfToken.as_view()),
-    path("drf-token-public/", views.DrfTokenPublic.as_view()),
     path("knox/", views.Knox.as_view()),
     path("api-key/", views.ApiKey.as_view()),
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from knox.auth import TokenAuthentication as KnoxTokenAuthentication
+from knox.auth import TokenAuthentication as KnoxTokenAuthentication  # type: ignore[import-untyped]
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, TokenAuthentication, get_authorization_header
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -65,13 +66,16 @@ class Ours(Trivial):
     authentication_classes = [LLMClientAPIKeyAuthentication]
 
 
+class OursWhichWorker(Ours):
+    """Says which process answered: the revocation step warms every worker."""
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        return Response({"pid": os.getpid()})
+
+
 class DrfToken(Trivial):
     authentication_classes = [TokenAuthentication]
     permission_classes = [IsAuthenticated]
-
-
-class DrfTokenPublic(Trivial):
-    authentication_classes = [TokenAuthentication]
 
 
 class Knox(Trivial):

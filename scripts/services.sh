@@ -5,7 +5,9 @@
 # stopped; on Debian/Ubuntu, run as root, installs what is missing first.
 #   scripts/services.sh start     start (and install) what is missing
 #   scripts/services.sh standby   also a streaming standby of that PostgreSQL on 127.0.0.1:5433
-#   scripts/services.sh status    exit 1 unless both answer
+#   scripts/services.sh status    exit 1 unless all three answer
+#   scripts/services.sh bench     install what the benchmarks run besides Python: wrk (the
+#                                 load generator), redis-server (their private Redis), valgrind
 set -euo pipefail
 
 answers() {  # host port
@@ -150,9 +152,18 @@ start_standby() {
     wait_for "PostgreSQL standby" 127.0.0.1 "$STANDBY_PORT"
 }
 
+install_bench_tools() {
+    # Elsewhere: brew install wrk redis (valgrind: Linux only), or build wrk from
+    # https://github.com/wg/wrk with make.
+    command -v wrk >/dev/null || apt_install wrk
+    command -v redis-server >/dev/null || apt_install redis-server
+    command -v valgrind >/dev/null || apt_install valgrind
+}
+
 case "${1:-start}" in
     start) start_redis; start_postgres; start_mariadb; echo "services: Redis, PostgreSQL and MariaDB are up" ;;
     standby) start_standby; echo "services: PostgreSQL standby of 127.0.0.1:5432 is up on 127.0.0.1:$STANDBY_PORT" ;;
+    bench) install_bench_tools; echo "services: wrk, redis-server and valgrind are installed" ;;
     status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 && answers 127.0.0.1 3306 ;;
-    *) echo "usage: $0 start|standby|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|standby|bench|status" >&2; exit 2 ;;
 esac

@@ -1,0 +1,51 @@
+"""The one place the benchmarks reach into drf_llm_keys' cache internals (to make a
+request cold, or to time one step of a warm one): when those move, only this changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.cache import cache
+
+from drf_llm_keys import decisions
+from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
+from drf_llm_keys.decisions.names import decision_name, generation_name
+from drf_llm_keys.last_used import last_used_name
+
+__all__ = [
+    "api_key_from_entry",
+    "channel",
+    "decision_name",
+    "evict",
+    "generation_name",
+    "held_token",
+    "invalidate",
+    "last_used_name",
+    "load_decision",
+    "lookup",
+]
+
+lookup = decisions.lookup
+
+
+def channel() -> Any:
+    """This process's push channel, or None (then: one GET per warm request)."""
+    return decisions.get_decision_cache().push.channel()
+
+
+def held_token(entry_name: str) -> str:
+    """The generation this process holds its entry under."""
+    return str(decisions.get_decision_cache().held[entry_name][0])
+
+
+def invalidate(slug: str) -> None:
+    """What a revocation or any other write does: a new generation for the client."""
+    decisions.publish({generation_name(slug)})
+
+
+def evict(slug: str, prefix: str) -> None:
+    """An empty cache for this client and key, in the cache and in this process (the
+    last-used marker stays: no UPDATE)."""
+    entry = decision_name(slug, prefix)
+    cache.delete_many([generation_name(slug), entry])
+    decisions.get_decision_cache().held.pop(entry, None)

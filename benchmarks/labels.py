@@ -1,0 +1,15 @@
+"""The endpoints' names, shared by the timed steps and the callgrind counts."""
+
+NONE = "none (unauthenticated view)"
+FLOOR = "floor: SHA-256 + one cache GET"
+WARM = "drf-llm-keys, warm"
+WARM_GET = "drf-llm-keys, warm, no push"
+PUBLIC = "drf-llm-keys, public client"
+COLD = "drf-llm-keys, cold (invalidated)"
+EMPTY = "drf-llm-keys, cold (empty cache)"
+REFUSED = "drf-llm-keys, refused unknown key"
+DRF_TOKEN = "DRF TokenAuthentication"
+DRF_TOKEN_REFUSED = "DRF Token, refused unknown token"
+KNOX = "django-rest-knox"
+API_KEY = "djangorestframework-api-key"
+PEERS = (DRF_TOKEN, KNOX, API_KEY)

@@ -1,0 +1,103 @@
+"""How soon another process refuses a revoked key: gunicorn workers hold a valid key warm
+(Redis, push invalidation on); this process calls ``revoke_key()`` and from the moment it
+returns sends requests, one at a time on new connections, until the first 401.
+
+The figure includes one request's round trip through the server: it is the time a client
+of that server could still have been served, had the revocation not been immediate. Any
+200 after ``revoke_key()`` returned is counted and flagged: it would break the guarantee
+that a revoked key is refused at once in every process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+
+from drf_llm_keys import keys
+from drf_llm_keys.models import LLMClient
+
+from .inprocess import median, percentile
+from .internals import channel
+from .server import get, gunicorn
+
+CLIENT = "revocation-bot"
+GIVE_UP_SECONDS = 2.0
+WARM_REQUESTS_MAX = 500
+
+
+def run(*, workers: int, trials: int) -> None:
+    if not hasattr(cache, "client") or channel() is None:
+        print("\nRevocation latency: skipped (needs Redis 6+ with push invalidation).")
+        return
+    owner = get_user_model()._default_manager.get(username="bench-owner")
+    # require_api_key: revoking its only key leaves it protected rather than public.
+    client = LLMClient.objects.create(name="Revocation", slug=CLIENT, require_api_key=True)
+    path = f"/ours-pid/{CLIENT}/"
+    latencies_ms: list[float] = []
+    reference_ms: list[float] = []  # the same request, warm, just before the revocation
+    after_ms: list[float] = []  # and once more after the first 401
+    served_after, never = 0, 0
+    with gunicorn("benchmarks.wsgi:application", ("--worker-class", "sync"), workers) as port:
+        for trial in range(trials):
+            api_key, plaintext = keys.create_key([client], user=owner, name=f"revocation {trial}")
+            headers = {"Authorization": f"Bearer {plaintext}"}
+            _warm_every_worker(port, path, headers, workers)
+            started = time.perf_counter()
+            if get(port, path, headers).status != 200:
+                raise SystemExit(f"revocation trial {trial}: the key was refused before its revocation")
+            reference_ms.append((time.perf_counter() - started) * 1000)
+            keys.revoke_key(api_key)
+            returned = time.perf_counter()
+            while True:
+                status = get(port, path, headers).status
+                elapsed = time.perf_counter() - returned
+                if status == 401:
+                    latencies_ms.append(elapsed * 1000)
+                    started = time.perf_counter()
+                    if get(port, path, headers).status != 401:
+                        raise SystemExit(f"revocation trial {trial}: served again after a 401")
+                    after_ms.append((time.perf_counter() - started) * 1000)
+                    break
+                if status == 200:
+                    served_after += 1
+                else:
+                    raise SystemExit(f"revocation trial {trial}: unexpected HTTP {status}")
+                if elapsed > GIVE_UP_SECONDS:
+                    never += 1
+                    break
+    print(
+        f"\nRevocation latency: gunicorn ({workers} sync workers), a valid key warm in every worker; "
+        f"{trials} trials, from revoke_key() returning in this process to the first 401 (one request "
+        "round trip included)"
+    )
+    if latencies_ms:
+        print(
+            f"  p50 {median(latencies_ms):.2f} ms, p99 {percentile(latencies_ms, 0.99):.2f} ms, "
+            f"max {max(latencies_ms):.2f} ms"
+        )
+        for what, figures in (
+            ("the same request just before the revocation (200, warm)", reference_ms),
+            ("the next request after the first 401 (401 again)", after_ms),
+        ):
+            print(f"  {what}: p50 {median(figures):.2f} ms, p99 {percentile(figures, 0.99):.2f} ms")
+    flag = "" if served_after == 0 else "  (a revoked key was served!)"
+    print(f"  requests served with 200 after revoke_key() returned: {served_after}{flag}")
+    if never:
+        print(f"  trials with no 401 within {GIVE_UP_SECONDS:g} s: {never}  (MISSED)")
+
+
+def _warm_every_worker(port: int, path: str, headers: dict[str, str], workers: int) -> None:
+    """Requests until each worker has served the key twice (the first fills its entry)."""
+    served: dict[int, int] = {}
+    for _ in range(WARM_REQUESTS_MAX):
+        answer = get(port, path, headers)
+        if answer.status != 200:
+            raise SystemExit(f"revocation warm-up: expected 200, got {answer.status}")
+        pid = json.loads(answer.body)["pid"]
+        served[pid] = served.get(pid, 0) + 1
+        if len(served) >= workers and min(served.values()) >= 2:
+            return
+    raise SystemExit(f"revocation warm-up: {len(served)} of {workers} workers answered")
