@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds: held entries are trusted only while the announcement channel has answered
     # a ping sent within this time; also the worst delay of an announcement on a silent link.
     "PUSH_HEARTBEAT": 1.0,
+    # Replicas that must acknowledge each new generation (Redis WAIT) before an invalidation
+    # counts as written; 0: the master's reply is enough (drf_llm_keys.decisions.topology).
+    "INVALIDATION_REPLICAS": 0,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "AUTH_KEYWORDS": ("Bearer", "Token"),
@@ -92,6 +95,10 @@ class Settings:
     @property
     def PUSH_HEARTBEAT(self) -> float:
         return float(self._get("PUSH_HEARTBEAT"))
+
+    @property
+    def INVALIDATION_REPLICAS(self) -> int:
+        return int(self._get("INVALIDATION_REPLICAS"))
 
     @property
     def CLIENT_URL_KWARG(self) -> str:

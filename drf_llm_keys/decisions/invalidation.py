@@ -13,7 +13,7 @@ from typing import Any
 from django.db import transaction
 
 from ..conf import conf
-from . import state
+from . import state, topology
 from .names import generation_name
 from .state import DecisionCache, get_decision_cache
 
@@ -64,7 +64,8 @@ def _publish(local: DecisionCache, names: Iterable[str], attempt: int) -> bool:
     if not failed_at:
         return True
     tokens = {name: uuid.uuid4().hex for name in failed_at}
-    written = quietly(lambda: state.get_cache().set_many(tokens, conf.CACHE_TIMEOUT), "invalidation")
+    # With INVALIDATION_REPLICAS, not written until that many replicas have it (topology).
+    written = quietly(lambda: topology.write(state.get_cache(), tokens, conf.CACHE_TIMEOUT), "invalidation")
     # Not left to Redis's announcement, which a failed write never sends.
     local.push.forget(set(failed_at))
     if written:

@@ -16,9 +16,17 @@ its reply, the announcement is on every other process's socket (within the micro
 of that pass). Across hosts the window is the network's delivery skew between two packets
 Redis sent together.
 
-Fail closed: an error on either connection, a fork (``state``), or a channel that has not answered a
-ping sent within the last ``PUSH_HEARTBEAT`` seconds suspends the trust, and requests go
-back to one GET each (``store.lookup``) until the channel proves itself again.
+Fail closed: an error on either connection, a fork (``state``), or a channel whose two
+connections have not both answered a ping sent within the last ``PUSH_HEARTBEAT`` seconds
+suspends the trust, and requests go back to one GET each (``store.lookup``) until the
+channel proves itself again. A tracking connection that is silently lost stops the
+announcements while the subscriber still answers: its own PONG is what proves it.
+
+The channel's connections are made like the pool's of the cache's master (``topology``):
+with Sentinel, each opening asks the sentinels for the current master, and a master
+demoted under it closes them (Sentinel kills its clients; redis-py turns ``-READONLY`` into
+a connection error). The channel learns the master's epoch when it connects; a restart or
+a failover ends its connections, and with them that epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from django.core.cache import caches
 from redis.exceptions import ResponseError
 
 from ..conf import conf
+from . import topology
 from .names import generation_name, generation_prefix
 
 logger = logging.getLogger("drf_llm_keys")
@@ -47,8 +56,11 @@ RETRY_DELAY = 5.0
 class Channel:
     """One process's subscription to the announcements of one cache's generation keys."""
 
-    def __init__(self, config: tuple[Any, ...], gen_prefix: str, made_prefix: str, connections: list[Any]):
+    def __init__(
+        self, config: tuple[Any, ...], gen_prefix: str, made_prefix: str, connections: list[Any], epoch: str
+    ) -> None:
         self.config = config
+        self.epoch = epoch  # of the master these connections reach (topology)
         self.gen_prefix = gen_prefix  # our name of a generation key, before the cache's key function
         self.made_prefix = made_prefix  # the same, as Redis sees it
         self.subscriber, self.tracker = connections
@@ -60,6 +72,9 @@ class Channel:
         # Everything Redis announced before this moment has been read.
         self.proven_at = time.monotonic()
         self.ping_sent_at: float | None = None
+        # Which connections have answered the ping in flight: both must, to prove the channel.
+        self.answered: set[str] = set()
+        self.lapse_logged = False
 
     # --- what store.lookup asks ------------------------------------------------------
 
@@ -70,6 +85,15 @@ class Channel:
             if not self._read(now):
                 return False
             return now - self.proven_at <= conf.PUSH_HEARTBEAT and self.current.get(gen_name) == token
+
+    def proven_epoch(self) -> str | None:
+        """The master's epoch, if the channel is up and proven now: read after a GET, it
+        says that the GET reached the server run this channel connected to."""
+        with self.lock:
+            now = time.monotonic()
+            if not self._read(now) or now - self.proven_at > conf.PUSH_HEARTBEAT:
+                return None
+            return self.epoch
 
     def mark(self) -> int | None:
         """Taken before a GET of generations: ``confirm`` needs it."""
@@ -106,6 +130,7 @@ class Channel:
                 # Its only words are the heartbeat's PONG; at its end, read_response raises.
                 if _text(self.tracker.read_response()).upper() != "PONG":
                     raise ConnectionError("unexpected reply on the tracking connection")
+                self._answered("tracker")
             while self.subscriber.can_read(0):
                 self._apply(self.subscriber.read_response())
             if now is not None:
@@ -128,8 +153,16 @@ class Channel:
                 made = _text(key)
                 if made.startswith(self.made_prefix):
                     self.current.pop(self.gen_prefix + made[len(self.made_prefix) :], None)
-        elif kind == "pong" and self.ping_sent_at is not None:
+        elif kind == "pong":
+            self._answered("subscriber")
+
+    def _answered(self, which: str) -> None:
+        if self.ping_sent_at is None:
+            return
+        self.answered.add(which)
+        if len(self.answered) == 2:
             self.proven_at, self.ping_sent_at = self.ping_sent_at, None
+            self.lapse_logged = False
 
     def _heartbeat(self, now: float) -> None:
         heartbeat = conf.PUSH_HEARTBEAT
@@ -138,10 +171,18 @@ class Channel:
                 # Both: the tracker too, or a server-side idle timeout would close it.
                 for connection in (self.subscriber, self.tracker):
                     connection.send_command("PING", check_health=False)
-                self.ping_sent_at = now
+                self.ping_sent_at, self.answered = now, set()
         elif now - self.ping_sent_at > 10 * heartbeat:
             logger.warning("drf_llm_keys: invalidation channel silent, reconnecting")
             self.close()
+        elif now - self.proven_at > heartbeat and not self.lapse_logged:
+            silent = {"subscriber", "tracker"} - self.answered
+            logger.warning(
+                "drf_llm_keys: no answer from the invalidation channel's %s within PUSH_HEARTBEAT: "
+                "one GET per request until it answers",
+                " and ".join(sorted(silent)),
+            )
+            self.lapse_logged = True
 
     def close(self) -> None:
         self.alive = False
@@ -210,7 +251,7 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 
 class Unsupported(Exception):
-    """The cache cannot announce changes: not django-redis, or Redis older than 6."""
+    """The cache cannot announce changes: not Redis, sharded, or Redis older than 6."""
 
     # A cache that cannot do it is the project's choice; a Redis that refuses is worth a warning.
     def __init__(self, message: str, level: int = logging.INFO) -> None:
@@ -221,11 +262,10 @@ class Unsupported(Exception):
 def _connect(config: tuple[Any, ...]) -> Channel:
     cache = caches[config[0]]
     try:
-        redis = cache.client.get_client(write=True)  # type: ignore[attr-defined]
-        pool = redis.connection_pool
-    except AttributeError:
-        backend = f"{type(cache).__module__}.{type(cache).__qualname__}"
-        raise Unsupported(f"{backend} is not django-redis") from None
+        # The master's pool: with Sentinel, its connections find the current master.
+        pool = topology.master_client(cache).connection_pool
+    except topology.Unsupported as exc:
+        raise Unsupported(str(exc)) from None
     gen_prefix = generation_prefix()
     made_prefix = str(cache.make_key(gen_prefix))
     if not str(cache.make_key(generation_name("x"))).startswith(made_prefix):
@@ -238,6 +278,11 @@ def _connect(config: tuple[Any, ...]) -> Channel:
         subscriber_id = subscriber.read_response()
         subscriber.send_command("SUBSCRIBE", INVALIDATION_CHANNEL)
         subscriber.read_response()
+        # Before tracking starts: every generation read from now on is of this server run.
+        tracker.send_command("INFO", "server")
+        server = topology.info_fields(tracker.read_response())
+        tracker.send_command("INFO", "replication")
+        epoch = topology.epoch_of(server, topology.info_fields(tracker.read_response()))
         tracker.send_command(
             "CLIENT", "TRACKING", "ON", "REDIRECT", subscriber_id, "BCAST", "PREFIX", made_prefix
         )
@@ -247,7 +292,7 @@ def _connect(config: tuple[Any, ...]) -> Channel:
         if isinstance(exc, ResponseError):  # Redis before 6, or CLIENT denied by an ACL
             raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
         raise
-    return Channel(config, gen_prefix, made_prefix, [subscriber, tracker])
+    return Channel(config, gen_prefix, made_prefix, [subscriber, tracker], epoch)
 
 
 def _connection(pool: Any, opened: list[Any]) -> Any:

@@ -40,6 +40,8 @@ class DecisionCache:
         self.pending_lock = threading.Lock()
         self.retry_timer: threading.Timer | None = None
         self.push = Push()
+        # The master's epoch (topology) and when it was read, for lookups without a channel.
+        self.epoch: tuple[str, float] | None = None
 
     def close(self) -> None:
         """Stop the retry timer and close the push channel."""

@@ -4,6 +4,7 @@ database and filled in, with the rules that keep a fill from ever being stale.""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 from django.db import connections
 
 from ..conf import conf
-from . import state
+from . import state, topology
 from .invalidation import flush_pending, has_unpublished_writes, quietly
 from .names import decision_name, generation_name
+from .push import Channel
 from .state import DecisionCache, Entry, get_decision_cache
 
 logger = logging.getLogger("drf_llm_keys")
@@ -38,7 +40,8 @@ def lookup(
 
     No round trip when this process holds the entry and Redis has announced no change of
     its generation since (``push``); else one: the generation alone when this process holds
-    the entry, or the generation and the shared entry together.
+    the entry, or the generation and the shared entry together, read from the master. An
+    entry is used only under the epoch it was filled in (``topology``).
     """
     local = get_decision_cache()
     flush_pending(local)
@@ -48,22 +51,23 @@ def lookup(
     if channel is not None and held is not None and channel.trusts(gen_name, held[0]):
         return held[1]
     mark = channel.mark() if channel is not None else None
+    epoch = ""
     try:
-        if held is None:
-            found = state.get_cache().get_many([gen_name, entry_name])
-        else:
-            found = {gen_name: state.get_cache().get(gen_name)}
+        found = topology.read(state.get_cache(), [gen_name] if held is not None else [gen_name, entry_name])
+        # After the read: the epoch must be that of the server run the read reached.
+        epoch = _epoch(local, channel)
     except Exception:
         logger.warning("drf_llm_keys: cache read failed, using the database", exc_info=True)
         found = _UNHEALTHY
     gen = found.get(gen_name)
-    if gen is not None:
+    tag = None if gen is None else topology.tagged(gen, epoch)
+    if tag is not None:
         if channel is not None:
-            channel.confirm(gen_name, gen, mark)
-        if held is not None and held[0] == gen:
+            channel.confirm(gen_name, tag, mark)
+        if held is not None and held[0] == tag:
             return held[1]
         cached = found.get(entry_name)
-        if not refresh and isinstance(cached, tuple) and cached[0] == gen:
+        if not refresh and isinstance(cached, tuple) and cached[0] == tag:
             _hold(local, entry_name, cached)
             entry: Entry = cached[1]
             return entry
@@ -71,11 +75,29 @@ def lookup(
     # write of these rows harmless after an invalidation.
     if gen is None and found is not _UNHEALTHY:
         gen = _ensure_generation(gen_name)
+        tag = None if gen is None else topology.tagged(gen, epoch)
     entry = load(client_value, prefix)
-    if gen is not None and not entry.get(UNCACHEABLE) and _fill_is_safe(using):
-        quietly(lambda: state.get_cache().set(entry_name, (gen, entry), conf.CACHE_TIMEOUT), "write")
-        _hold(local, entry_name, (gen, entry))
+    if tag is not None and not entry.get(UNCACHEABLE) and _fill_is_safe(using):
+        filled = (tag, entry)
+        quietly(lambda: state.get_cache().set(entry_name, filled, conf.CACHE_TIMEOUT), "write")
+        _hold(local, entry_name, filled)
     return entry
+
+
+def _epoch(local: DecisionCache, channel: Channel | None) -> str:
+    """The master's epoch: the channel's while it is proven, else read at most every
+    ``PUSH_HEARTBEAT`` seconds (the bound on trusting a restored snapshot without push)."""
+    if channel is not None:
+        proven = channel.proven_epoch()
+        if proven is not None:
+            return proven
+    now = time.monotonic()
+    known = local.epoch
+    if known is not None and now - known[1] < conf.PUSH_HEARTBEAT:
+        return known[0]
+    current = topology.epoch(state.get_cache())
+    local.epoch = (current, now)
+    return current
 
 
 def _hold(local: DecisionCache, entry_name: str, cached: tuple[str, Entry]) -> None:
@@ -93,7 +115,7 @@ def _ensure_generation(gen_name: str) -> str | None:
         token = uuid.uuid4().hex
         if cache.add(gen_name, token, conf.CACHE_TIMEOUT):
             return token
-        current = cache.get(gen_name)
+        current = topology.read(cache, [gen_name]).get(gen_name)
         return current if isinstance(current, str) else None
     except Exception:
         logger.warning("drf_llm_keys: cache read failed, using the database", exc_info=True)

@@ -1,0 +1,134 @@
+"""Which Redis server decides trust, and whether it is still the one an entry was filled on.
+
+Generations are read from the **master** (django-redis ``get_client(write=True)``, the
+first ``LOCATION``; Django's ``RedisCache`` the same): a replica may not have the last
+invalidation yet, and a generation read there would be trusted after it.
+
+Each decision entry is tagged with the *epoch* it was filled under, the identity of the
+master's dataset: its ``run_id`` (new at every start, so also after a restart from an RDB
+or AOF file older than the last invalidation) and its ``master_replid`` (new when a replica
+is promoted, whatever it missed). An entry is used only under the epoch it was tagged with,
+so an old generation that comes back with a snapshot or a failover is never trusted: every
+decision is loaded from the database again. ``push`` learns the epoch when its channel
+connects (and its connections last no longer than that server run); without a channel the
+lookup reads it again at most every ``PUSH_HEARTBEAT`` seconds.
+
+Any other cache (local memory, Memcached, the file-based one, a django-redis
+``ShardClient``) has no epoch: ``""``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.cache import BaseCache
+
+from ..conf import conf
+
+# How long an invalidation waits for INVALIDATION_REPLICAS replicas to acknowledge it.
+REPLICA_WAIT_MS = 1000
+
+
+class Unsupported(Exception):
+    """The cache has no single master this library can ask (not Redis, or sharded)."""
+
+
+def master_client(cache: BaseCache) -> Any:
+    """The redis-py client of the cache's master; ``Unsupported`` for any other cache."""
+    client = getattr(cache, "client", None)  # django-redis: DefaultClient and its subclasses
+    if client is not None and hasattr(client, "get_client"):
+        try:
+            return client.get_client(write=True)
+        except NotImplementedError:  # ShardClient: a server per key, none for them all
+            raise Unsupported(f"{type(client).__qualname__} shards keys over several servers") from None
+    if _django_redis_client(cache) is not None:
+        return cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+    raise Unsupported(f"{type(cache).__module__}.{type(cache).__qualname__} is not Redis")
+
+
+def read(cache: BaseCache, names: list[str]) -> dict[str, Any]:
+    """``get_many`` on the master, for the reads that decide trust."""
+    try:
+        master = master_client(cache)
+    except Unsupported:
+        return cache.get_many(names)
+    django_client = _django_redis_client(cache)
+    if django_client is None:  # django-redis takes the client to use
+        return cache.get_many(names, client=master)  # type: ignore[call-arg]
+    # Django's RedisCache reads a replica when LOCATION lists several servers.
+    keys = [cache.make_and_validate_key(name) for name in names]
+    loads = django_client._serializer.loads
+    return {name: loads(v) for name, v in zip(names, master.mget(keys), strict=True) if v is not None}
+
+
+def write(cache: BaseCache, values: dict[str, Any], timeout: int) -> None:
+    """``set_many``; with ``INVALIDATION_REPLICAS``, acknowledged by that many replicas too.
+
+    Raises if they do not acknowledge within ``REPLICA_WAIT_MS``: a master cut off from its
+    replicas (a partition that ends in a failover) would lose the write.
+    """
+    replicas = conf.INVALIDATION_REPLICAS
+    if replicas <= 0:
+        cache.set_many(values, timeout)
+        return
+    master = master_client(cache)
+    # WAIT counts the writes of its own connection: one pipeline, one connection.
+    pipeline = master.pipeline(transaction=False)
+    for name, value in values.items():
+        key, encoded = _encode(cache, name, value)
+        pipeline.set(key, encoded, ex=timeout)
+    pipeline.execute_command("WAIT", replicas, REPLICA_WAIT_MS)
+    acknowledged = pipeline.execute()[-1]
+    if int(acknowledged) < replicas:
+        raise ConnectionError(f"{acknowledged} of {replicas} replicas acknowledged the invalidation")
+
+
+def epoch(cache: BaseCache) -> str:
+    """The epoch of the cache's master, read now; ``""`` for a cache that has none."""
+    try:
+        master = master_client(cache)
+    except Unsupported:
+        return ""
+    pipeline = master.pipeline(transaction=False)
+    pipeline.info("server")
+    pipeline.info("replication")
+    server, replication = pipeline.execute()
+    return epoch_of(server, replication)
+
+
+def epoch_of(server: Mapping[str, Any], replication: Mapping[str, Any]) -> str:
+    if replication.get("role") != "master":
+        # A LOCATION that names a replica, or a master demoted under us: nothing to trust.
+        raise ConnectionError(f"the cache's server is a {replication.get('role')}, not the master")
+    identity = f"{server['run_id']}/{replication['master_replid']}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def info_fields(text: Any) -> dict[str, str]:
+    """The ``name:value`` lines of a raw ``INFO`` reply."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    pairs = (line.partition(":") for line in str(text).splitlines() if ":" in line)
+    return {name: value.strip() for name, _, value in pairs}
+
+
+def tagged(generation: str, current_epoch: str) -> str:
+    """What an entry is tagged with: its generation under the epoch it was read in."""
+    return f"{generation}@{current_epoch}" if current_epoch else generation
+
+
+def _django_redis_client(cache: BaseCache) -> Any:
+    from django.core.cache.backends.redis import RedisCacheClient
+
+    inner = getattr(cache, "_cache", None)
+    return inner if isinstance(inner, RedisCacheClient) else None
+
+
+def _encode(cache: BaseCache, name: str, value: Any) -> tuple[Any, Any]:
+    django_client = _django_redis_client(cache)
+    if django_client is not None:
+        return cache.make_and_validate_key(name), django_client._serializer.dumps(value)
+    client = cache.client  # type: ignore[attr-defined]
+    return client.make_key(name), client.encode(value)
