@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from rest_framework.test import APIClient
 from drf_llm_keys import decisions, last_used, usage
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 from tests.support.harness import Worker
-from tests.support.redis import HEARTBEAT, RedisServer, cache_config, running_redis
+from tests.support.redis import DJANGO_REDIS, HEARTBEAT, RedisServer, cache_config, running_redis
 from tests.support.world import World
 
 MakeKey = Callable[..., tuple[APIKey, str]]
@@ -98,25 +99,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def pushed(redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
-    """The default cache on the private Redis, push invalidation on (the default)."""
+def pushed(request: pytest.FixtureRequest, redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
+    """The default cache on the private Redis, push invalidation on (the default).
+
+    django-redis; parametrize it indirectly with ``tests.support.redis.DJANGO`` for Django's own
+    Redis backend."""
     redis_server.resume()
     redis_server.flush()
-    settings.CACHES = {"default": cache_config(redis_server)}
+    settings.CACHES = {"default": cache_config(redis_server, backend=getattr(request, "param", DJANGO_REDIS))}
     settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT}
     yield redis_server
     redis_server.resume()
 
 
+StartWorker = Callable[[dict[str, Any]], Worker]
+
+
 @pytest.fixture
-def pushed_worker(pushed: RedisServer, settings: Any) -> Iterator[Worker]:
-    # The worker's settings (tests/settings.py) put its default cache on this Redis too.
-    settings.CACHES = {"default": cache_config(pushed, timeout=2)}
-    env = {
-        **os.environ,
-        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "DRF_LLM_KEYS_TEST_REDIS_URL": pushed.url,
-    }
-    process = Worker(env)
-    yield process
-    process.stop()
+def start_worker() -> Iterator[StartWorker]:
+    """Start a ``Worker`` whose default cache is ``config``, on this test's database; stopped
+    at the end."""
+    started: list[Worker] = []
+
+    def start(config: dict[str, Any]) -> Worker:
+        env = {
+            **os.environ,
+            "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+            "DRF_LLM_KEYS_TEST_CACHE": json.dumps(config),
+        }
+        started.append(Worker(env))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def pushed_worker(pushed: RedisServer, settings: Any, start_worker: StartWorker) -> Worker:
+    """Another process on the same Redis (and backend) as ``pushed``."""
+    config = cache_config(pushed, timeout=2, backend=settings.CACHES["default"]["BACKEND"])
+    settings.CACHES = {"default": config}
+    return start_worker(config)

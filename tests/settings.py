@@ -4,8 +4,10 @@ to real servers (see README, "Running the tests").
 DRF_LLM_KEYS_TEST_DATABASE_URL  postgres://USER@HOST:PORT/NAME   (PostgreSQL)
                                 mysql://USER@HOST:PORT/NAME      (MariaDB or MySQL, mysqlclient)
 DRF_LLM_KEYS_TEST_REDIS_URL     redis://HOST:PORT/DB               (django-redis)
+DRF_LLM_KEYS_TEST_CACHE         the default cache as JSON (set by tests for their worker processes)
 """
 
+import json
 import os
 import tempfile
 from urllib.parse import urlsplit
@@ -94,7 +96,10 @@ if os.environ.get("DRF_LLM_KEYS_TEST_DB_NAME"):
 
 redis_url = os.environ.get("DRF_LLM_KEYS_TEST_REDIS_URL")
 cache_dir = os.environ.get("DRF_LLM_KEYS_TEST_CACHE_DIR")
-if redis_url:
+if os.environ.get("DRF_LLM_KEYS_TEST_CACHE"):
+    # A worker process started by a test: its parent's default cache, as JSON.
+    CACHES = {"default": json.loads(os.environ["DRF_LLM_KEYS_TEST_CACHE"])}
+elif redis_url:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",

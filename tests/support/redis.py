@@ -94,6 +94,14 @@ class RedisServer:
             self.process.wait(10)
             self.process = None
 
+    def kill(self) -> None:
+        """Die at once (SIGKILL): no save, no goodbye to clients but the kernel's."""
+        if self.process is not None:
+            self.resume()
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
     def pause(self) -> None:
         """Freeze the server: connections hang until the client's socket timeout."""
         assert self.process is not None
@@ -126,14 +134,23 @@ HEARTBEAT = 0.5
 CONTROL_COMMANDS = {"ping", "info", "client", "subscribe", "hello", "select", "auth", "flushdb", "config"}
 
 
-def cache_config(server: RedisServer, timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
+# The Redis cache backends push invalidation works with.
+DJANGO_REDIS = "django_redis.cache.RedisCache"
+DJANGO = "django.core.cache.backends.redis.RedisCache"
+
+
+def cache_config(
+    server: RedisServer | str | list[str], timeout: float = SOCKET_TIMEOUT, backend: str = DJANGO_REDIS
+) -> dict[str, Any]:
+    """A cache on ``server`` (a server, a URL or a list of them: master first)."""
+    location = server.url if isinstance(server, RedisServer) else server
     # The same KEY_PREFIX as tests/settings.py, so that a worker process shares the keys.
-    return {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": server.url,
-        "KEY_PREFIX": "drf-llm-keys-tests",
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
-    }
+    config: dict[str, Any] = {"BACKEND": backend, "LOCATION": location, "KEY_PREFIX": "drf-llm-keys-tests"}
+    if backend == DJANGO:  # its OPTIONS go to redis-py's pool as they are
+        config["OPTIONS"] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    else:
+        config["OPTIONS"] = {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout}
+    return config
 
 
 def commands(server: RedisServer) -> int:
