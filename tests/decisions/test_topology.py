@@ -90,9 +90,11 @@ def detach(replica: RedisServer) -> None:
 
 @contextmanager
 def master_and_replica(directory: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    with running_redis(directory / "master") as master:
+    # No delay before the full sync a new replica asks for (5 s by default).
+    with running_redis(directory / "master", args=("--repl-diskless-sync-delay", "0")) as master:
         args = ("--replicaof", "127.0.0.1", str(master.port))
         with running_redis(directory / "replica", args=args) as replica:
+            wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
             yield master, replica
 
 
@@ -117,7 +119,7 @@ def test_a_lagging_replica_never_gets_a_revoked_key_trusted(
         wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
         detach(replica)
         keys.revoke()
-        assert raw_generation(replica) != raw_generation(master), "the replica should lag"
+        assert raw_generation(replica) not in (raw_generation(master), None), "the replica should lag"
         assert_clean(tally(asks, keys), asks)
 
 
@@ -152,11 +154,11 @@ def test_a_restart_from_a_snapshot_older_than_the_revoke_brings_no_revoked_key_b
         warm_up(asks, keys)
         server.client().save()
         before = raw_generation(server)
-        keys.revoke()
-        assert_clean(tally(asks, keys, rounds=2), asks, rounds=2)
+        keys.revoke()  # neither process asks again before the restart: each holds its entry
         server.kill()
         server.start()  # from snapshot.rdb, taken before the revoke
         assert raw_generation(server) == before, "the snapshot should bring the old generation back"
+        asks.append(askers(api, [start_worker(config)])[1])  # and a process started afterwards
         assert_clean(tally(asks, keys), asks)
     finally:
         server.stop()
@@ -176,12 +178,13 @@ def test_a_failover_to_a_replica_that_missed_the_revoke_brings_no_revoked_key_ba
             wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
             detach(replica)  # asynchronous replication: it misses what comes next
             before = raw_generation(replica)
-            keys.revoke()
-            assert_clean(tally(asks, keys, rounds=2), asks, rounds=2)
+            keys.revoke()  # neither process asks again before the failover
+            assert raw_generation(master) != before
             master.kill()
             replica.client().replicaof("no", "one")
             proxy.point_to(replica.port)
             assert raw_generation(replica) == before, "the new master should have the old generation"
+            asks.append(askers(api, [start_worker(config)])[1])  # and a process started afterwards
             assert_clean(tally(asks, keys), asks)
         finally:
             proxy.close()
