@@ -19,10 +19,22 @@ from django_redis import get_redis_connection
 from drf_llm_keys.decisions import get_decision_cache
 from drf_llm_keys.decisions.names import generation_name
 from tests.support import bearer
-from tests.support.redis import HEARTBEAT, SOCKET_TIMEOUT, RedisServer, cache_config, commands, running_redis
+from tests.support.redis import (
+    DJANGO,
+    DJANGO_REDIS,
+    HEARTBEAT,
+    SOCKET_TIMEOUT,
+    RedisServer,
+    cache_config,
+    commands,
+    running_redis,
+)
 from tests.support.world import URL, World
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+# django-redis, and Django's own RedisCache (``cache._cache.get_client(write=True)``).
+both_backends = pytest.mark.parametrize("pushed", [DJANGO_REDIS, DJANGO], indirect=True)
 
 
 def settle(api: Any, world: World) -> None:
@@ -34,6 +46,7 @@ def settle(api: Any, world: World) -> None:
 # --- the warm path -----------------------------------------------------------------------
 
 
+@both_backends
 def test_warm_requests_make_no_round_trip_and_no_sql(api, pushed, world):
     settle(api, world)
     before = commands(pushed)
@@ -55,6 +68,7 @@ def test_without_push_a_warm_request_makes_one_round_trip(api, pushed, world, se
 # --- what retires a trusted generation ---------------------------------------------------
 
 
+@both_backends
 def test_a_revoke_here_is_refused_at_once(api, pushed, world):
     settle(api, world)
     world.revoke_valid()
@@ -98,6 +112,7 @@ def tracking_client_id(server: RedisServer) -> int:
     return next(int(c["id"]) for c in clients if "t" in c["flags"])
 
 
+@both_backends
 @pytest.mark.parametrize("which", ["subscriber", "tracker"])
 def test_a_lost_connection_falls_back_then_reconnects(api, pushed, world, which, caplog):
     settle(api, world)
@@ -279,6 +294,7 @@ def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, 
 # --- another process ---------------------------------------------------------------------
 
 
+@both_backends
 def test_a_revoke_here_is_refused_there_at_once_every_time(pushed_worker, pushed, make_key, protected_client):
     make_key(protected_client)  # keeps the client protected while the other is revoked
     api_key, plaintext = make_key(protected_client)

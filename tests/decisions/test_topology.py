@@ -27,7 +27,14 @@ from drf_llm_keys.models import APIKey
 from tests.support import bearer, free_port, wait_until
 from tests.support.harness import Worker
 from tests.support.proxy import Proxy
-from tests.support.redis import HEARTBEAT, RedisServer, cache_config, commands, running_redis
+from tests.support.redis import (
+    HEARTBEAT,
+    RedisServer,
+    cache_config,
+    commands,
+    running_redis,
+    running_sentinel,
+)
 from tests.support.world import URL
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -262,3 +269,42 @@ def test_a_sharded_cache_says_so_once_at_info_and_runs_one_get_per_request(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "drf_llm_keys"]
     assert len(said) == 1 and said[0][0] == logging.INFO, said
     assert "ShardClient shards keys over several servers" in said[0][1]
+
+
+# --- Sentinel ----------------------------------------------------------------------------
+
+
+def test_a_sentinel_failover_to_a_replica_that_missed_the_revoke_and_the_channel_follows(
+    api, settings, start_worker, tmp_path, make_key, protected_client, monkeypatch
+):
+    monkeypatch.setattr(push, "RETRY_DELAY", 0.2)  # this process reopens its channel soon
+    with (
+        master_and_replica(tmp_path) as (master, replica),
+        running_sentinel(tmp_path / "s", master) as sentinel,
+    ):
+        wait_until(lambda: sentinel.replicas() == 1, 15, "Sentinel knows the replica")
+        config = sentinel.cache_config()
+        settings.CACHES = {"default": config}
+        asks = askers(api, [start_worker(config)])
+        keys = Keys(make_key, protected_client)
+        extra, extra_key = make_key(protected_client)
+        warm_up(asks, keys)
+        wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
+        detach(replica)  # the failover will promote it without the revoke
+        before = raw_generation(replica)
+        keys.revoke()
+        master.kill()
+        wait_until(lambda: sentinel.master_port() == replica.port, 30, "Sentinel promoted the replica")
+        assert raw_generation(replica) == before, "the new master should have the old generation"
+        asks.append(askers(api, [start_worker(config)])[1])
+        assert_clean(tally(asks, keys), asks)
+        # This process's channel reopened on the new master: a warm request asks nothing
+        # there, and a revoke by another process is refused here at once.
+        wait_until(lambda: get_decision_cache().push.channel() is not None, 10, "the channel reopened")
+        for _ in range(3):
+            assert asks[0](extra_key) == 200
+        calls = commands(replica)
+        assert asks[0](extra_key) == 200
+        assert commands(replica) == calls
+        assert start_worker(config).manage("llm_keys", "revoke", extra.prefix) == "ok"
+        assert asks[0](extra_key) == 401

@@ -159,3 +159,65 @@ def commands(server: RedisServer) -> int:
     return sum(
         value["calls"] for name, value in stats.items() if name[len("cmdstat_") :] not in CONTROL_COMMANDS
     )
+
+
+# --- Sentinel ----------------------------------------------------------------------------
+
+
+class Sentinel:
+    """A Redis Sentinel (``redis-server --sentinel``) watching one master, alone (quorum 1),
+    quick to fail over (down after 500 ms)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        # A name of its own: django-redis keeps its pools by URL for the life of the process.
+        self.service = f"drf-llm-keys-{port}"
+        self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+
+    def answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def master_port(self) -> int:
+        return int(self.client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+
+    def replicas(self) -> int:
+        return len(self.client.execute_command("SENTINEL", "REPLICAS", self.service))
+
+    def cache_config(self, timeout: float = 2) -> dict[str, Any]:
+        """django-redis through Sentinel, as its documentation configures it."""
+        return {
+            "BACKEND": DJANGO_REDIS,
+            "LOCATION": f"redis://{self.service}/0",
+            "KEY_PREFIX": "drf-llm-keys-tests",
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.SentinelClient",
+                "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+                "SENTINELS": [["127.0.0.1", self.port]],
+                "SOCKET_CONNECT_TIMEOUT": timeout,
+                "SOCKET_TIMEOUT": timeout,
+            },
+        }
+
+
+@contextmanager
+def running_sentinel(directory: str | os.PathLike[str], master: RedisServer) -> Iterator[Sentinel]:
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    sentinel = Sentinel(free_port())
+    config = path / "sentinel.conf"  # Sentinel rewrites it: a file of its own
+    config.write_text(
+        f"port {sentinel.port}\nbind 127.0.0.1\ndir {path}\nlogfile {path / 'sentinel.log'}\n"
+        f"sentinel monitor {sentinel.service} 127.0.0.1 {master.port} 1\n"
+        f"sentinel down-after-milliseconds {sentinel.service} 500\n"
+        f"sentinel failover-timeout {sentinel.service} 2000\n"
+    )
+    process = subprocess.Popen([redis_server_binary(), str(config), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(sentinel.answers, 10, f"redis sentinel did not answer on port {sentinel.port}")
+        yield sentinel
+    finally:
+        process.terminate()
+        process.wait(10)
