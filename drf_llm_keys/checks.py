@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -51,7 +52,41 @@ def check_cache(**kwargs: Any) -> list[CheckMessage]:
                 id="drf_llm_keys.W002",
             )
         )
+    messages.extend(_topology_warnings(alias, config))
     return messages
+
+
+def _topology_warnings(alias: str, config: dict[str, Any]) -> list[CheckMessage]:
+    """Redis set-ups where a restart or a failover could bring back a lost invalidation."""
+    options = config.get("OPTIONS", {})
+    client_class = str(options.get("CLIENT_CLASS", ""))
+    if client_class.endswith("ShardClient"):
+        return [
+            Warning(
+                f"The cache {alias!r} shards keys over several Redis servers (ShardClient): no "
+                "push invalidation, and a server restarted from an older RDB/AOF file or failed "
+                "over to a replica that missed an invalidation can have a revoked key accepted "
+                "for up to DRF_LLM_KEYS['CACHE_TIMEOUT'] seconds.",
+                hint="Give DRF_LLM_KEYS a cache alias on one Redis (with replicas or Sentinel if needed).",
+                id="drf_llm_keys.W004",
+            )
+        ]
+    location = config.get("LOCATION", "")
+    # Both Redis backends split a string LOCATION on "," and ";": the master, then replicas.
+    servers = location if isinstance(location, (list, tuple)) else re.split("[;,]", str(location))
+    replicated = "SENTINELS" in options or len(servers) > 1
+    if replicated and conf.INVALIDATION_REPLICAS <= 0:
+        return [
+            Warning(
+                f"The cache {alias!r} has replicas but DRF_LLM_KEYS['INVALIDATION_REPLICAS'] is 0: "
+                "a master cut off from its replicas acknowledges an invalidation that the "
+                "failover then loses.",
+                hint="Set INVALIDATION_REPLICAS to the number of replicas that must have each "
+                "invalidation (Redis WAIT), or silence this check if a partition is not a concern.",
+                id="drf_llm_keys.W005",
+            )
+        ]
+    return []
 
 
 @register(Tags.models)

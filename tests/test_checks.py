@@ -40,6 +40,28 @@ def test_ignore_exceptions_is_a_warning():
         assert ids(checks.check_cache()) == ["drf_llm_keys.W002"]
 
 
+def test_a_sharded_redis_cache_is_a_warning():
+    config = {**REDIS, "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"}}
+    with override_settings(CACHES={"default": config}):
+        assert ids(checks.check_cache()) == ["drf_llm_keys.W004"]
+
+
+SENTINEL = {
+    "BACKEND": "django_redis.cache.RedisCache",
+    "LOCATION": "redis://mymaster/0",
+    "OPTIONS": {"CLIENT_CLASS": "django_redis.client.SentinelClient", "SENTINELS": [("s1", 26379)]},
+}
+REPLICATED = {**REDIS, "LOCATION": ["redis://primary:6379/0", "redis://replica:6379/0"]}
+
+
+@pytest.mark.parametrize("config", [SENTINEL, REPLICATED])
+def test_replicas_without_invalidation_replicas_is_a_warning(config):
+    with override_settings(CACHES={"default": config}):
+        assert ids(checks.check_cache()) == ["drf_llm_keys.W005"]
+    with override_settings(CACHES={"default": config}, DRF_LLM_KEYS={"INVALIDATION_REPLICAS": 1}):
+        assert ids(checks.check_cache()) == []
+
+
 def test_unknown_setting_is_an_error():
     with override_settings(DRF_LLM_KEYS={"CACHE_TIMOUT": 5}):
         assert ids(checks.check_settings()) == ["drf_llm_keys.E002"]
