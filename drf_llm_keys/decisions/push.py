@@ -266,6 +266,8 @@ def _connect(config: tuple[Any, ...]) -> Channel:
         pool = topology.master_client(cache).connection_pool
     except topology.Unsupported as exc:
         raise Unsupported(str(exc)) from None
+    except AttributeError:  # a client without one pool (redis-py's RedisCluster)
+        raise Unsupported("the cache's Redis client has no single connection pool") from None
     gen_prefix = generation_prefix()
     made_prefix = str(cache.make_key(gen_prefix))
     if not str(cache.make_key(generation_name("x"))).startswith(made_prefix):

@@ -85,16 +85,18 @@ def lookup(
 
 
 def _epoch(local: DecisionCache, channel: Channel | None) -> str:
-    """The master's epoch: the channel's while it is proven, else read at most every
+    """The master's epoch: the channel's while it is proven; read now when the channel has
+    just failed (its server run may be what ended); without a channel, read at most every
     ``PUSH_HEARTBEAT`` seconds (the bound on trusting a restored snapshot without push)."""
+    now = time.monotonic()
     if channel is not None:
         proven = channel.proven_epoch()
         if proven is not None:
             return proven
-    now = time.monotonic()
-    known = local.epoch
-    if known is not None and now - known[1] < conf.PUSH_HEARTBEAT:
-        return known[0]
+    else:
+        known = local.epoch
+        if known is not None and now - known[1] < conf.PUSH_HEARTBEAT:
+            return known[0]
     current = topology.epoch(state.get_cache())
     local.epoch = (current, now)
     return current

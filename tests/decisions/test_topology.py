@@ -306,5 +306,9 @@ def test_a_sentinel_failover_to_a_replica_that_missed_the_revoke_and_the_channel
         calls = commands(replica)
         assert asks[0](extra_key) == 200
         assert commands(replica) == calls
+        trusted = raw_generation(replica)
         assert start_worker(config).manage("llm_keys", "revoke", extra.prefix) == "ok"
+        # Just after a failover Sentinel may still answer "no master" to a new process: its
+        # invalidation is then retried, and lands within a second.
+        wait_until(lambda: raw_generation(replica) != trusted, 10, "the revoke's invalidation landed")
         assert asks[0](extra_key) == 401

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.sentinel
 
 from . import free_port, wait_until
 
@@ -180,8 +181,12 @@ class Sentinel:
         except redis.RedisError:
             return False
 
-    def master_port(self) -> int:
-        return int(self.client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+    def master_port(self) -> int | None:
+        """The master's port as a client finds it (redis-py also wants it not down), or None."""
+        try:
+            return int(redis.sentinel.Sentinel([("127.0.0.1", self.port)]).discover_master(self.service)[1])
+        except redis.sentinel.MasterNotFoundError:
+            return None
 
     def replicas(self) -> int:
         return len(self.client.execute_command("SENTINEL", "REPLICAS", self.service))
