@@ -89,17 +89,16 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.resume()
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
+        self._end(signal.SIGTERM)
 
     def kill(self) -> None:
         """Die at once (SIGKILL): no save, no goodbye to clients but the kernel's."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, how: signal.Signals) -> None:
         if self.process is not None:
             self.resume()
-            self.process.kill()
+            self.process.send_signal(how)
             self.process.wait(10)
             self.process = None
 
