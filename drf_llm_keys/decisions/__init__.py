@@ -16,16 +16,19 @@ writes a new token for each client it touches, after the transaction commits, so
 
 A cache error never opens anything: the reader falls back to the database and logs a
 warning. An invalidation that cannot be written is logged and retried; until it lands,
-other processes may trust their entries for at most ``CACHE_TIMEOUT`` seconds.
+other processes may trust their entries for at most ``CACHE_TIMEOUT`` seconds;
+``wait_published()`` tells whether it has landed. The clients of each write are also kept in
+the database (``outbox``) until it lands, so a process that dies first loses nothing.
 
 The parts, each importing only the ones before it: ``names`` (the cache keys), ``push``
 (the Redis announcement channel), ``state`` (what this process keeps, on one object per
-cache alias), ``invalidation`` (new generations after a commit, retried until written),
-``store`` (the lookup) and ``entries`` (what an entry holds, loaded from the models; not
+cache alias), ``outbox`` (the clients of committed writes, until published),
+``invalidation`` (new generations after a commit, retried until written), ``store`` (the
+lookup) and ``entries`` (what an entry holds, loaded from the models; not
 imported here, since the models import ``invalidation``).
 """
 
-from .invalidation import invalidate, pending_invalidations, publish
+from .invalidation import invalidate, pending_invalidations, publish, wait_published
 from .state import DecisionCache, Entry, get_cache, get_decision_cache, reset
 from .store import lookup
 
@@ -39,4 +42,5 @@ __all__ = [
     "pending_invalidations",
     "publish",
     "reset",
+    "wait_published",
 ]
