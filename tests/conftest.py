@@ -12,7 +12,9 @@ from model_bakery import baker
 from rest_framework.test import APIClient
 
 from drf_llm_keys import decisions, last_used, usage
+from drf_llm_keys.decisions import state
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+from tests.support.caches import FlakyCache
 from tests.support.harness import Worker
 from tests.support.redis import HEARTBEAT, RedisServer, cache_config, running_redis
 from tests.support.world import World
@@ -35,6 +37,15 @@ def empty_cache() -> Iterator[None]:
     yield
     decisions.reset()
     usage.counter.reset()
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FlakyCache]]:
+    """The library's cache, failing every call while ``FlakyCache.down`` is set."""
+    proxy = FlakyCache()
+    monkeypatch.setattr(state, "get_cache", lambda: proxy)
+    yield FlakyCache
+    FlakyCache.down = False
 
 
 @pytest.fixture
