@@ -7,16 +7,18 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, models
 from django.db.models.signals import post_save
 from django.test import TestCase
 from django.utils import timezone
 from model_bakery import baker
 
-from drf_llm_keys import crypto
-from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from drf_llm_keys import crypto, decisions
+from drf_llm_keys.decisions.names import generation_name
+from drf_llm_keys.models import APIKey, LLMClientAPIKey, PendingInvalidation
 from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
@@ -715,3 +717,127 @@ def test_a_shell_can_capture_just_the_key(owner, protected_client):
     result = manage("create", "protected-bot", "--user", "owner", "--name", "ci")
     assert result.returncode == 0, result.stderr
     assert APIKey.objects.get().digest == crypto.hash_key(result.stdout.strip())
+
+
+# --- a change whose invalidation cannot reach the cache, and invalidate -------------------
+
+
+@pytest.fixture
+def cache_down(flaky, settings):
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    return flaky
+
+
+def revoke_behind_the_caches_back(api_key: APIKey) -> None:
+    """A write that invalidates nothing: Django's plain QuerySet, no signal."""
+    models.QuerySet(APIKey).filter(pk=api_key.pk).update(is_active=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_revoke_with_the_cache_unreachable_fails_and_names_the_window(
+    key, make_key, protected_client, cache_down
+):
+    api_key, _ = key
+    make_key(protected_client)
+    out = StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("llm_keys", "revoke", api_key.prefix, stdout=out, stderr=StringIO())
+    message = str(failed.value)
+    assert "The change is committed in the database" in message
+    assert "other processes may keep deciding as before it (a revoked key still accepted)" in message
+    assert "up to 300 seconds (CACHE_TIMEOUT)" in message
+    assert "`manage.py llm_keys invalidate protected-bot`" in message
+    assert "refused from now on" not in out.getvalue()
+    assert not APIKey.objects.get(pk=api_key.pk).is_active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_create_with_the_cache_unreachable_prints_the_key_then_fails(owner, protected_client, cache_down):
+    out = StringIO()
+    with pytest.raises(CommandError, match="committed in the database"):
+        call_command("llm_keys", "create", "protected-bot", "--user", "owner", "--name", "ci", stdout=out)
+    assert APIKey.objects.get().digest == crypto.hash_key(out.getvalue().strip())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_with_the_cache_unreachable_does_not_say_applied(key, cache_down):
+    out = StringIO()
+    with pytest.raises(CommandError, match="committed in the database"):
+        call_command("llm_keys", "update", key[0].prefix, "--scope", "chat", stdout=out)
+    assert "Applied" not in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_makes_every_process_reload_the_client(api, key, make_key, protected_client):
+    api_key, plaintext = key
+    make_key(protected_client)
+    assert status(api, plaintext) == 200
+    revoke_behind_the_caches_back(api_key)
+    assert status(api, plaintext) == 200  # the cached decision still holds
+    out, _ = run("invalidate", "protected-bot")
+    assert out == "Invalidated 1 client(s): every process reloads their decisions.\n"
+    assert status(api, plaintext) == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_all_reaches_every_client(api, make_key, protected_client, public_client, owner):
+    keys = [make_key(c) for c in (protected_client, protected_client, public_client, public_client)]
+    for (_, plaintext), client in zip(keys, ["protected-bot"] * 2 + ["public-bot"] * 2, strict=True):
+        assert status(api, plaintext, client) == 200
+    revoke_behind_the_caches_back(keys[0][0])
+    revoke_behind_the_caches_back(keys[2][0])
+    out, _ = run("invalidate", "--all")
+    assert out.startswith("Invalidated 2 client(s)")
+    assert status(api, keys[0][1]) == 401
+    assert status(api, keys[2][1], "public-bot") == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "No LLM client with slug 'nope'."),
+        (["protected-bot", "nope"], "No LLM client with slug 'nope'."),
+        ([], "Name the clients to invalidate, or pass --all or --pending (one of the three)."),
+        (["protected-bot", "--all"], "Name the clients to invalidate, or pass --all or --pending"),
+    ],
+)
+def test_invalidate_bad_input_is_a_command_error(protected_client, args, message):
+    before = cache.get(generation_name("protected-bot"))
+    with pytest.raises(CommandError) as failed:
+        run("invalidate", *args)
+    assert message in str(failed.value)
+    assert cache.get(generation_name("protected-bot")) == before  # nothing written
+
+
+def test_invalidate_all_and_pending_together_are_refused(db):
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        run("invalidate", "--all", "--pending")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_with_the_cache_unreachable_fails(protected_client, cache_down):
+    with pytest.raises(CommandError) as failed:
+        run("invalidate", "protected-bot")
+    assert "could not be reached within 0.1 seconds (PUBLISH_TIMEOUT)" in str(failed.value)
+    assert "Run `manage.py llm_keys invalidate protected-bot` again when it is back." in str(failed.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_pending_republishes_what_a_failed_change_left(
+    api, key, make_key, protected_client, flaky, settings
+):
+    api_key, plaintext = key
+    make_key(protected_client)
+    assert status(api, plaintext) == 200
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    with pytest.raises(CommandError):
+        run("revoke", api_key.prefix)
+    decisions.reset()  # that command's process has exited
+    flaky.down = False
+    assert status(api, plaintext) == 200  # the window the failure named
+    out, _ = run("invalidate", "--pending")
+    assert out == "Republished 1 pending invalidation(s).\n"
+    assert status(api, plaintext) == 401
+    assert not PendingInvalidation.objects.exists()
