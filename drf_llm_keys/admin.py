@@ -53,6 +53,8 @@ else:
 
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
+# The clients a form's save touched, for the message if their invalidation is pending.
+_CHANGED_CLIENTS = "_drf_llm_keys_changed_clients"
 
 _NAME_SEPARATORS = re.compile(r"[,\n]")
 
@@ -140,7 +142,7 @@ class ReportsUnpublished:
 
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response: HttpResponse = super().changeform_view(request, *args, **kwargs)  # type: ignore[misc]
-        self.report_unpublished(request)
+        self.report_unpublished(request, clients=getattr(request, _CHANGED_CLIENTS, None))
         return response
 
     def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -290,8 +292,10 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
     ) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            setattr(request, _CHANGED_CLIENTS, self.clients_of(obj))
             return
         data = form.cleaned_data
+        setattr(request, _CHANGED_CLIENTS, [keys.lookup_value(c) for c in data["llm_clients"]])
         api_key, plaintext = keys.create_key(
             list(data["llm_clients"]),
             user=data["user"],

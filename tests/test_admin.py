@@ -390,3 +390,75 @@ def test_the_changelist_shows_scopes_and_models(admin_client, make_key, protecte
     assert '<td class="field-model_list">gpt-4o*</td>' in page
     assert '<td class="field-scope_list">all</td>' in page
     assert '<td class="field-model_list">any</td>' in page
+
+
+# --- a change whose invalidation cannot reach the cache ------------------------------------
+
+
+@pytest.fixture
+def cache_down(flaky, settings):
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    return flaky
+
+
+def shown_messages(response: Any) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in response.context["messages"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoke_the_cache_does_not_take_is_an_error_not_a_success(
+    admin_client, key, make_key, protected_client, cache_down
+):
+    api_key, _ = key
+    make_key(protected_client)
+    response = admin_client.post(
+        CHANGELIST, {"action": "revoke_keys", "_selected_action": [api_key.pk], "confirm": "1"}, follow=True
+    )
+    shown = shown_messages(response)
+    assert ("error", f"Revoked {api_key.prefix}.") in shown
+    assert not [text for level, text in shown if level == "success"]
+    (window,) = [text for level, text in shown if "committed in the database" in text]
+    assert "up to 300 seconds (CACHE_TIMEOUT)" in window
+    assert "`manage.py llm_keys invalidate protected-bot`" in window
+    assert not APIKey.objects.get(pk=api_key.pk).is_active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoke_the_cache_takes_is_a_success(admin_client, key, make_key, protected_client, flaky):
+    api_key, _ = key
+    make_key(protected_client)
+    response = admin_client.post(
+        CHANGELIST, {"action": "revoke_keys", "_selected_action": [api_key.pk], "confirm": "1"}, follow=True
+    )
+    assert shown_messages(response) == [("success", f"Revoked {api_key.prefix}.")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_added_key_whose_invalidation_is_pending_is_shown_with_the_error(
+    admin_client, owner, protected_client, cache_down
+):
+    response = admin_client.post(ADD, add_data(owner, protected_client))
+    (plaintext,) = shown_plaintexts(response)
+    assert APIKey.objects.get().digest == crypto.hash_key(plaintext)
+    content = response.content.decode()
+    assert "committed in the database" in content and "invalidate protected-bot" in content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_form_save_the_cache_does_not_take_shows_the_error(admin_client, key, cache_down):
+    api_key, _ = key
+    data = {
+        "name": "renamed",
+        "user": api_key.user_id,
+        "description": "",
+        "expires_at_0": "2099-01-01",
+        "expires_at_1": "00:00:00",
+        "scopes": "",
+        "allowed_models": "",
+    }
+    response = admin_client.post(change_url(api_key), data, follow=True)
+    assert any(
+        level == "error" and "committed in the database" in text for level, text in shown_messages(response)
+    )
+    assert APIKey.objects.get(pk=api_key.pk).expires_at is not None
