@@ -120,14 +120,19 @@ def pushed(redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def pushed_worker(pushed: RedisServer, settings: Any) -> Iterator[Worker]:
+def pushed_env(pushed: RedisServer, settings: Any) -> dict[str, str]:
+    """The environment of a ``Worker`` on this test database and the private Redis."""
     # The worker's settings (tests/settings.py) put its default cache on this Redis too.
     settings.CACHES = {"default": cache_config(pushed, timeout=2)}
-    env = {
+    return {
         **os.environ,
         "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
         "DRF_LLM_KEYS_TEST_REDIS_URL": pushed.url,
     }
-    process = Worker(env)
+
+
+@pytest.fixture
+def pushed_worker(pushed_env: dict[str, str]) -> Iterator[Worker]:
+    process = Worker(pushed_env)
     yield process
     process.stop()

@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import subprocess
 import sys
 from datetime import timedelta
@@ -15,11 +16,13 @@ from django.db.models.signals import post_save
 from django.test import TestCase
 from django.utils import timezone
 from model_bakery import baker
+from rest_framework.test import APIClient
 
 from drf_llm_keys import crypto, decisions
 from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey, PendingInvalidation
-from tests.support import bearer
+from tests.support import bearer, free_port, wait_until
+from tests.support.harness import Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -691,8 +694,17 @@ def test_rotate_carries_scopes_and_models_to_the_new_key(make_key, protected_cli
 
 
 def manage(*args: str) -> subprocess.CompletedProcess[str]:
+    return manage_on(os.environ.get("DRF_LLM_KEYS_TEST_REDIS_URL"), *args)
+
+
+def manage_on(redis_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py llm_keys ARGS`` in a process of its own, on this test database and
+    ``redis_url`` (or the local-memory cache)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     env["DRF_LLM_KEYS_TEST_DB_NAME"] = connection.settings_dict["NAME"]
+    env.pop("DRF_LLM_KEYS_TEST_REDIS_URL", None)
+    if redis_url is not None:
+        env["DRF_LLM_KEYS_TEST_REDIS_URL"] = redis_url
     return subprocess.run(
         [sys.executable, "-m", "django", "llm_keys", *args],
         capture_output=True,
@@ -840,4 +852,77 @@ def test_invalidate_pending_republishes_what_a_failed_change_left(
     out, _ = run("invalidate", "--pending")
     assert out == "Republished 1 pending invalidation(s).\n"
     assert status(api, plaintext) == 401
+    assert not PendingInvalidation.objects.exists()
+
+
+# --- the same against a real Redis, with another process deciding --------------------------
+
+
+def revoked_in_the_database(api_key: APIKey) -> bool:
+    return not APIKey.objects.get(pk=api_key.pk).is_active
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_revoke_with_redis_unreachable_fails_then_invalidate_closes_the_window(
+    pushed_worker, pushed, make_key, protected_client, settings
+):
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "PUBLISH_TIMEOUT": 1.0}
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    assert pushed_worker.status("protected-bot", plaintext) == 200  # cached as valid there
+    # Redis unreachable from this host only (the other process still uses it).
+    reachable = settings.CACHES
+    settings.CACHES = {"default": {**reachable["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
+    with pytest.raises(CommandError, match=r"committed in the database.*up to 300 seconds \(CACHE_TIMEOUT\)"):
+        call_command("llm_keys", "revoke", api_key.prefix, stdout=StringIO(), stderr=StringIO())
+    assert revoked_in_the_database(api_key)
+    settings.CACHES = reachable  # the command's process exits, its retries with it; Redis is back
+    # The window the message names: Redis kept the old generation, the worker its entry.
+    assert pushed_worker.status("protected-bot", plaintext) == 200
+    call_command("llm_keys", "invalidate", "protected-bot", stdout=StringIO())
+    assert pushed_worker.status("protected-bot", plaintext) == 401
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_revoke_with_redis_stopped_exits_non_zero_with_the_message(pushed, make_key, protected_client):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    pushed.stop()
+    try:
+        result = manage_on(pushed.url, "revoke", api_key.prefix)
+    finally:
+        pushed.start()
+    assert result.returncode == 1
+    assert "CommandError: The change is committed in the database" in result.stderr
+    assert "llm_keys invalidate protected-bot" in result.stderr
+    assert "refused from now on" not in result.stdout
+    assert revoked_in_the_database(api_key)
+    # Redis came back empty: no generation, no entry to trust; the key is refused.
+    assert status(APIClient(), plaintext) == 401
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_killed_between_commit_and_publish_loses_nothing(
+    pushed_worker, pushed_env, pushed, make_key, protected_client
+):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    assert pushed_worker.status("protected-bot", plaintext) == 200
+    writer = Worker(pushed_env)
+    pushed.pause()  # the writer commits, then hangs on its cache write
+    assert writer.process.stdin is not None
+    writer.process.stdin.write(shlex.join(["manage", "llm_keys", "revoke", api_key.prefix]) + "\n")
+    writer.process.stdin.flush()
+    wait_until(lambda: revoked_in_the_database(api_key), 30, "the writer did not commit")
+    writer.process.kill()
+    writer.process.wait(10)
+    pushed.resume()
+    assert list(PendingInvalidation.objects.values_list("client_value", flat=True)) == ["protected-bot"]
+    assert pushed_worker.status("protected-bot", plaintext) == 200  # nobody published it
+    # Any other process republishes it: here the operator's command.
+    assert pushed_worker.manage("llm_keys", "invalidate", "--pending") == "ok"
+    assert pushed_worker.status("protected-bot", plaintext) == 401
     assert not PendingInvalidation.objects.exists()
