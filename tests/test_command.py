@@ -568,7 +568,7 @@ def test_an_out_of_range_expiry_is_a_command_error(key, settings, action, value)
     assert "100 years" in message or "not in the future" in message
 
 
-@pytest.mark.parametrize("action", ["create", "list", "rotate", "revoke", "client create", "client list"])
+@pytest.mark.parametrize("action", ["create", "list", "rotate", "revoke", "client create", "client list", "invalidate"])
 def test_every_subcommand_explains_each_of_its_arguments(action, capsys):
     with pytest.raises(SystemExit):
         call_command("llm_keys", *action.split(), "--help")
