@@ -49,6 +49,14 @@ def flaky(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FlakyCache]]:
 
 
 @pytest.fixture
+def cache_down(flaky: type[FlakyCache], settings: Any) -> type[FlakyCache]:
+    """The cache refusing every call, and key operations waiting 0.1 s for it to come back."""
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    return flaky
+
+
+@pytest.fixture
 def api() -> APIClient:
     return APIClient()
 

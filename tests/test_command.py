@@ -568,7 +568,9 @@ def test_an_out_of_range_expiry_is_a_command_error(key, settings, action, value)
     assert "100 years" in message or "not in the future" in message
 
 
-@pytest.mark.parametrize("action", ["create", "list", "rotate", "revoke", "client create", "client list", "invalidate"])
+@pytest.mark.parametrize(
+    "action", ["create", "list", "rotate", "revoke", "client create", "client list", "invalidate"]
+)
 def test_every_subcommand_explains_each_of_its_arguments(action, capsys):
     with pytest.raises(SystemExit):
         call_command("llm_keys", *action.split(), "--help")
@@ -732,13 +734,6 @@ def test_a_shell_can_capture_just_the_key(owner, protected_client):
 
 
 # --- a change whose invalidation cannot reach the cache, and invalidate -------------------
-
-
-@pytest.fixture
-def cache_down(flaky, settings):
-    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
-    flaky.down = True
-    return flaky
 
 
 def revoke_behind_the_caches_back(api_key: APIKey) -> None:

@@ -210,13 +210,6 @@ def test_update_restrictions_refuses_bad_input_and_changes_nothing(
 # --- a change whose invalidation cannot reach the cache ------------------------------------
 
 
-@pytest.fixture
-def cache_down(flaky, settings):
-    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
-    flaky.down = True
-    return flaky
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_revoke_the_cache_does_not_take_raises_invalidation_pending_after_committing(
     make_key, protected_client, cache_down
