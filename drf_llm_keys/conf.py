@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds: held entries are trusted only while the announcement channel has answered
     # a ping sent within this time; also the worst delay of an announcement on a silent link.
     "PUSH_HEARTBEAT": 1.0,
+    # Seconds the command, the admin and drf_llm_keys.keys wait for a change's invalidation
+    # to reach the cache before they report it as not done (keys.InvalidationPending).
+    "PUBLISH_TIMEOUT": 5.0,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "AUTH_KEYWORDS": ("Bearer", "Token"),
@@ -92,6 +95,10 @@ class Settings:
     @property
     def PUSH_HEARTBEAT(self) -> float:
         return float(self._get("PUSH_HEARTBEAT"))
+
+    @property
+    def PUBLISH_TIMEOUT(self) -> float:
+        return float(self._get("PUBLISH_TIMEOUT"))
 
     @property
     def CLIENT_URL_KWARG(self) -> str:

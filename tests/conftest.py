@@ -12,7 +12,9 @@ from model_bakery import baker
 from rest_framework.test import APIClient
 
 from drf_llm_keys import decisions, last_used, usage
+from drf_llm_keys.decisions import state
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+from tests.support.caches import FlakyCache
 from tests.support.harness import Worker
 from tests.support.redis import HEARTBEAT, RedisServer, cache_config, running_redis
 from tests.support.world import World
@@ -35,6 +37,23 @@ def empty_cache() -> Iterator[None]:
     yield
     decisions.reset()
     usage.counter.reset()
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FlakyCache]]:
+    """The library's cache, failing every call while ``FlakyCache.down`` is set."""
+    proxy = FlakyCache()
+    monkeypatch.setattr(state, "get_cache", lambda: proxy)
+    yield FlakyCache
+    FlakyCache.down = False
+
+
+@pytest.fixture
+def cache_down(flaky: type[FlakyCache], settings: Any) -> type[FlakyCache]:
+    """The cache refusing every call, and key operations waiting 0.1 s for it to come back."""
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    return flaky
 
 
 @pytest.fixture
@@ -109,14 +128,19 @@ def pushed(redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def pushed_worker(pushed: RedisServer, settings: Any) -> Iterator[Worker]:
+def pushed_env(pushed: RedisServer, settings: Any) -> dict[str, str]:
+    """The environment of a ``Worker`` on this test database and the private Redis."""
     # The worker's settings (tests/settings.py) put its default cache on this Redis too.
     settings.CACHES = {"default": cache_config(pushed, timeout=2)}
-    env = {
+    return {
         **os.environ,
         "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
         "DRF_LLM_KEYS_TEST_REDIS_URL": pushed.url,
     }
-    process = Worker(env)
+
+
+@pytest.fixture
+def pushed_worker(pushed_env: dict[str, str]) -> Iterator[Worker]:
+    process = Worker(pushed_env)
     yield process
     process.stop()
