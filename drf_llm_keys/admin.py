@@ -5,6 +5,9 @@ plaintext page is rendered straight into the response (never through ``messages`
 would put it in a cookie or the session) and is marked not to be cached. ``is_active`` is
 read-only on the form: revocation is an action, so the last-key guard cannot be bypassed,
 and only revoked keys can be deleted (deleting an active key would bypass it as well).
+
+A change whose invalidation has not reached the cache within ``PUBLISH_TIMEOUT`` is never
+reported as a success: the page shows an error saying what it may cost and what to run.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import display_for_value
 from django.contrib.auth import get_user_model
-from django.db import models
+from django.db import models, router, transaction
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -28,7 +31,7 @@ from django.utils.html import format_html
 from django.utils.text import capfirst, format_lazy
 from django.utils.translation import gettext_lazy as _
 
-from . import get_client_model, keys, usage
+from . import decisions, get_client_model, keys, usage
 from .conf import conf
 from .models import APIKey, KeyUsage, LLMClient, LLMClientAPIKey
 
@@ -50,6 +53,8 @@ else:
 
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
+# The clients a form's save touched, for the message if their invalidation is pending.
+_CHANGED_CLIENTS = "_drf_llm_keys_changed_clients"
 
 _NAME_SEPARATORS = re.compile(r"[,\n]")
 
@@ -131,8 +136,38 @@ class RevokeForm(forms.Form):
     )
 
 
+class ReportsUnpublished:
+    """For a model admin whose saves and deletes invalidate: once the view's transaction has
+    committed, an invalidation that has not reached the cache is shown as an error."""
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response: HttpResponse = super().changeform_view(request, *args, **kwargs)  # type: ignore[misc]
+        self.report_unpublished(request, clients=getattr(request, _CHANGED_CLIENTS, None))
+        return response
+
+    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response: HttpResponse = super().delete_view(request, *args, **kwargs)  # type: ignore[misc]
+        self.report_unpublished(request)
+        return response
+
+    def report_unpublished(
+        self, request: HttpRequest, done: list[str] | None = None, clients: list[str] | None = None
+    ) -> None:
+        """Show ``done`` as successes once every invalidation is in the cache, else as errors
+        with the reason; a response not yet rendered shows the messages too."""
+        if request.method != "POST":
+            return
+        published = decisions.wait_published()
+        for note in done or []:
+            level = messages.SUCCESS if published else messages.ERROR
+            messages.add_message(request, level, note, fail_silently=True)
+        if not published:
+            message = keys.unpublished_message(sorted(set(clients or [])))
+            messages.add_message(request, messages.ERROR, message, fail_silently=True)
+
+
 @admin.register(APIKey)
-class APIKeyAdmin(_APIKeyAdminBase):
+class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
     form = APIKeyForm
     list_display = (
         "prefix",
@@ -257,8 +292,10 @@ class APIKeyAdmin(_APIKeyAdminBase):
     ) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            setattr(request, _CHANGED_CLIENTS, self.clients_of(obj))
             return
         data = form.cleaned_data
+        setattr(request, _CHANGED_CLIENTS, [keys.lookup_value(c) for c in data["llm_clients"]])
         api_key, plaintext = keys.create_key(
             list(data["llm_clients"]),
             user=data["user"],
@@ -303,9 +340,11 @@ class APIKeyAdmin(_APIKeyAdminBase):
         new_keys = []
         for api_key in queryset:
             try:
-                new_keys.append(keys.rotate_key(api_key, form.cleaned_data["grace"]))
+                with self.own_transaction():
+                    new_keys.append(keys.rotate_key(api_key, form.cleaned_data["grace"]))
             except keys.KeyLifecycleError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
+        self.report_unpublished(request, clients=[c for new, _ in new_keys for c in self.clients_of(new)])
         if not new_keys:
             return None
         return self.plaintext_response(request, _("API keys rotated"), new_keys)
@@ -315,9 +354,12 @@ class APIKeyAdmin(_APIKeyAdminBase):
         form = RevokeForm(request.POST if "confirm" in request.POST else None)
         if not form.is_valid():
             return self.confirm_response(request, queryset, form, "revoke_keys", _("Revoke API keys"))
+        done: list[str] = []
+        clients: list[str] = []
         for api_key in queryset:
             try:
-                made_public = keys.revoke_key(api_key, allow_public=form.cleaned_data["allow_public"])
+                with self.own_transaction():
+                    made_public = keys.revoke_key(api_key, allow_public=form.cleaned_data["allow_public"])
             except keys.AlreadyRevoked as exc:
                 self.message_user(request, str(exc), messages.WARNING)
             except keys.KeyLifecycleError as exc:
@@ -325,8 +367,18 @@ class APIKeyAdmin(_APIKeyAdminBase):
             else:
                 public = ", ".join(keys.lookup_value(c) for c in made_public)
                 note = _(" Now public: %s.") % public if public else ""
-                self.message_user(request, _("Revoked %s.") % api_key.prefix + note, messages.SUCCESS)
+                done.append(_("Revoked %s.") % api_key.prefix + note)
+                clients += self.clients_of(api_key)
+        self.report_unpublished(request, done, clients)
         return None
+
+    def own_transaction(self) -> transaction.Atomic:
+        # Each key in a transaction of its own, as keys.py would run it, but with the wait
+        # for its invalidation left to report_unpublished(): once for all the keys.
+        return transaction.atomic(using=router.db_for_write(APIKey))
+
+    def clients_of(self, api_key: APIKey) -> list[str]:
+        return [keys.lookup_value(c) for c in keys.clients_of(api_key).using(router.db_for_write(APIKey))]
 
     def confirm_response(
         self,
@@ -401,7 +453,7 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
         return display_for_value(link.api_key.last_used_at, self.get_empty_value_display())
 
 
-class LLMClientAdmin(_LLMClientAdminBase):
+class LLMClientAdmin(ReportsUnpublished, _LLMClientAdminBase):
     """Usable for a swapped client model too: ``admin.site.register(MyClient, LLMClientAdmin)``."""
 
     list_display = ("name", "slug", "owner", "require_api_key", "add_key")

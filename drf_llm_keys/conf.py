@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     # Replicas that must acknowledge each new generation (Redis WAIT) before an invalidation
     # counts as written; 0: the master's reply is enough (drf_llm_keys.decisions.topology).
     "INVALIDATION_REPLICAS": 0,
+    # Seconds the command, the admin and drf_llm_keys.keys wait for a change's invalidation
+    # to reach the cache before they report it as not done (keys.InvalidationPending).
+    "PUBLISH_TIMEOUT": 5.0,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "AUTH_KEYWORDS": ("Bearer", "Token"),
@@ -99,6 +102,10 @@ class Settings:
     @property
     def INVALIDATION_REPLICAS(self) -> int:
         return int(self._get("INVALIDATION_REPLICAS"))
+
+    @property
+    def PUBLISH_TIMEOUT(self) -> float:
+        return float(self._get("PUBLISH_TIMEOUT"))
 
     @property
     def CLIENT_URL_KWARG(self) -> str:

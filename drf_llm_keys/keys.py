@@ -2,7 +2,10 @@
 
 The one place these operations live: the ``llm_keys`` command and the admin both call them.
 Each runs in one transaction and either does all of its work or none of it; the public
-signals and the log lines follow once the transaction has committed. Locks are taken
+signals and the log lines follow once the transaction has committed. Then each waits up to
+``PUBLISH_TIMEOUT`` seconds for the change's invalidation to reach the cache, and raises
+``InvalidationPending`` if it has not: the change is done in the database, but other
+processes may still decide as before it. Locks are taken
 clients first, then the key, so two operations never wait on each other in a cycle.
 """
 
@@ -12,18 +15,18 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from . import get_client_model, signals
+from . import decisions, get_client_model, signals
 from .conf import conf
 from .models import APIKey, LLMClientAPIKey, clean_allowed_models, clean_scopes, decision_db
 
@@ -57,6 +60,35 @@ class LastActiveKeyError(KeyLifecycleError):
             "that client public (served to anyone without a key). Create another key for it "
             "first, or set require_api_key on the client."
         )
+
+
+class InvalidationPending(Exception):
+    """The operation is committed, but its invalidation did not reach the cache within
+    ``PUBLISH_TIMEOUT``: other processes may keep deciding requests to ``clients`` (lookup
+    values) as before it, a revoked key accepted, for up to ``CACHE_TIMEOUT`` seconds.
+
+    ``result`` holds what the operation returns (a new key's plaintext included): it is
+    done, and is not to be run again. This process keeps retrying; the clients are also
+    kept in the database, and ``llm_keys invalidate`` publishes them again.
+    """
+
+    def __init__(self, clients: Sequence[str], result: Any) -> None:
+        self.clients = list(clients)
+        self.result = result  # kept out of the message and args: it may hold a plaintext
+        super().__init__(unpublished_message(self.clients))
+
+
+def unpublished_message(clients: Sequence[str]) -> str:
+    """What to tell an operator whose change is committed but not yet in the cache."""
+    target = " ".join(clients) or "--pending"
+    return (
+        "The change is committed in the database, but the cache could not be reached within "
+        f"{conf.PUBLISH_TIMEOUT:g} seconds (PUBLISH_TIMEOUT) to invalidate "
+        f"{', '.join(clients) or 'the clients it touched'}: other processes may keep deciding as "
+        f"before it (a revoked key still accepted) for up to {conf.CACHE_TIMEOUT} seconds "
+        "(CACHE_TIMEOUT) unless the cache is reached. Run "
+        f"`manage.py llm_keys invalidate {target}` when it is back."
+    )
 
 
 # --- input ------------------------------------------------------------------------------
@@ -189,7 +221,7 @@ def create_key(
         api_key=api_key,
         llm_clients=list(llm_clients),
     )
-    return api_key, plaintext
+    return _published(using, llm_clients, (api_key, plaintext))
 
 
 def rotate_key(
@@ -245,7 +277,7 @@ def rotate_key(
         grace=grace,
         llm_clients=clients,
     )
-    return new, plaintext
+    return _published(using, clients, (new, plaintext))
 
 
 def rotate_client_key(
@@ -272,7 +304,8 @@ def rotate_client_key(
                 "the one to rotate."
             )
         new, plaintext = rotate_key(working[0], grace, expires_at=expires_at)
-    return working[0], new, plaintext
+        clients = list(clients_of(new).using(using))
+    return _published(using, clients, (working[0], new, plaintext))
 
 
 def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Model]:
@@ -301,7 +334,7 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
         made_public=made_public,
     )
     api_key.is_active = False  # the caller's instance now tells the truth too
-    return made_public
+    return _published(using, clients, made_public)
 
 
 def revoke_key_keep_protected(api_key: APIKey) -> list[models.Model]:
@@ -313,11 +346,12 @@ def revoke_key_keep_protected(api_key: APIKey) -> list[models.Model]:
     """
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
-        at_risk = clients_left_public(api_key, _lock_clients(api_key, using))
+        clients = _lock_clients(api_key, using)
+        at_risk = clients_left_public(api_key, clients)
         for llm_client in at_risk:
             require_api_key(llm_client)
         revoke_key(api_key)  # nested: one commit, and its signal follows it
-    return at_risk
+    return _published(using, clients, at_risk)
 
 
 def require_api_key(llm_client: models.Model) -> None:
@@ -352,7 +386,7 @@ def update_restrictions(
         return api_key
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
-        _, locked = _lock(api_key, using)
+        clients, locked = _lock(api_key, using)
         for field, value in changes.items():
             setattr(locked, field, value)
         # The post_save receiver invalidates the key's clients once this commits.
@@ -368,7 +402,7 @@ def update_restrictions(
     )
     for field, value in changes.items():
         setattr(api_key, field, value)  # the caller's instance tells the truth too
-    return locked
+    return _published(using, clients, locked)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -418,6 +452,20 @@ def _describe(api_key: APIKey) -> str:
     if api_key.expires_at is None:
         return api_key.prefix
     return f"{api_key.prefix} expiring {timezone.localtime(api_key.expires_at).isoformat(timespec='seconds')}"
+
+
+ResultT = TypeVar("ResultT")
+
+
+def _published(using: str, clients: Sequence[models.Model], result: ResultT) -> ResultT:
+    """``result`` once the change's invalidation is in the cache; else InvalidationPending."""
+    if connections[using].in_atomic_block:
+        # The caller's transaction has not committed: nothing is published yet. Theirs to
+        # check, with decisions.wait_published(), once it has.
+        return result
+    if not decisions.wait_published():
+        raise InvalidationPending(_names(clients), result)
+    return result
 
 
 def _announce(event: str, signal: Signal, using: str, log: dict[str, Any], **arguments: Any) -> None:

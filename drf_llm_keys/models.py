@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -382,6 +383,27 @@ class KeyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.api_key_id} on {self.llm_client_id}, {self.day}"
+
+
+class PendingInvalidation(models.Model):
+    """A client whose cached decisions a write made stale, kept until its new generation is
+    in the cache (``drf_llm_keys.decisions.outbox``).
+
+    Written in the write's own transaction, so that a process that dies between the commit
+    and the cache write loses nothing: another process publishes it again.
+    """
+
+    # Made here, not by the database: the writer deletes its rows by pk without RETURNING.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client_value = models.TextField(_("client lookup value"))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("pending invalidation")
+        verbose_name_plural = _("pending invalidations")
+
+    def __str__(self) -> str:
+        return f"{self.client_value} since {self.created_at}"
 
 
 def decision_db() -> str:

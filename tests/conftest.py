@@ -13,7 +13,9 @@ from model_bakery import baker
 from rest_framework.test import APIClient
 
 from drf_llm_keys import decisions, last_used, usage
+from drf_llm_keys.decisions import state
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+from tests.support.caches import FlakyCache
 from tests.support.harness import Worker
 from tests.support.redis import DJANGO_REDIS, HEARTBEAT, RedisServer, cache_config, running_redis
 from tests.support.world import World
@@ -36,6 +38,23 @@ def empty_cache() -> Iterator[None]:
     yield
     decisions.reset()
     usage.counter.reset()
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FlakyCache]]:
+    """The library's cache, failing every call while ``FlakyCache.down`` is set."""
+    proxy = FlakyCache()
+    monkeypatch.setattr(state, "get_cache", lambda: proxy)
+    yield FlakyCache
+    FlakyCache.down = False
+
+
+@pytest.fixture
+def cache_down(flaky: type[FlakyCache], settings: Any) -> type[FlakyCache]:
+    """The cache refusing every call, and key operations waiting 0.1 s for it to come back."""
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    return flaky
 
 
 @pytest.fixture
@@ -122,12 +141,7 @@ def start_worker() -> Iterator[StartWorker]:
     started: list[Worker] = []
 
     def start(config: dict[str, Any]) -> Worker:
-        env = {
-            **os.environ,
-            "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-            "DRF_LLM_KEYS_TEST_CACHE": json.dumps(config),
-        }
-        started.append(Worker(env))
+        started.append(Worker(worker_env(config)))
         return started[-1]
 
     yield start
@@ -135,9 +149,26 @@ def start_worker() -> Iterator[StartWorker]:
         process.stop()
 
 
+def worker_env(config: dict[str, Any]) -> dict[str, str]:
+    """The environment of a ``Worker`` on this test's database, its default cache ``config``."""
+    return {
+        **os.environ,
+        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "DRF_LLM_KEYS_TEST_CACHE": json.dumps(config),
+    }
+
+
 @pytest.fixture
-def pushed_worker(pushed: RedisServer, settings: Any, start_worker: StartWorker) -> Worker:
-    """Another process on the same Redis (and backend) as ``pushed``."""
+def pushed_env(pushed: RedisServer, settings: Any) -> dict[str, str]:
+    """The environment of a ``Worker`` on the same Redis (and backend) as ``pushed``; this
+    process's cache gets the worker's timeouts too."""
     config = cache_config(pushed, timeout=2, backend=settings.CACHES["default"]["BACKEND"])
     settings.CACHES = {"default": config}
-    return start_worker(config)
+    return worker_env(config)
+
+
+@pytest.fixture
+def pushed_worker(pushed_env: dict[str, str]) -> Iterator[Worker]:
+    process = Worker(pushed_env)
+    yield process
+    process.stop()

@@ -47,6 +47,19 @@ def action(admin_client: Any, name: str, *api_keys: APIKey, **data: Any) -> Any:
     )
 
 
+def change_data(api_key: APIKey, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": api_key.name,
+        "user": api_key.user_id,
+        "description": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "scopes": "\n".join(api_key.scopes),
+        "allowed_models": "\n".join(api_key.allowed_models),
+        **fields,
+    }
+
+
 def shown_plaintexts(response: Any) -> list[str]:
     return PLAINTEXT.findall(response.content.decode())
 
@@ -154,13 +167,7 @@ def test_a_clients_page_lists_its_keys_inline(admin_client, make_key, protected_
 
 def test_the_change_form_cannot_revoke(admin_client, key):
     api_key, _ = key
-    data = {
-        "name": "renamed",
-        "user": api_key.user_id,
-        "description": "",
-        "expires_at_0": "",
-        "expires_at_1": "",
-    }
+    data = change_data(api_key, name="renamed")
     response = post(admin_client, change_url(api_key), data)  # no is_active: a checkbox left unticked
     assert response.status_code == 302
     api_key.refresh_from_db()
@@ -171,13 +178,9 @@ def test_an_expiry_set_in_the_change_form_refuses_the_key_at_once(admin_client, 
     api_key, plaintext = key
     assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
     past = timezone.localtime(timezone.now() - timedelta(minutes=5))
-    data = {
-        "name": api_key.name,
-        "user": api_key.user_id,
-        "description": "",
-        "expires_at_0": past.strftime("%Y-%m-%d"),
-        "expires_at_1": past.strftime("%H:%M:%S"),
-    }
+    data = change_data(
+        api_key, expires_at_0=past.strftime("%Y-%m-%d"), expires_at_1=past.strftime("%H:%M:%S")
+    )
     assert post(admin_client, change_url(api_key), data).status_code == 302
     assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
 
@@ -321,19 +324,6 @@ def test_saving_a_client_keeps_its_keys(admin_client, api, key, protected_client
 # --- scopes and allowed models ----------------------------------------------------------
 
 
-def change_data(api_key: APIKey, **fields: Any) -> dict[str, Any]:
-    return {
-        "name": api_key.name,
-        "user": api_key.user_id,
-        "description": "",
-        "expires_at_0": "",
-        "expires_at_1": "",
-        "scopes": "\n".join(api_key.scopes),
-        "allowed_models": "\n".join(api_key.allowed_models),
-        **fields,
-    }
-
-
 def test_adding_a_key_sets_its_scopes_and_models(admin_client, owner, protected_client):
     data = add_data(owner, protected_client, scopes="chat, files\nchat\n\n", allowed_models="gpt-4o*")
     assert post(admin_client, ADD, data).status_code == 200
@@ -390,3 +380,60 @@ def test_the_changelist_shows_scopes_and_models(admin_client, make_key, protecte
     assert '<td class="field-model_list">gpt-4o*</td>' in page
     assert '<td class="field-scope_list">all</td>' in page
     assert '<td class="field-model_list">any</td>' in page
+
+
+# --- a change whose invalidation cannot reach the cache ------------------------------------
+
+
+def shown_messages(response: Any) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in response.context["messages"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoke_the_cache_does_not_take_is_an_error_not_a_success(
+    admin_client, key, make_key, protected_client, cache_down
+):
+    api_key, _ = key
+    make_key(protected_client)
+    response = admin_client.post(
+        CHANGELIST, {"action": "revoke_keys", "_selected_action": [api_key.pk], "confirm": "1"}, follow=True
+    )
+    shown = shown_messages(response)
+    assert ("error", f"Revoked {api_key.prefix}.") in shown
+    assert not [text for level, text in shown if level == "success"]
+    (window,) = [text for level, text in shown if "committed in the database" in text]
+    assert "up to 300 seconds (CACHE_TIMEOUT)" in window
+    assert "`manage.py llm_keys invalidate protected-bot`" in window
+    assert not APIKey.objects.get(pk=api_key.pk).is_active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoke_the_cache_takes_is_a_success(admin_client, key, make_key, protected_client, flaky):
+    api_key, _ = key
+    make_key(protected_client)
+    response = admin_client.post(
+        CHANGELIST, {"action": "revoke_keys", "_selected_action": [api_key.pk], "confirm": "1"}, follow=True
+    )
+    assert shown_messages(response) == [("success", f"Revoked {api_key.prefix}.")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_added_key_whose_invalidation_is_pending_is_shown_with_the_error(
+    admin_client, owner, protected_client, cache_down
+):
+    response = admin_client.post(ADD, add_data(owner, protected_client))
+    (plaintext,) = shown_plaintexts(response)
+    assert APIKey.objects.get().digest == crypto.hash_key(plaintext)
+    content = response.content.decode()
+    assert "committed in the database" in content and "invalidate protected-bot" in content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_form_save_the_cache_does_not_take_shows_the_error(admin_client, key, cache_down):
+    api_key, _ = key
+    data = change_data(api_key, expires_at_0="2099-01-01", expires_at_1="00:00:00")
+    response = admin_client.post(change_url(api_key), data, follow=True)
+    assert any(
+        level == "error" and "committed in the database" in text for level, text in shown_messages(response)
+    )
+    assert APIKey.objects.get(pk=api_key.pk).expires_at is not None

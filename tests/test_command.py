@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import subprocess
 import sys
 from datetime import timedelta
@@ -7,17 +8,21 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, models
 from django.db.models.signals import post_save
 from django.test import TestCase
 from django.utils import timezone
 from model_bakery import baker
+from rest_framework.test import APIClient
 
-from drf_llm_keys import crypto
-from drf_llm_keys.models import APIKey, LLMClientAPIKey
-from tests.support import bearer
+from drf_llm_keys import crypto, decisions
+from drf_llm_keys.decisions.names import generation_name
+from drf_llm_keys.models import APIKey, LLMClientAPIKey, PendingInvalidation
+from tests.support import bearer, free_port, wait_until
+from tests.support.harness import Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -563,7 +568,9 @@ def test_an_out_of_range_expiry_is_a_command_error(key, settings, action, value)
     assert "100 years" in message or "not in the future" in message
 
 
-@pytest.mark.parametrize("action", ["create", "list", "rotate", "revoke", "client create", "client list"])
+@pytest.mark.parametrize(
+    "action", ["create", "list", "rotate", "revoke", "client create", "client list", "invalidate"]
+)
 def test_every_subcommand_explains_each_of_its_arguments(action, capsys):
     with pytest.raises(SystemExit):
         call_command("llm_keys", *action.split(), "--help")
@@ -689,8 +696,17 @@ def test_rotate_carries_scopes_and_models_to_the_new_key(make_key, protected_cli
 
 
 def manage(*args: str) -> subprocess.CompletedProcess[str]:
+    return manage_on(os.environ.get("DRF_LLM_KEYS_TEST_REDIS_URL"), *args)
+
+
+def manage_on(redis_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py llm_keys ARGS`` in a process of its own, on this test database and
+    ``redis_url`` (or the local-memory cache)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     env["DRF_LLM_KEYS_TEST_DB_NAME"] = connection.settings_dict["NAME"]
+    env.pop("DRF_LLM_KEYS_TEST_REDIS_URL", None)
+    if redis_url is not None:
+        env["DRF_LLM_KEYS_TEST_REDIS_URL"] = redis_url
     return subprocess.run(
         [sys.executable, "-m", "django", "llm_keys", *args],
         capture_output=True,
@@ -715,3 +731,193 @@ def test_a_shell_can_capture_just_the_key(owner, protected_client):
     result = manage("create", "protected-bot", "--user", "owner", "--name", "ci")
     assert result.returncode == 0, result.stderr
     assert APIKey.objects.get().digest == crypto.hash_key(result.stdout.strip())
+
+
+# --- a change whose invalidation cannot reach the cache, and invalidate -------------------
+
+
+def revoke_behind_the_caches_back(api_key: APIKey) -> None:
+    """A write that invalidates nothing: Django's plain QuerySet, no signal."""
+    models.QuerySet(APIKey).filter(pk=api_key.pk).update(is_active=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_revoke_with_the_cache_unreachable_fails_and_names_the_window(
+    key, make_key, protected_client, cache_down
+):
+    api_key, _ = key
+    make_key(protected_client)
+    out = StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("llm_keys", "revoke", api_key.prefix, stdout=out, stderr=StringIO())
+    message = str(failed.value)
+    assert "The change is committed in the database" in message
+    assert "other processes may keep deciding as before it (a revoked key still accepted)" in message
+    assert "up to 300 seconds (CACHE_TIMEOUT)" in message
+    assert "`manage.py llm_keys invalidate protected-bot`" in message
+    assert "refused from now on" not in out.getvalue()
+    assert not APIKey.objects.get(pk=api_key.pk).is_active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_create_with_the_cache_unreachable_prints_the_key_then_fails(owner, protected_client, cache_down):
+    out = StringIO()
+    with pytest.raises(CommandError, match="committed in the database"):
+        call_command("llm_keys", "create", "protected-bot", "--user", "owner", "--name", "ci", stdout=out)
+    assert APIKey.objects.get().digest == crypto.hash_key(out.getvalue().strip())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_with_the_cache_unreachable_does_not_say_applied(key, cache_down):
+    out = StringIO()
+    with pytest.raises(CommandError, match="committed in the database"):
+        call_command("llm_keys", "update", key[0].prefix, "--scope", "chat", stdout=out)
+    assert "Applied" not in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_makes_every_process_reload_the_client(api, key, make_key, protected_client):
+    api_key, plaintext = key
+    make_key(protected_client)
+    assert status(api, plaintext) == 200
+    revoke_behind_the_caches_back(api_key)
+    assert status(api, plaintext) == 200  # the cached decision still holds
+    out, _ = run("invalidate", "protected-bot")
+    assert out == "Invalidated 1 client(s): every process reloads their decisions.\n"
+    assert status(api, plaintext) == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_all_reaches_every_client(api, make_key, protected_client, public_client, owner):
+    keys = [make_key(c) for c in (protected_client, protected_client, public_client, public_client)]
+    for (_, plaintext), client in zip(keys, ["protected-bot"] * 2 + ["public-bot"] * 2, strict=True):
+        assert status(api, plaintext, client) == 200
+    revoke_behind_the_caches_back(keys[0][0])
+    revoke_behind_the_caches_back(keys[2][0])
+    out, _ = run("invalidate", "--all")
+    assert out.startswith("Invalidated 2 client(s)")
+    assert status(api, keys[0][1]) == 401
+    assert status(api, keys[2][1], "public-bot") == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "No LLM client with slug 'nope'."),
+        (["protected-bot", "nope"], "No LLM client with slug 'nope'."),
+        ([], "Name the clients to invalidate, or pass --all or --pending (one of the three)."),
+        (["protected-bot", "--all"], "Name the clients to invalidate, or pass --all or --pending"),
+    ],
+)
+def test_invalidate_bad_input_is_a_command_error(protected_client, args, message):
+    before = cache.get(generation_name("protected-bot"))
+    with pytest.raises(CommandError) as failed:
+        run("invalidate", *args)
+    assert message in str(failed.value)
+    assert cache.get(generation_name("protected-bot")) == before  # nothing written
+
+
+def test_invalidate_all_and_pending_together_are_refused(db):
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        run("invalidate", "--all", "--pending")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_with_the_cache_unreachable_fails(protected_client, cache_down):
+    with pytest.raises(CommandError) as failed:
+        run("invalidate", "protected-bot")
+    assert "could not be reached within 0.1 seconds (PUBLISH_TIMEOUT)" in str(failed.value)
+    assert "Run `manage.py llm_keys invalidate protected-bot` again when it is back." in str(failed.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_pending_republishes_what_a_failed_change_left(
+    api, key, make_key, protected_client, flaky, settings
+):
+    api_key, plaintext = key
+    make_key(protected_client)
+    assert status(api, plaintext) == 200
+    settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
+    flaky.down = True
+    with pytest.raises(CommandError):
+        run("revoke", api_key.prefix)
+    decisions.reset()  # that command's process has exited
+    flaky.down = False
+    assert status(api, plaintext) == 200  # the window the failure named
+    out, _ = run("invalidate", "--pending")
+    assert out == "Republished 1 pending invalidation(s).\n"
+    assert status(api, plaintext) == 401
+    assert not PendingInvalidation.objects.exists()
+
+
+# --- the same against a real Redis, with another process deciding --------------------------
+
+
+def revoked_in_the_database(api_key: APIKey) -> bool:
+    return not APIKey.objects.get(pk=api_key.pk).is_active
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_revoke_with_redis_unreachable_fails_then_invalidate_closes_the_window(
+    pushed_worker, pushed, make_key, protected_client, settings
+):
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "PUBLISH_TIMEOUT": 1.0}
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    assert pushed_worker.status("protected-bot", plaintext) == 200  # cached as valid there
+    # Redis unreachable from this host only (the other process still uses it).
+    reachable = settings.CACHES
+    settings.CACHES = {"default": {**reachable["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
+    with pytest.raises(CommandError, match=r"committed in the database.*up to 300 seconds \(CACHE_TIMEOUT\)"):
+        call_command("llm_keys", "revoke", api_key.prefix, stdout=StringIO(), stderr=StringIO())
+    assert revoked_in_the_database(api_key)
+    settings.CACHES = reachable  # the command's process exits, its retries with it; Redis is back
+    # The window the message names: Redis kept the old generation, the worker its entry.
+    assert pushed_worker.status("protected-bot", plaintext) == 200
+    call_command("llm_keys", "invalidate", "protected-bot", stdout=StringIO())
+    assert pushed_worker.status("protected-bot", plaintext) == 401
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_revoke_with_redis_stopped_exits_non_zero_with_the_message(pushed, make_key, protected_client):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    pushed.stop()
+    try:
+        result = manage_on(pushed.url, "revoke", api_key.prefix)
+    finally:
+        pushed.start()
+    assert result.returncode == 1
+    assert "CommandError: The change is committed in the database" in result.stderr
+    assert "llm_keys invalidate protected-bot" in result.stderr
+    assert "refused from now on" not in result.stdout
+    assert revoked_in_the_database(api_key)
+    # Redis came back empty: no generation, no entry to trust; the key is refused.
+    assert status(APIClient(), plaintext) == 401
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_killed_between_commit_and_publish_loses_nothing(
+    pushed_worker, pushed_env, pushed, make_key, protected_client
+):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    assert pushed_worker.status("protected-bot", plaintext) == 200
+    writer = Worker(pushed_env)
+    pushed.pause()  # the writer commits, then hangs on its cache write
+    assert writer.process.stdin is not None
+    writer.process.stdin.write(shlex.join(["manage", "llm_keys", "revoke", api_key.prefix]) + "\n")
+    writer.process.stdin.flush()
+    wait_until(lambda: revoked_in_the_database(api_key), 30, "the writer did not commit")
+    writer.process.kill()
+    writer.process.wait(10)
+    pushed.resume()
+    assert list(PendingInvalidation.objects.values_list("client_value", flat=True)) == ["protected-bot"]
+    assert pushed_worker.status("protected-bot", plaintext) == 200  # nobody published it
+    # Any other process republishes it: here the operator's command.
+    assert pushed_worker.manage("llm_keys", "invalidate", "--pending") == "ok"
+    assert pushed_worker.status("protected-bot", plaintext) == 401
+    assert not PendingInvalidation.objects.exists()

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from model_bakery import baker
 
-from drf_llm_keys import keys
+from drf_llm_keys import crypto, decisions, keys
 from drf_llm_keys.models import APIKey
 
 pytestmark = pytest.mark.django_db
@@ -205,3 +205,66 @@ def test_update_restrictions_refuses_bad_input_and_changes_nothing(
         keys.update_restrictions(api_key, **fields)
     api_key.refresh_from_db()
     assert (api_key.scopes, api_key.allowed_models) == (["chat"], ["echo"])
+
+
+# --- a change whose invalidation cannot reach the cache ------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoke_the_cache_does_not_take_raises_invalidation_pending_after_committing(
+    make_key, protected_client, cache_down
+):
+    api_key, _ = make_key(protected_client)
+    make_key(protected_client)
+    with pytest.raises(keys.InvalidationPending) as pending:
+        keys.revoke_key(api_key)
+    assert not APIKey.objects.get(pk=api_key.pk).is_active  # committed
+    assert pending.value.clients == ["protected-bot"]
+    assert pending.value.result == []  # what revoke_key returns: no client made public
+    message = str(pending.value)
+    assert "committed in the database" in message
+    assert "up to 300 seconds (CACHE_TIMEOUT)" in message
+    assert "`manage.py llm_keys invalidate protected-bot`" in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_created_key_whose_invalidation_is_pending_is_handed_over_but_never_in_the_message(
+    owner, protected_client, cache_down
+):
+    with pytest.raises(keys.InvalidationPending) as pending:
+        keys.create_key([protected_client], user=owner, name="ci")
+    api_key, plaintext = pending.value.result
+    assert APIKey.objects.get(pk=api_key.pk).digest == crypto.hash_key(plaintext)
+    assert plaintext not in repr(pending.value) and plaintext not in str(pending.value.args)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("operation", ["rotate_key", "rotate_client_key", "update", "keep_protected"])
+def test_every_operation_reports_a_pending_invalidation(make_key, protected_client, cache_down, operation):
+    api_key, _ = make_key(protected_client)
+    run = {
+        "rotate_key": lambda: keys.rotate_key(api_key),
+        "rotate_client_key": lambda: keys.rotate_client_key(protected_client),
+        "update": lambda: keys.update_restrictions(api_key, scopes=["chat"]),
+        "keep_protected": lambda: keys.revoke_key_keep_protected(api_key),
+    }[operation]
+    with pytest.raises(keys.InvalidationPending) as pending:
+        run()
+    assert pending.value.clients == ["protected-bot"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_the_callers_transaction_the_check_is_the_callers(make_key, protected_client, cache_down):
+    api_key, _ = make_key(protected_client)
+    make_key(protected_client)
+    with transaction.atomic():
+        keys.revoke_key(api_key)  # nothing published yet: no wait, no raise
+    assert not decisions.wait_published(timeout=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operation_returns_normally_once_the_cache_takes_it(make_key, protected_client, flaky):
+    api_key, _ = make_key(protected_client)
+    make_key(protected_client)
+    assert keys.revoke_key(api_key) == []
+    assert not decisions.pending_invalidations()

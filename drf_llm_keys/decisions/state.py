@@ -38,6 +38,8 @@ class DecisionCache:
         # Generation keys whose new token could not be written, with when that first failed.
         self.pending: dict[str, float] = {}
         self.pending_lock = threading.Lock()
+        self.publishing = 0  # writes of new generations under way (invalidation.wait_published)
+        self.last_sweep: dict[str, float] = {}  # by database alias (invalidation._sweep)
         self.retry_timer: threading.Timer | None = None
         self.push = Push()
         # The master's epoch (topology) and when it was read, for lookups without a channel.

@@ -19,7 +19,7 @@ from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.models import APIKey
 from tests.support import bearer
-from tests.support.caches import CountingCache, FlakyCache
+from tests.support.caches import CountingCache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,14 +31,6 @@ def counting(monkeypatch) -> CountingCache:
     proxy = CountingCache(state.get_cache())
     monkeypatch.setattr(state, "get_cache", lambda: proxy)
     return proxy
-
-
-@pytest.fixture
-def flaky(monkeypatch) -> type[FlakyCache]:
-    proxy = FlakyCache()
-    monkeypatch.setattr(state, "get_cache", lambda: proxy)
-    yield FlakyCache
-    FlakyCache.down = False
 
 
 def warm(api, plaintext: str) -> None:

@@ -1,5 +1,5 @@
-"""``manage.py llm_keys``: create, list, update, rotate and revoke API keys (see
-docs/key-management.md).
+"""``manage.py llm_keys``: create, list, update, rotate and revoke API keys, and invalidate
+clients' cached decisions (see docs/key-management.md).
 
 A plaintext key is written to stdout alone, once, so ``KEY=$(manage.py llm_keys create ...)``
 captures just the key; what was done and the warning go to stderr. ``--json`` writes one
@@ -8,25 +8,30 @@ JSON document to stdout instead.
 Every read runs where keys are written (``decision_db``): an operator sees the previous
 command's work at once, and the last-key guard counts keys on the primary, never on a
 read replica that may lag behind a revocation.
+
+A change whose invalidation has not reached the cache within ``PUBLISH_TIMEOUT`` is never
+reported as done: its output (a new key included) is written, then the command fails.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import IntegrityError, models, router, transaction
+from django.db import DatabaseError, IntegrityError, models, router, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from drf_llm_keys import crypto, get_client_model, keys, usage
+from drf_llm_keys import crypto, decisions, get_client_model, keys, usage
 from drf_llm_keys.conf import conf
+from drf_llm_keys.decisions import invalidation
 from drf_llm_keys.models import APIKey, KeyUsage, LLMClientAPIKey, decision_db
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
@@ -34,12 +39,13 @@ USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens")
 MAX_USAGE_DAYS = 36600
 
 ParsedT = TypeVar("ParsedT")
+ResultT = TypeVar("ResultT")
 
 
 class Command(BaseCommand):
     help = (
         "Create, list, update, rotate and revoke the API keys of LLM clients, report their usage; "
-        "create and list the clients. "
+        "create and list the clients; invalidate their cached decisions. "
         "See 'llm_keys ACTION --help' for each action."
     )
 
@@ -104,6 +110,25 @@ class Command(BaseCommand):
 
         self.add_client_parsers(actions)
         self._add_usage(actions)
+        self._add_invalidate(actions)
+
+    def _add_invalidate(self, actions: Any) -> None:
+        invalidate = actions.add_parser(
+            "invalidate",
+            help="Write new generations for clients, so every process reloads their decisions: "
+            "after a change whose invalidation could not reach the cache.",
+        )
+        invalidate.add_argument(
+            "clients", metavar="CLIENT", nargs="*", help="A client's lookup value (its slug)."
+        )
+        which = invalidate.add_mutually_exclusive_group()
+        which.add_argument("--all", action="store_true", help="Every client, in batches.")
+        which.add_argument(
+            "--pending",
+            action="store_true",
+            help="The clients of committed changes whose invalidation is not known to have "
+            "reached the cache (kept in the database).",
+        )
 
     def _add_usage(self, actions: Any) -> None:
         usage = actions.add_parser("usage", help="Requests and tokens per key, client and UTC day.")
@@ -158,19 +183,32 @@ class Command(BaseCommand):
         if action == "client":
             action = f"client_{options['client_action']}"
         handler = getattr(self, f"handle_{action}")
+        self.unpublished: keys.InvalidationPending | None = None
         try:
             handler(options)
         except keys.KeyLifecycleError as exc:
             raise CommandError(str(exc)) from exc
         except ValidationError as exc:  # scopes or models
             raise CommandError(" ".join(exc.messages)) from exc
+        if self.unpublished is not None:
+            raise CommandError(str(self.unpublished))
+
+    def committed(self, operation: Callable[..., ResultT], *args: Any, **kwargs: Any) -> ResultT:
+        """Run a ``keys`` operation. One whose invalidation is still pending is done in the
+        database all the same: its result is shown, then ``handle()`` fails with the reason."""
+        try:
+            return operation(*args, **kwargs)
+        except keys.InvalidationPending as exc:
+            self.unpublished = exc
+            return cast("ResultT", exc.result)
 
     # --- subcommands --------------------------------------------------------------------
 
     def handle_create(self, options: dict[str, Any]) -> None:
         llm_client = self.get_client(options["client"])
         user = self.get_user(options["user"])
-        api_key, plaintext = keys.create_key(
+        api_key, plaintext = self.committed(
+            keys.create_key,
             [llm_client],
             user=user,
             name=options["name"],
@@ -204,9 +242,9 @@ class Command(BaseCommand):
         target = self.get_rotation_target(options["target"])
         if isinstance(target, APIKey):
             old = target
-            new, plaintext = keys.rotate_key(old, grace, expires_at=expires_at)
+            new, plaintext = self.committed(keys.rotate_key, old, grace, expires_at=expires_at)
         else:
-            old, new, plaintext = keys.rotate_client_key(target, grace, expires_at=expires_at)
+            old, new, plaintext = self.committed(keys.rotate_client_key, target, grace, expires_at=expires_at)
         old.refresh_from_db()
         if old.expires_at is not None and old.expires_at <= timezone.now():
             until = "no longer works"
@@ -225,10 +263,12 @@ class Command(BaseCommand):
         }
         if not changes:
             raise CommandError("Nothing to update: give --scope, --model, --clear-scopes or --clear-models.")
-        api_key = keys.update_restrictions(self.get_key(options["prefix"]), **changes)
+        api_key = self.committed(keys.update_restrictions, self.get_key(options["prefix"]), **changes)
         if options["json"]:
             self.stdout.write(json.dumps(self.record(api_key), indent=2))
             return
+        if self.unpublished is not None:
+            return  # not "applied from the next request on": handle() says why
         self.stdout.write(
             f"Updated key {api_key.prefix} ({api_key.name}): scopes {self.listed(api_key.scopes, 'all')}; "
             f"models {self.listed(api_key.allowed_models, 'any')}. Applied from the next request on."
@@ -240,9 +280,9 @@ class Command(BaseCommand):
         kept_protected: list[models.Model] = []
         try:
             if options["keep_protected"]:
-                kept_protected = keys.revoke_key_keep_protected(api_key)
+                kept_protected = self.committed(keys.revoke_key_keep_protected, api_key)
             else:
-                made_public = keys.revoke_key(api_key, allow_public=options["yes"])
+                made_public = self.committed(keys.revoke_key, api_key, allow_public=options["yes"])
         except keys.AlreadyRevoked as exc:
             note = str(exc)
         except keys.LastActiveKeyError as exc:
@@ -261,6 +301,8 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(document, indent=2))
             return
+        if self.unpublished is not None:
+            return  # not "refused from now on": handle() says why
         self.stdout.write(note, style_func=self.style.WARNING if made_public else None)
 
     def revoke_note(
@@ -328,6 +370,47 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells).rstrip())
         if not records:
             self.stderr.write(f"No usage recorded since {since.isoformat()}.", style_func=lambda text: text)
+
+    def handle_invalidate(self, options: dict[str, Any]) -> None:
+        values: list[str] = options["clients"]
+        if bool(values) + options["all"] + options["pending"] != 1:
+            raise CommandError(
+                "Name the clients to invalidate, or pass --all or --pending (one of the three)."
+            )
+        if options["pending"]:
+            count = self.publish(lambda: invalidation.republish_pending(decision_db()), "--pending")
+            self.stdout.write(f"Republished {count} pending invalidation(s).")
+            return
+        if options["all"]:
+            lookup = conf.CLIENT_LOOKUP_FIELD
+            everyone = get_client_model()._default_manager.db_manager(decision_db()).order_by("pk")
+            clients = everyone.values_list(lookup, flat=True)
+            # A new iterator on each attempt: a failed one has been consumed.
+            count = self.publish(lambda: invalidation.publish_clients(clients.iterator(1000)), "--all")
+        else:
+            chosen = [keys.lookup_value(self.get_client(value)) for value in dict.fromkeys(values)]
+            count = self.publish(lambda: invalidation.publish_clients(chosen), " ".join(chosen))
+        self.stdout.write(f"Invalidated {count} client(s): every process reloads their decisions.")
+
+    def publish(self, operation: Callable[[], int], target: str) -> int:
+        """Run ``operation`` until the cache takes all of it, within PUBLISH_TIMEOUT, or fail."""
+        deadline = time.monotonic() + conf.PUBLISH_TIMEOUT
+        while True:
+            try:
+                return operation()
+            except invalidation.CacheUnreachable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not decisions.wait_published(remaining):
+                    raise CommandError(
+                        f"The cache {conf.CACHE_ALIAS!r} could not be reached within "
+                        f"{conf.PUBLISH_TIMEOUT:g} seconds (PUBLISH_TIMEOUT): other processes may "
+                        "keep deciding as before for up to "
+                        f"{conf.CACHE_TIMEOUT} seconds (CACHE_TIMEOUT). Run "
+                        f"`manage.py llm_keys invalidate {target}` again when it is back."
+                    ) from None
+                # It is back: the whole operation again (a new generation twice is harmless).
+            except DatabaseError as exc:
+                raise CommandError(f"The database could not be read: {exc}") from exc
 
     # --- input --------------------------------------------------------------------------
 
