@@ -240,7 +240,13 @@ def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
                 asks[0](keys.valid_key)
                 time.sleep(HEARTBEAT / 10)
             assert_clean(tally(asks, keys), asks)
-        assert f"no answer from the invalidation channel's {which}" in caplog.text
+        # On a loaded machine the live connection's answer may be late too: then both are named.
+        silent = [
+            r.getMessage()
+            for r in caplog.records
+            if "no answer from the invalidation channel" in r.getMessage()
+        ]
+        assert any(which in message for message in silent), silent
     finally:
         proxy.close()
 
