@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Alias in CACHES; it must be shared by every process for revocation to reach them.
@@ -62,8 +63,25 @@ def install_defaults() -> None:
 
 
 class Settings:
+    """One typed property per setting.
+
+    The dict is read once and kept until a ``setting_changed`` signal (``override_settings``,
+    pytest-django's ``settings``) names it: a request reads a dozen settings, and each read
+    through Django's lazy settings object costs more than the rest of a warm decision step.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] | None = None
+
     def _get(self, name: str) -> Any:
-        return getattr(settings, "DRF_LLM_KEYS", {}).get(name, DEFAULTS[name])
+        values = self._values
+        if values is None:
+            values = self._values = {**DEFAULTS, **getattr(settings, "DRF_LLM_KEYS", {})}
+        return values[name]
+
+    def reload(self) -> None:
+        """Read the settings again on next use (connected to ``setting_changed``)."""
+        self._values = None
 
     @property
     def unknown_names(self) -> list[str]:
@@ -158,3 +176,12 @@ class Settings:
 
 
 conf = Settings()
+
+
+def _reload(setting: str, **kwargs: Any) -> None:
+    if setting == "DRF_LLM_KEYS":
+        conf.reload()
+
+
+# Connected here, not in AppConfig.ready(): before any receiver that reads the settings.
+setting_changed.connect(_reload, dispatch_uid="drf_llm_keys.conf.reload")

@@ -31,5 +31,11 @@ def generation_name(client_value: str) -> str:
 
 
 def decision_name(client_value: str, prefix: str | None) -> str:
+    return decision_names(client_value, prefix)[1]
+
+
+def decision_names(client_value: str, prefix: str | None) -> tuple[str, str]:
+    """The client's generation and the decision entry's names, hashing the value once."""
+    ident = client_id(client_value)
     # Prefixes are checked against crypto's pattern before they get here: safe in a key.
-    return key_name("d", f"{client_id(client_value)}:{prefix or ''}")
+    return generation_prefix() + ident, key_name("d", f"{ident}:{prefix or ''}")

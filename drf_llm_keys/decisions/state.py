@@ -34,7 +34,12 @@ class DecisionCache:
         # shared generation on every use, so they save the entry's transfer, never a round
         # trip or a revocation. Least recently used first.
         self.held: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
+        # The same for keys no row has, which are never written to the shared cache:
+        # bounded apart, so that a flood of random keys cannot push out the entries above.
+        self.unknown_keys: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
         self.held_lock = threading.Lock()
+        # What entries.load_decision builds once per database: its statement and converters.
+        self.queries: dict[Any, Any] = {}
         # Generation keys whose new token could not be written, with when that first failed.
         self.pending: dict[str, float] = {}
         self.pending_lock = threading.Lock()
