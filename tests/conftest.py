@@ -11,7 +11,7 @@ from django.db import connection
 from model_bakery import baker
 from rest_framework.test import APIClient
 
-from drf_llm_keys import decisions, last_used, usage
+from drf_llm_keys import decisions, usage
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 from tests.support.harness import Worker
 from tests.support.redis import HEARTBEAT, RedisServer, cache_config, running_redis
@@ -30,7 +30,6 @@ def empty_cache() -> Iterator[None]:
     # The Redis run uses a database of its own (see .ci/run): clearing it is safe.
     cache.clear()
     decisions.reset()
-    last_used.reset()
     usage.counter.reset()
     yield
     decisions.reset()

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models
+from django.db.models.base import ModelState
 from django.db.models.expressions import Col
+from django.db.models.signals import post_init, pre_init
 
 from .. import get_client_model
 from ..conf import conf
@@ -194,26 +196,25 @@ def _queries(using: str) -> DecisionQuery:
 def api_key_from_entry(entry: Entry, db: str) -> APIKey:
     """The key and its owner rebuilt from a key entry: no query, no secret field.
 
-    The other fields are deferred: reading one loads it from the database.
+    New instances on every call (a view may change ``request.user``), with copies of the
+    restriction lists (nor ``request.auth.scopes``). The other fields are deferred: reading
+    one loads it from the database.
     """
-    # Copies: a view that changes request.auth.scopes must not change the held entry. An
-    # entry written by a version without them leaves them deferred, read from the database.
-    restrictions = {name: _copied(entry[name]) for name in RESTRICTION_FIELDS if name in entry}
-    user = _from_fields(get_user_model(), db, entry["user"])
-    api_key = _from_fields(
-        APIKey,
-        db,
-        {
-            "id": entry["id"],
-            "prefix": entry["prefix"],
-            "name": entry["name"],
-            "is_active": entry["is_active"],
-            "expires_at": entry["expires_at"],
-            "user_id": user.pk,
-            **restrictions,
-        },
-    )
-    APIKey._meta.get_field("user").set_cached_value(api_key, user)  # type: ignore[union-attr]
+    user = _instance(get_user_model(), db, entry["user"])
+    values = {
+        "id": entry["id"],
+        "prefix": entry["prefix"],
+        "name": entry["name"],
+        "is_active": entry["is_active"],
+        "expires_at": entry["expires_at"],
+        "user_id": user.pk,
+    }
+    for name in RESTRICTION_FIELDS:
+        # An entry written by a version without them leaves them deferred.
+        if name in entry:
+            values[name] = _copied(entry[name])
+    api_key = _instance(APIKey, db, values)
+    api_key._state.fields_cache["user"] = user
     return api_key
 
 
@@ -222,16 +223,36 @@ def _copied(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    names = _concrete_order(model, tuple(values))
-    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
+def _instance(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
+    """What ``model.from_db(db, ...)`` returns for these fields, without running
+    ``__init__`` when nothing would see the difference: it costs more than the decision."""
+    concrete = _concrete_attnames(model)
+    if not values.keys() <= concrete.keys():  # a computed is_active, say
+        values = {name: value for name, value in values.items() if name in concrete}
+    if _runs_init_code(model):
+        names = [name for name in concrete if name in values]
+        return model.from_db(db, names, [values[name] for name in names])
+    instance = model.__new__(model)
+    instance.__dict__.update(values)
+    state = instance._state = ModelState()
+    state.adding, state.db = False, db
     return instance
 
 
-@functools.lru_cache(maxsize=64)
-def _concrete_order(model: type[models.Model], names: tuple[str, ...]) -> list[str]:
-    # from_db() takes the values in the order of the model's concrete fields.
-    return [f.attname for f in model._meta.concrete_fields if f.attname in names]
+def _runs_init_code(model: type[models.Model]) -> bool:
+    """Whether building an instance runs code of the project's: its own ``__init__``, or a
+    receiver of ``pre_init``/``post_init`` (a field tracker, say)."""
+    return (
+        model.__init__ is not models.Model.__init__
+        or pre_init.has_listeners(model)
+        or post_init.has_listeners(model)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _concrete_attnames(model: type[models.Model]) -> dict[str, None]:
+    # In the order of the model's concrete fields, which from_db() takes its values in.
+    return dict.fromkeys(field.attname for field in model._meta.concrete_fields)
 
 
 def load_decision(client_value: str, prefix: str | None, *, using: str | None = None) -> Entry:

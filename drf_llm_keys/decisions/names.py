@@ -1,8 +1,8 @@
 """The names of everything the library keeps in the shared cache, in one place.
 
 Each name starts with ``CACHE_KEY_PREFIX`` and a kind letter: ``g`` a client's generation,
-``d`` a decision entry, ``u`` a key's last-use marker (``drf_llm_keys.last_used``), ``t`` a
-throttle counter (``drf_llm_keys.throttling``).
+``d`` a decision entry, ``t`` a throttle counter (``drf_llm_keys.throttling``). (``u``, a
+key's last-use marker, is no longer written: ``drf_llm_keys.last_used``.)
 """
 
 from __future__ import annotations

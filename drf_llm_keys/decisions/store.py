@@ -25,7 +25,7 @@ Loader = Callable[[str, "str | None"], Entry]
 # What a failed read "found": nothing, and no generation worth creating either.
 _UNHEALTHY: dict[str, Any] = {}
 
-# Set in an entry that must answer its own request only (see entries.load_client_entry).
+# Set in an entry that must answer its own request only (see entries.load_decision).
 UNCACHEABLE = "uncacheable"
 # Set in an entry for a presented key that no row has: never written to the shared cache, and
 # held apart, at most UNKNOWN_KEY_ENTRIES of them per process.
