@@ -38,6 +38,11 @@ def _keywords(keywords: tuple[str, ...]) -> frozenset[bytes]:
 
 
 @functools.lru_cache(maxsize=8)
+def _loader(db: str) -> store.Loader:
+    return functools.partial(load_decision, using=db)
+
+
+@functools.lru_cache(maxsize=8)
 def _meta_name(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
@@ -77,9 +82,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         prefix = crypto.split_key(plaintext) if plaintext else None
         db = decision_db()
         try:
-            decision = store.lookup(
-                client_value, prefix, functools.partial(load_decision, using=db), using=db
-            )
+            decision = store.lookup(client_value, prefix, _loader(db), using=db)
         except DatabaseError:
             # Neither open (fail closed) nor a 500 with a traceback: the client may retry.
             logger.error("drf_llm_keys: database unavailable, refusing with 503", exc_info=True)
@@ -126,7 +129,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     def get_credentials(self, request: Request) -> str | None:
         """The key the request carries, None for none; malformed headers of ours raise."""
-        meta = request.META
+        meta = getattr(request, "_request", request).META  # not through Request.__getattr__
         from_authorization = self._from_authorization(meta)
         from_header = meta.get(_meta_name(conf.HEADER))
         if from_header is not None:

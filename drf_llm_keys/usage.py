@@ -68,7 +68,7 @@ class Subject(NamedTuple):
 
 def count_request(request: Request, api_key: APIKey, client: Entry) -> None:
     """Count a request authenticated by ``api_key``: in the process only, no I/O."""
-    subject = Subject(api_key.pk, client["id"], str(client["lookup"]), api_key.prefix)
+    subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.prefix)
     setattr(request, SUBJECT_ATTRIBUTE, subject)
     counter.add(subject, requests=1)
 

@@ -17,6 +17,8 @@ from django.db import connections, models
 from django.db.models.base import ModelState
 from django.db.models.expressions import Col
 from django.db.models.signals import post_init, pre_init
+from django.dispatch import Signal
+from django.dispatch.dispatcher import NO_RECEIVERS
 
 from .. import get_client_model
 from ..conf import conf
@@ -25,6 +27,9 @@ from .state import Entry, get_decision_cache
 from .store import UNCACHEABLE, UNKNOWN_KEY, lookup
 
 ModelT = TypeVar("ModelT", bound=models.Model)
+
+# The key's owner: its field's model is the user model, without get_user_model()'s lookups.
+_USER_MODEL = APIKey.user
 
 # Fields of the owner that the cache may hold; the password hash is never one of them.
 USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
@@ -80,57 +85,57 @@ class DecisionQuery:
         quote = connection.ops.quote_name
         client_model, user_model = get_client_model(), get_user_model()
         self.lookup = _lookup_field(client_model)
-        link_client = LLMClientAPIKey._meta.get_field("llm_client")
-        link_key = LLMClientAPIKey._meta.get_field("api_key")
-        key_user = APIKey._meta.get_field("user")
         self.user_fields = user_cache_fields()
         concrete = {field.attname: field for field in user_model._meta.concrete_fields}
-        require = (
-            [("c", client_model._meta.get_field("require_api_key"))]
-            if _has_field(client_model, "require_api_key")
-            else [None]  # a client model without it: never protected by it
-        )
-        # The row: client pk, lookup value, require_api_key, has an active key (at
-        # HAS_ACTIVE), the key's KEY_FIELDS, its mapping to this client, the owner's fields.
-        selected: list[tuple[str, Any] | None] = [
-            ("c", client_model._meta.pk),
-            ("c", self.lookup),
-            *require,
-            None,
-            *(("k", APIKey._meta.get_field(name)) for name in KEY_FIELDS),
-            ("l", link_client),
-            *(("u", concrete[name]) for name in self.user_fields),
-        ]
-        self.converters: list[tuple[int, list[Any], Col]] = []
-        for index, column in enumerate(selected):
-            if column is not None:
-                expression = Col(column[0], column[1])
-                functions = connection.ops.get_db_converters(expression)
-                functions += column[1].get_db_converters(connection)
-                if functions:
-                    self.converters.append((index, functions, expression))
-        columns = ["NULL" if c is None else f"{c[0]}.{quote(c[1].column)}" for c in selected]
+
+        def field(model: type[models.Model], name: str) -> Any:
+            return model._meta.pk if name == "pk" else model._meta.get_field(name)
+
+        def column(model: type[models.Model], name: str) -> str:
+            return quote(str(field(model, name).column))
 
         def table(model: type[models.Model]) -> str:
             return quote(model._meta.db_table)
 
-        client_pk = f"c.{quote(client_model._meta.pk.column)}"  # type: ignore[union-attr]
-        key_pk = quote(APIKey._meta.pk.column)  # type: ignore[union-attr]
+        require = (
+            ("c", field(client_model, "require_api_key"))
+            if _has_field(client_model, "require_api_key")
+            else None  # a client model without it: never protected by it
+        )
+        # The row: client pk, lookup value, require_api_key, has an active key (at
+        # HAS_ACTIVE), the key's KEY_FIELDS, its mapping to this client, the owner's fields.
+        selected: list[tuple[str, Any] | None] = [
+            ("c", field(client_model, "pk")),
+            ("c", self.lookup),
+            require,
+            None,
+            *(("k", field(APIKey, name)) for name in KEY_FIELDS),
+            ("l", field(LLMClientAPIKey, "llm_client")),
+            *(("u", concrete[name]) for name in self.user_fields),
+        ]
+        self.converters: list[tuple[int, list[Any], Col]] = []
+        for index, selection in enumerate(selected):
+            if selection is not None:
+                expression = Col(selection[0], selection[1])
+                functions = connection.ops.get_db_converters(expression)
+                functions += selection[1].get_db_converters(connection)
+                if functions:
+                    self.converters.append((index, functions, expression))
+        columns = ["NULL" if c is None else f"{c[0]}.{quote(c[1].column)}" for c in selected]
+        link, key, client_pk = LLMClientAPIKey, APIKey, f"c.{column(client_model, 'pk')}"
         columns[HAS_ACTIVE] = (
-            f"EXISTS (SELECT 1 FROM {table(LLMClientAPIKey)} al INNER JOIN {table(APIKey)} ak "
-            f"ON ak.{key_pk} = al.{quote(link_key.column)} "
-            f"WHERE al.{quote(link_client.column)} = {client_pk} "
-            f"AND ak.{quote(APIKey._meta.get_field('is_active').column)} = %s)"
+            f"EXISTS (SELECT 1 FROM {table(link)} al INNER JOIN {table(key)} ak "
+            f"ON ak.{column(key, 'pk')} = al.{column(link, 'api_key')} "
+            f"WHERE al.{column(link, 'llm_client')} = {client_pk} AND ak.{column(key, 'is_active')} = %s)"
         )
         # The key's mapping to this client only: the entry is this client's.
         self.sql = (
-            f"SELECT {', '.join(columns)} "
-            f"FROM {table(client_model)} c "
-            f"LEFT OUTER JOIN {table(APIKey)} k ON k.{quote(APIKey._meta.get_field('prefix').column)} = %s "
-            f"LEFT OUTER JOIN {table(LLMClientAPIKey)} l "
-            f"ON l.{quote(link_key.column)} = k.{key_pk} AND l.{quote(link_client.column)} = {client_pk} "
+            f"SELECT {', '.join(columns)} FROM {table(client_model)} c "
+            f"LEFT OUTER JOIN {table(key)} k ON k.{column(key, 'prefix')} = %s "
+            f"LEFT OUTER JOIN {table(link)} l ON l.{column(link, 'api_key')} = k.{column(key, 'pk')} "
+            f"AND l.{column(link, 'llm_client')} = {client_pk} "
             f"LEFT OUTER JOIN {table(user_model)} u "
-            f"ON u.{quote(user_model._meta.pk.column)} = k.{quote(key_user.column)} "  # type: ignore[union-attr]
+            f"ON u.{column(user_model, 'pk')} = k.{column(key, 'user')} "
             f"WHERE c.{quote(self.lookup.column)} = %s"
         )
 
@@ -187,10 +192,10 @@ def _prepared(field: Any, value: str, connection: Any) -> Any:
 def _queries(using: str) -> DecisionQuery:
     queries = get_decision_cache().queries
     key = (using, connections[using].vendor)
-    query = queries.get(key)
+    query: DecisionQuery | None = queries.get(key)
     if query is None:
         query = queries[key] = DecisionQuery(using)
-    return query  # type: ignore[no-any-return]
+    return query
 
 
 def api_key_from_entry(entry: Entry, db: str) -> APIKey:
@@ -200,7 +205,7 @@ def api_key_from_entry(entry: Entry, db: str) -> APIKey:
     restriction lists (nor ``request.auth.scopes``). The other fields are deferred: reading
     one loads it from the database.
     """
-    user = _instance(get_user_model(), db, entry["user"])
+    user = _instance(_USER_MODEL.field.related_model, db, entry["user"])
     values = {
         "id": entry["id"],
         "prefix": entry["prefix"],
@@ -231,7 +236,8 @@ def _instance(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
         values = {name: value for name, value in values.items() if name in concrete}
     if _runs_init_code(model):
         names = [name for name in concrete if name in values]
-        return model.from_db(db, names, [values[name] for name in names])
+        built: ModelT = model.from_db(db, names, [values[name] for name in names])
+        return built
     instance = model.__new__(model)
     instance.__dict__.update(values)
     state = instance._state = ModelState()
@@ -244,9 +250,16 @@ def _runs_init_code(model: type[models.Model]) -> bool:
     receiver of ``pre_init``/``post_init`` (a field tracker, say)."""
     return (
         model.__init__ is not models.Model.__init__
-        or pre_init.has_listeners(model)
-        or post_init.has_listeners(model)
+        or _has_receivers(pre_init, model)
+        or _has_receivers(post_init, model)
     )
+
+
+def _has_receivers(signal: Signal, model: type[models.Model]) -> bool:
+    # What Signal.send() checks first: its cache of senders known to have no receiver.
+    if not signal.receivers or signal.sender_receivers_cache.get(model) is NO_RECEIVERS:
+        return False
+    return signal.has_listeners(model)
 
 
 @functools.lru_cache(maxsize=16)

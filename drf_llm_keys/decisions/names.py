@@ -7,6 +7,7 @@ key's last-use marker, is no longer written: ``drf_llm_keys.last_used``.)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from ..conf import conf
@@ -35,7 +36,13 @@ def decision_name(client_value: str, prefix: str | None) -> str:
 
 
 def decision_names(client_value: str, prefix: str | None) -> tuple[str, str]:
-    """The client's generation and the decision entry's names, hashing the value once."""
+    """The client's generation and the decision entry's names."""
+    return _decision_names(client_value, prefix, conf.CLIENT_LOOKUP_FIELD, conf.CACHE_KEY_PREFIX)
+
+
+# Every request needs them: the recent ones are kept, a bounded number (hostile values too).
+@functools.lru_cache(maxsize=4096)
+def _decision_names(client_value: str, prefix: str | None, field: str, key_prefix: str) -> tuple[str, str]:
     ident = client_id(client_value)
     # Prefixes are checked against crypto's pattern before they get here: safe in a key.
     return generation_prefix() + ident, key_name("d", f"{ident}:{prefix or ''}")

@@ -22,7 +22,15 @@ def get_cache() -> BaseCache:
     Every use goes through ``state.get_cache()``: one place to put a double (a counting or
     failing cache) in front of it.
     """
-    return caches[conf.CACHE_ALIAS]
+    # caches[alias] goes through asgiref's Local on every call, which costs a warm request
+    # more than its decision; the same backend instance, kept per thread (as Django's own
+    # handler does for sync code) until reset() or a change of CACHES drops this object.
+    per_thread = get_decision_cache().per_thread
+    try:
+        cache: BaseCache = per_thread.cache
+    except AttributeError:
+        cache = per_thread.cache = caches[conf.CACHE_ALIAS]
+    return cache
 
 
 class DecisionCache:
@@ -45,6 +53,7 @@ class DecisionCache:
         self.pending_lock = threading.Lock()
         self.retry_timer: threading.Timer | None = None
         self.push = Push()
+        self.per_thread = threading.local()
 
     def close(self) -> None:
         """Stop the retry timer and close the push channel."""

@@ -94,12 +94,11 @@ def lookup(
 
 def _used(local: DecisionCache, entry_name: str, held: tuple[str, Entry]) -> Entry:
     """A held entry, moved to the recently used end of its table."""
-    for table in (local.held, local.unknown_keys):
-        try:
-            table.move_to_end(entry_name)
-        except KeyError:  # dropped by another thread since, or in the other table
-            continue
-        break
+    try:
+        local.held.move_to_end(entry_name)
+    except KeyError:  # an unknown key's, or dropped by another thread since
+        if entry_name in local.unknown_keys:
+            local.unknown_keys.move_to_end(entry_name)
     return held[1]
 
 
