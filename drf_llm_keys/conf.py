@@ -14,7 +14,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds an entry lives; also the worst stale window after a lost invalidation.
     "CACHE_TIMEOUT": 300,
     "CACHE_KEY_PREFIX": "drf_llm_keys",
-    # Decision entries each process keeps, checked against the shared generation on use.
+    # Decision entries each process keeps, checked against the shared generation on use;
+    # least recently used dropped first.
     "LOCAL_ENTRIES": 4096,
     # Trust held entries until Redis announces a change (django-redis on Redis 6+ only;
     # drf_llm_keys.decisions.push): a warm request then makes no round trip at all.
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_KEYWORDS": ("Bearer", "Token"),
     "HEADER": "X-API-Key",
     "KEY_PREFIX": "llmk_",
+    # Deprecated, no effect: last_used_at is written with the usage counts (usage.py).
     "LAST_USED_RESOLUTION": 60,
     "REALM": "api",
     # APIKeyRateThrottle: "N/second|minute|hour|day", None for no limit. Per API key:

@@ -4,8 +4,9 @@ Every request one of our keys authenticates is counted (``count_request``, calle
 authentication class); views add the tokens of each completion with ``record_tokens``. The
 counts wait in the process, summed per (key, client, UTC day), and a background timer
 writes them at most once per ``USAGE_FLUSH_INTERVAL`` seconds, as upserts that add to the
-stored figures, so processes never overwrite each other's counts. A request therefore
-costs no SQL and no cache round trip for counting.
+stored figures, so processes never overwrite each other's counts; the same write sets
+each key's ``last_used_at`` (``last_used``). A request therefore costs no SQL and no cache
+round trip for counting.
 
 What can be lost: a process that dies without running ``atexit`` (SIGKILL, a crash, a
 SIGTERM to a server that does not handle it) loses the counts of its last
