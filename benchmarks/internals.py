@@ -10,7 +10,6 @@ from django.core.cache import cache
 from drf_llm_keys import decisions
 from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
-from drf_llm_keys.last_used import last_used_name
 
 __all__ = [
     "api_key_from_entry",
@@ -20,7 +19,6 @@ __all__ = [
     "generation_name",
     "held_token",
     "invalidate",
-    "last_used_name",
     "load_decision",
     "lookup",
 ]
@@ -44,8 +42,7 @@ def invalidate(slug: str) -> None:
 
 
 def evict(slug: str, prefix: str) -> None:
-    """An empty cache for this client and key, in the cache and in this process (the
-    last-used marker stays: no UPDATE)."""
+    """An empty cache for this client and key, in the cache and in this process."""
     entry = decision_name(slug, prefix)
     cache.delete_many([generation_name(slug), entry])
     decisions.get_decision_cache().held.pop(entry, None)

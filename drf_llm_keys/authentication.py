@@ -10,11 +10,11 @@ from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
-from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework import HTTP_HEADER_ENCODING, exceptions
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from . import crypto, last_used, signals, usage
+from . import crypto, signals, usage
 from .conf import conf
 from .decisions import store
 from .decisions.entries import api_key_from_entry, load_decision
@@ -30,6 +30,21 @@ CLIENT_ATTRIBUTE = "drf_llm_keys_client"
 
 # Compared against when the prefix is unknown, so both refusals cost one digest comparison.
 _DUMMY_DIGEST = crypto.hash_key("unknown")
+
+
+@functools.lru_cache(maxsize=8)
+def _keywords(keywords: tuple[str, ...]) -> frozenset[bytes]:
+    return frozenset(keyword.lower().encode() for keyword in keywords)
+
+
+@functools.lru_cache(maxsize=8)
+def _loader(db: str) -> store.Loader:
+    return functools.partial(load_decision, using=db)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -67,9 +82,7 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         prefix = crypto.split_key(plaintext) if plaintext else None
         db = decision_db()
         try:
-            decision = store.lookup(
-                client_value, prefix, functools.partial(load_decision, using=db), using=db
-            )
+            decision = store.lookup(client_value, prefix, _loader(db), using=db)
         except DatabaseError:
             # Neither open (fail closed) nor a 500 with a traceback: the client may retry.
             logger.error("drf_llm_keys: database unavailable, refusing with 503", exc_info=True)
@@ -95,8 +108,8 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         if owner is None or not owner.get("is_active", True):
             self.refuse(_("API key owner is inactive or deleted."))
         api_key = api_key_from_entry(key, db)
-        self.record_use(api_key)
-        usage.count_request(request, api_key, client)  # in the process: no SQL, no round trip
+        # In the process, with last_used_at: no SQL, no round trip (drf_llm_keys.usage).
+        usage.count_request(request, api_key, client)
         return api_key.user, api_key
 
     def authenticate_header(self, request: Request) -> str:
@@ -116,9 +129,9 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     def get_credentials(self, request: Request) -> str | None:
         """The key the request carries, None for none; malformed headers of ours raise."""
-        from_authorization = self._from_authorization(request)
-        meta_name = "HTTP_" + conf.HEADER.upper().replace("-", "_")
-        from_header = request.META.get(meta_name)
+        meta = getattr(request, "_request", request).META  # not through Request.__getattr__
+        from_authorization = self._from_authorization(meta)
+        from_header = meta.get(_meta_name(conf.HEADER))
         if from_header is not None:
             from_header = self._checked(
                 from_header.strip(), _("Invalid {header} header.").format(header=conf.HEADER)
@@ -129,10 +142,11 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     # --- parsing ------------------------------------------------------------------
 
-    def _from_authorization(self, request: Request) -> str | None:
-        parts = get_authorization_header(request).split()
-        keywords = {keyword.lower().encode() for keyword in conf.AUTH_KEYWORDS}
-        if not parts or parts[0].lower() not in keywords:
+    def _from_authorization(self, meta: dict[str, Any]) -> str | None:
+        header = meta.get("HTTP_AUTHORIZATION", b"")
+        # As DRF's get_authorization_header(): the server hands over ISO-8859-1 text.
+        parts = (header.encode(HTTP_HEADER_ENCODING) if isinstance(header, str) else header).split()
+        if not parts or parts[0].lower() not in _keywords(conf.AUTH_KEYWORDS):
             return None  # another scheme (Basic, ...) belongs to another authenticator
         if len(parts) == 1:
             self.refuse(_("Invalid Authorization header. No credentials provided."))
@@ -170,14 +184,3 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         signals.authentication_refused.send(
             sender=type(self), request=request, llm_client=client_value, prefix=prefix, reason=reason
         )
-
-    # --- success ------------------------------------------------------------------
-
-    def record_use(self, api_key: APIKey) -> None:
-        """At most one UPDATE of last_used_at per key per LAST_USED_RESOLUTION, everywhere."""
-        if not last_used.claim_last_used(api_key.prefix):
-            return
-        try:
-            APIKey.objects.filter(pk=api_key.pk).update(last_used_at=timezone.now())
-        except DatabaseError:
-            logger.warning("drf_llm_keys: could not record the use of key %s", api_key.pk, exc_info=True)

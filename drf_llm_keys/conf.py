@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Alias in CACHES; it must be shared by every process for revocation to reach them.
@@ -12,7 +14,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds an entry lives; also the worst stale window after a lost invalidation.
     "CACHE_TIMEOUT": 300,
     "CACHE_KEY_PREFIX": "drf_llm_keys",
-    # Decision entries each process keeps, checked against the shared generation on use.
+    # Decision entries each process keeps, checked against the shared generation on use;
+    # least recently used dropped first.
     "LOCAL_ENTRIES": 4096,
     # Trust held entries until Redis announces a change (django-redis on Redis 6+ only;
     # drf_llm_keys.decisions.push): a warm request then makes no round trip at all.
@@ -31,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_KEYWORDS": ("Bearer", "Token"),
     "HEADER": "X-API-Key",
     "KEY_PREFIX": "llmk_",
+    # Deprecated, no effect: last_used_at is written with the usage counts (usage.py).
     "LAST_USED_RESOLUTION": 60,
     "REALM": "api",
     # APIKeyRateThrottle: "N/second|minute|hour|day", None for no limit. Per API key:
@@ -68,101 +72,113 @@ def install_defaults() -> None:
 
 
 class Settings:
+    """One typed property per setting.
+
+    Each is computed on first use and kept (``cached_property``: a plain attribute read from
+    then on) until a ``setting_changed`` signal (``override_settings``, pytest-django's
+    ``settings``) names ``DRF_LLM_KEYS``: a request reads a dozen settings, and each read
+    through Django's lazy settings object cost more than the rest of a warm decision step.
+    """
+
     def _get(self, name: str) -> Any:
         return getattr(settings, "DRF_LLM_KEYS", {}).get(name, DEFAULTS[name])
+
+    def reload(self) -> None:
+        """Read the settings again on next use (connected to ``setting_changed``)."""
+        self.__dict__.clear()
 
     @property
     def unknown_names(self) -> list[str]:
         return sorted(set(getattr(settings, "DRF_LLM_KEYS", {})) - set(DEFAULTS))
 
-    @property
+    @functools.cached_property
     def CACHE_ALIAS(self) -> str:
         return str(self._get("CACHE_ALIAS"))
 
-    @property
+    @functools.cached_property
     def CACHE_TIMEOUT(self) -> int:
         return int(self._get("CACHE_TIMEOUT"))
 
-    @property
+    @functools.cached_property
     def CACHE_KEY_PREFIX(self) -> str:
         return str(self._get("CACHE_KEY_PREFIX"))
 
-    @property
+    @functools.cached_property
     def LOCAL_ENTRIES(self) -> int:
         return int(self._get("LOCAL_ENTRIES"))
 
-    @property
+    @functools.cached_property
     def PUSH_INVALIDATION(self) -> bool:
         return bool(self._get("PUSH_INVALIDATION"))
 
-    @property
+    @functools.cached_property
     def PUSH_HEARTBEAT(self) -> float:
         return float(self._get("PUSH_HEARTBEAT"))
 
-    @property
+    @functools.cached_property
     def INVALIDATION_REPLICAS(self) -> int:
         return int(self._get("INVALIDATION_REPLICAS"))
 
-    @property
+    @functools.cached_property
     def PUBLISH_TIMEOUT(self) -> float:
         return float(self._get("PUBLISH_TIMEOUT"))
 
-    @property
+    @functools.cached_property
     def CLIENT_URL_KWARG(self) -> str:
         return str(self._get("CLIENT_URL_KWARG"))
 
-    @property
+    @functools.cached_property
     def CLIENT_LOOKUP_FIELD(self) -> str:
         return str(self._get("CLIENT_LOOKUP_FIELD"))
 
-    @property
+    @functools.cached_property
     def AUTH_KEYWORDS(self) -> tuple[str, ...]:
         return tuple(self._get("AUTH_KEYWORDS"))
 
-    @property
+    @functools.cached_property
     def HEADER(self) -> str:
         return str(self._get("HEADER"))
 
-    @property
+    @functools.cached_property
     def KEY_PREFIX(self) -> str:
         return str(self._get("KEY_PREFIX"))
 
-    @property
+    @functools.cached_property
     def LAST_USED_RESOLUTION(self) -> int:
         return int(self._get("LAST_USED_RESOLUTION"))
 
-    @property
+    @functools.cached_property
     def REALM(self) -> str:
         return str(self._get("REALM"))
 
-    @property
+    @functools.cached_property
     def THROTTLE_RATE(self) -> str | None:
         rate = self._get("THROTTLE_RATE")
         return None if rate is None else str(rate)
 
-    @property
+    @functools.cached_property
     def ANONYMOUS_THROTTLE_RATE(self) -> str | None:
         rate = self._get("ANONYMOUS_THROTTLE_RATE")
         return None if rate is None else str(rate)
 
-    @property
+    @functools.cached_property
     def THROTTLE_RATES(self) -> dict[str, str | None]:
         return {str(client): rate for client, rate in self._get("THROTTLE_RATES").items()}
 
-    @property
+    @functools.cached_property
     def TOKEN_RATE(self) -> str | None:
         rate = self._get("TOKEN_RATE")
         return None if rate is None else str(rate)
 
-    @property
+    @functools.cached_property
     def TOKEN_RATES(self) -> dict[str, str | None]:
         return {str(client): rate for client, rate in self._get("TOKEN_RATES").items()}
 
-    @property
+    @functools.cached_property
     def USAGE_FLUSH_INTERVAL(self) -> float:
         return float(self._get("USAGE_FLUSH_INTERVAL"))
 
-    @property
+    @functools.cached_property
     def USAGE_MAX_PENDING(self) -> int:
         return int(self._get("USAGE_MAX_PENDING"))
 
@@ -172,3 +188,12 @@ class Settings:
 
 
 conf = Settings()
+
+
+def _reload(setting: str, **kwargs: Any) -> None:
+    if setting == "DRF_LLM_KEYS":
+        conf.reload()
+
+
+# Connected here, not in AppConfig.ready(): before any receiver that reads the settings.
+setting_changed.connect(_reload, dispatch_uid="drf_llm_keys.conf.reload")

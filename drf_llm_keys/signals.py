@@ -15,7 +15,7 @@ from django.db import models
 from django.db.models.signals import post_save, pre_delete, pre_save
 from django.dispatch import Signal
 
-from . import decisions, get_client_model, last_used
+from . import decisions, get_client_model
 from .conf import CLIENT_MODEL_SETTING, conf
 from .decisions.entries import owner_activity_is_computed, user_cache_fields
 from .models import APIKey, APIKeyQuerySet, LLMClientAPIKey, client_lookup_values
@@ -139,15 +139,14 @@ def _invalidate_keys_of(user: models.Model, using: str) -> None:
     decisions.invalidate(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True), using)
 
 
-# What this process keeps (held entries, pending invalidations, push channels, last-use
-# claims) was built under these settings: override_settings must not leave it in force.
+# What this process keeps (held entries, pending invalidations, push channels, prebuilt
+# queries) was built under these settings: override_settings must not leave it in force.
 _STATE_SETTINGS = frozenset({"DRF_LLM_KEYS", "CACHES", CLIENT_MODEL_SETTING})
 
 
 def reset_process_state(setting: str, **kwargs: Any) -> None:
     if setting in _STATE_SETTINGS:
         decisions.reset()
-        last_used.reset()
 
 
 def connect() -> None:

@@ -4,8 +4,9 @@ Every request one of our keys authenticates is counted (``count_request``, calle
 authentication class); views add the tokens of each completion with ``record_tokens``. The
 counts wait in the process, summed per (key, client, UTC day), and a background timer
 writes them at most once per ``USAGE_FLUSH_INTERVAL`` seconds, as upserts that add to the
-stored figures, so processes never overwrite each other's counts. A request therefore
-costs no SQL and no cache round trip for counting.
+stored figures, so processes never overwrite each other's counts; the same write sets
+each key's ``last_used_at`` (``last_used``). A request therefore costs no SQL and no cache
+round trip for counting.
 
 What can be lost: a process that dies without running ``atexit`` (SIGKILL, a crash, a
 SIGTERM to a server that does not handle it) loses the counts of its last
@@ -26,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connections, router, transaction
@@ -37,6 +38,7 @@ from rest_framework.request import Request
 from . import get_client_model, windows
 from .conf import conf
 from .decisions import Entry
+from .last_used import write_last_used
 from .models import APIKey, KeyUsage
 
 logger = logging.getLogger("drf_llm_keys")
@@ -67,7 +69,7 @@ class Subject(NamedTuple):
 
 def count_request(request: Request, api_key: APIKey, client: Entry) -> None:
     """Count a request authenticated by ``api_key``: in the process only, no I/O."""
-    subject = Subject(api_key.pk, client["id"], str(client["lookup"]), api_key.prefix)
+    subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.prefix)
     setattr(request, SUBJECT_ATTRIBUTE, subject)
     counter.add(subject, requests=1)
 
@@ -127,17 +129,23 @@ class UsageCounter:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: dict[CounterKey, list[int]] = {}
+        # Key pk -> when it was last used (time.time()), for last_used_at. Each key here has
+        # a counter above: bounded by USAGE_MAX_PENDING too.
+        self._last_used: dict[Any, float] = {}
         self._dropped = 0
         self._timer: threading.Timer | None = None
 
     def add(
         self, subject: Subject, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0
     ) -> None:
-        name = (subject.key_id, subject.client_id, int(time.time() // SECONDS_PER_DAY))  # the UTC day
+        now = time.time()
+        name = (subject.key_id, subject.client_id, int(now // SECONDS_PER_DAY))  # the UTC day
         with self._lock:
             counts = self._counts_of(name)
             if counts is None:
                 return
+            if requests:
+                self._last_used[subject.key_id] = now
             counts[0] += requests
             counts[1] += prompt_tokens
             counts[2] += completion_tokens
@@ -155,6 +163,7 @@ class UsageCounter:
         with self._flush_lock:  # one flush at a time: the exit's waits for the timer's
             with self._lock:
                 taken, self._pending = self._pending, {}
+                used, self._last_used = self._last_used, {}
                 dropped, self._dropped = self._dropped, 0
             if dropped:
                 logger.warning(
@@ -166,12 +175,12 @@ class UsageCounter:
             if not taken:
                 return True
             try:
-                write_counts(taken)
+                write_counts(taken, used)
             except Exception:
                 logger.warning(
                     "drf_llm_keys: could not write usage counts, kept for the next flush", exc_info=True
                 )
-                self._keep(taken)
+                self._keep(taken, used)
                 return False
             return True
 
@@ -181,6 +190,7 @@ class UsageCounter:
             if self._timer is not None:
                 self._timer.cancel()
             self._pending.clear()
+            self._last_used.clear()
             self._dropped = 0
             self._timer = None
 
@@ -195,7 +205,7 @@ class UsageCounter:
         except Exception:  # at shutdown, even a retry timer may fail to start
             logger.warning("drf_llm_keys: usage counts not written at exit are lost", exc_info=True)
 
-    def _keep(self, taken: dict[CounterKey, list[int]]) -> None:
+    def _keep(self, taken: dict[CounterKey, list[int]], used: dict[Any, float]) -> None:
         with self._lock:
             for name, figures in taken.items():
                 counts = self._counts_of(name)
@@ -203,6 +213,9 @@ class UsageCounter:
                     continue
                 for index, figure in enumerate(figures):
                     counts[index] += figure
+                key_id = name[0]
+                if key_id in used:
+                    self._last_used[key_id] = max(used[key_id], self._last_used.get(key_id, 0.0))
             if self._pending and self._timer is None:
                 self._schedule()
 
@@ -233,9 +246,12 @@ class UsageCounter:
             connections.close_all()  # this thread's connections only: it ends here
 
 
-def write_counts(counts: dict[CounterKey, list[int]]) -> None:
-    """Add the counts to the stored figures, in one transaction; counts of keys or clients
-    deleted since are dropped with them."""
+def write_counts(
+    counts: dict[CounterKey, list[int]], last_used_at: Mapping[Any, float] | None = None
+) -> None:
+    """Add the counts to the stored figures and record when each key was last used
+    (``last_used``), in one transaction; counts of keys or clients deleted since are
+    dropped with them."""
     using = router.db_for_write(KeyUsage)
     rows = [
         (key_id, client_id, day_of(day), *figures)
@@ -247,6 +263,8 @@ def write_counts(counts: dict[CounterKey, list[int]]) -> None:
             with transaction.atomic(using=using):
                 for start in range(0, len(rows), BATCH_SIZE):
                     _add_rows(_of_existing(rows[start : start + BATCH_SIZE], using), using)
+                if last_used_at:
+                    write_last_used(last_used_at, using)
             return
         except IntegrityError:
             if attempt == 2:

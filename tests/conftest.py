@@ -12,7 +12,7 @@ from django.db import connection
 from model_bakery import baker
 from rest_framework.test import APIClient
 
-from drf_llm_keys import decisions, last_used, usage
+from drf_llm_keys import decisions, usage
 from drf_llm_keys.decisions import state
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 from tests.support.caches import FlakyCache
@@ -33,7 +33,6 @@ def empty_cache() -> Iterator[None]:
     # The Redis run uses a database of its own (see .ci/run): clearing it is safe.
     cache.clear()
     decisions.reset()
-    last_used.reset()
     usage.counter.reset()
     yield
     decisions.reset()

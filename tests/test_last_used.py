@@ -1,6 +1,6 @@
+"""last_used_at is noted in the process and written with the usage counts, never per request."""
+
 import re
-import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -8,7 +8,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from drf_llm_keys import last_used
+from drf_llm_keys import usage
+from drf_llm_keys.models import APIKey
 from tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -16,97 +17,103 @@ pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/clients/protected-bot/echo/"
 
 
-def updates(queries: CaptureQueriesContext) -> list[str]:
-    return [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("UPDATE")]
+def last_used_updates(queries: CaptureQueriesContext) -> list[str]:
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].lstrip().upper().startswith("UPDATE") and "last_used_at" in q["sql"]
+    ]
 
 
 def set_columns(sql: str) -> list[str]:
     assignments = sql.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
-    return re.findall(r'[`"]?(\w+)[`"]?\s*=', assignments)
+    return re.findall(r'^\s*[`"]?(\w+)[`"]?\s*=', assignments)
 
 
-def test_many_requests_write_last_used_at_once(api, key):
-    _, plaintext = key
+def test_requests_write_no_last_used_at_until_the_flush(api, key):
+    api_key, plaintext = key
+    api.get(URL, **bearer(plaintext))  # cold
     with CaptureQueriesContext(connection) as queries:
         for _ in range(25):
             assert api.get(URL, **bearer(plaintext)).status_code == 200
-    assert len(updates(queries)) == 1, updates(queries)
-
-
-def test_the_write_is_an_update_of_last_used_at_alone(api, key):
-    api_key, plaintext = key
-    with CaptureQueriesContext(connection) as queries:
-        api.get(URL, **bearer(plaintext))
-    (sql,) = updates(queries)
-    assert set_columns(sql) == ["last_used_at"]
-    assert str(api_key.pk) in sql.split(" WHERE ", 1)[1]
-
-
-def test_the_use_is_recorded_with_the_current_time(api, key):
-    api_key, plaintext = key
-    api.get(URL, **bearer(plaintext))
+    assert len(queries) == 0, [q["sql"] for q in queries]
+    api_key.refresh_from_db()
+    assert api_key.last_used_at is None
+    assert usage.flush()
     api_key.refresh_from_db()
     assert timezone.now() - api_key.last_used_at < timedelta(seconds=30)
+
+
+def test_a_flush_writes_last_used_at_of_every_key_in_one_update(api, make_key, protected_client):
+    made = [make_key(protected_client) for _ in range(3)]
+    for _, plaintext in made * 2:
+        assert api.get(URL, **bearer(plaintext)).status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        assert usage.flush()
+    (sql,) = last_used_updates(queries)
+    assert set_columns(sql) == ["last_used_at"]
+    stored = APIKey.objects.filter(pk__in=[api_key.pk for api_key, _ in made])
+    assert all(value is not None for value in stored.values_list("last_used_at", flat=True))
 
 
 def test_the_write_leaves_updated_at_alone(api, key):
     api_key, plaintext = key
     updated_at = api_key.updated_at
     api.get(URL, **bearer(plaintext))
+    usage.flush()
     api_key.refresh_from_db()
     assert api_key.updated_at == updated_at
     assert api_key.last_used_at is not None
 
 
-def test_the_next_write_comes_after_last_used_resolution(api, key, settings):
-    settings.DRF_LLM_KEYS = {"LAST_USED_RESOLUTION": 1}
-    _, plaintext = key
-    with CaptureQueriesContext(connection) as queries:
-        for _ in range(3):
-            api.get(URL, **bearer(plaintext))
-        time.sleep(1.2)
-        for _ in range(3):
-            api.get(URL, **bearer(plaintext))
-    assert len(updates(queries)) == 2, updates(queries)
+def test_a_later_use_already_stored_is_never_moved_back(api, key):
+    api_key, plaintext = key
+    later = timezone.now() + timedelta(hours=1)  # written by another process, say
+    APIKey.objects.filter(pk=api_key.pk).update(last_used_at=later)
+    api.get(URL, **bearer(plaintext))
+    usage.flush()
+    api_key.refresh_from_db()
+    assert api_key.last_used_at == later
 
 
-def test_recording_a_use_keeps_the_warm_path_free_of_sql(api, key):
-    _, plaintext = key
-    api.get(URL, **bearer(plaintext))  # cold: loads the entries and records the use
-    with CaptureQueriesContext(connection) as queries:
-        assert api.get(URL, **bearer(plaintext)).status_code == 200
-    assert len(queries) == 0, [q["sql"] for q in queries]
-
-
-def test_each_key_is_recorded_on_its_own(api, key, make_key, protected_client):
-    _, first = key
-    _, second = make_key(protected_client)
-    with CaptureQueriesContext(connection) as queries:
-        for plaintext in (first, second, first, second):
-            api.get(URL, **bearer(plaintext))
-    assert len(updates(queries)) == 2
+def test_an_older_use_stored_is_moved_forward(api, key):
+    api_key, plaintext = key
+    earlier = timezone.now() - timedelta(days=3)
+    APIKey.objects.filter(pk=api_key.pk).update(last_used_at=earlier)
+    api.get(URL, **bearer(plaintext))
+    usage.flush()
+    api_key.refresh_from_db()
+    assert api_key.last_used_at > earlier + timedelta(days=2)
 
 
 def test_a_refused_request_records_no_use(api, make_key, protected_client):
     api_key, plaintext = make_key(protected_client, expires_at=timezone.now() - timedelta(days=1))
     assert api.get(URL, **bearer(plaintext)).status_code == 401
+    usage.flush()
     api_key.refresh_from_db()
     assert api_key.last_used_at is None
 
 
-def test_one_claim_wins_among_concurrent_claimants(key):
-    # The claim is an atomic add in the shared cache, so it holds across processes too.
-    api_key, _ = key
-    barrier = threading.Barrier(8)
-    results: list[bool] = []
+def test_a_failed_flush_keeps_the_last_use_for_the_next(api, key, monkeypatch):
+    api_key, plaintext = key
+    api.get(URL, **bearer(plaintext))
 
-    def claim() -> None:
-        barrier.wait()
-        results.append(last_used.claim_last_used(api_key.prefix))
+    def failing(*args, **kwargs):
+        raise RuntimeError("database down")
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(results) == [False] * 7 + [True]
+    monkeypatch.setattr(usage, "write_counts", failing)
+    assert not usage.flush()
+    monkeypatch.undo()
+    assert usage.flush()
+    api_key.refresh_from_db()
+    assert api_key.last_used_at is not None
+
+
+def test_the_last_uses_waiting_are_bounded_by_usage_max_pending(api, make_key, protected_client, settings):
+    settings.DRF_LLM_KEYS = {"USAGE_MAX_PENDING": 2}
+    made = [make_key(protected_client) for _ in range(4)]
+    for _, plaintext in made:
+        assert api.get(URL, **bearer(plaintext)).status_code == 200
+    assert len(usage.counter._last_used) == 2
+    usage.flush()
+    assert APIKey.objects.filter(last_used_at__isnull=False).count() == 2

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.exceptions import PermissionDenied
 
 from drf_llm_keys import keys
-from drf_llm_keys.decisions.entries import api_key_from_entry, load_key_entry
+from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
 from drf_llm_keys.models import APIKey
 from drf_llm_keys.permissions import HasScopes, allows_model, require_model
 from tests.support import bearer
@@ -28,6 +28,12 @@ MODELS = "/models/{}/echo/"
 
 def get(api: Any, url: str, plaintext: str | None = None, **params: str) -> Any:
     return api.get(url, params, **(bearer(plaintext) if plaintext else {}))
+
+
+def key_entry(prefix: str) -> dict[str, Any]:
+    """What a cold decision on protected-bot loads for the key."""
+    entry: dict[str, Any] = load_decision("protected-bot", prefix, using="default")["key"]
+    return entry
 
 
 def assert_warm(api: Any, url: str, plaintext: str, **params: str) -> None:
@@ -177,7 +183,7 @@ def test_has_scopes_needs_all_of_them(scopes, names, held):
 def test_a_value_written_around_validation_grants_nothing(make_key, protected_client, stored):
     api_key, _ = make_key(protected_client)
     APIKey.objects.filter(pk=api_key.pk).update(scopes=stored, allowed_models=stored)
-    api_key = api_key_from_entry(load_key_entry(api_key.prefix, "default"), "default")
+    api_key = api_key_from_entry(key_entry(api_key.prefix), "default")
     assert not api_key.has_scopes("c")
     assert not api_key.has_scopes("chat")
     assert not api_key.allows_model("c")
@@ -210,7 +216,7 @@ def test_a_warm_scoped_request_makes_no_cache_round_trip(api, pushed, make_key, 
 
 def test_the_key_is_rebuilt_with_its_lists_loaded(make_key, protected_client, django_assert_num_queries):
     api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
-    entry = load_key_entry(api_key.prefix, "default")
+    entry = key_entry(api_key.prefix)
     with django_assert_num_queries(0):
         rebuilt = api_key_from_entry(entry, "default")
         assert (rebuilt.scopes, rebuilt.allowed_models) == (["chat"], ["echo"])
@@ -221,11 +227,7 @@ def test_the_key_is_rebuilt_with_its_lists_loaded(make_key, protected_client, dj
 def test_an_entry_without_the_lists_reads_them_from_the_database(make_key, protected_client):
     # Written by a version that did not hold them: never taken as "unrestricted".
     api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
-    entry = {
-        k: v
-        for k, v in load_key_entry(api_key.prefix, "default").items()
-        if k not in ("scopes", "allowed_models")
-    }
+    entry = {k: v for k, v in key_entry(api_key.prefix).items() if k not in ("scopes", "allowed_models")}
     rebuilt = api_key_from_entry(entry, "default")
     assert (rebuilt.scopes, rebuilt.allowed_models) == (["chat"], ["echo"])
     assert not rebuilt.has_scopes("files")

@@ -13,16 +13,23 @@ from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
-from django.db.models import Exists, OuterRef
+from django.db import connections, models
+from django.db.models.base import ModelState
+from django.db.models.expressions import Col
+from django.db.models.signals import post_init, pre_init
+from django.dispatch import Signal
+from django.dispatch.dispatcher import NO_RECEIVERS
 
 from .. import get_client_model
 from ..conf import conf
 from ..models import RESTRICTION_FIELDS, APIKey, LLMClientAPIKey, decision_db
-from .state import Entry
-from .store import UNCACHEABLE, lookup
+from .state import Entry, get_decision_cache
+from .store import UNCACHEABLE, UNKNOWN_KEY, lookup
 
 ModelT = TypeVar("ModelT", bound=models.Model)
+
+# The key's owner: its field's model is the user model, without get_user_model()'s lookups.
+_USER_MODEL = APIKey.user
 
 # Fields of the owner that the cache may hold; the password hash is never one of them.
 USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
@@ -38,7 +45,8 @@ def user_cache_fields() -> list[str]:
             field = user_model._meta.get_field(name)
         except FieldDoesNotExist:
             continue
-        if field.concrete and name != "password":
+        # A column of the user's own table (not a parent's): DecisionQuery joins that one.
+        if field.concrete and field.model._meta.db_table == user_model._meta.db_table and name != "password":
             fields.append(field.attname)
     return fields
 
@@ -62,103 +70,156 @@ def _owner_is_active(user_id: Any, using: str) -> bool:
     return owner is not None and bool(owner.is_active)
 
 
-def load_client_entry(value: str, using: str) -> Entry:
-    client_model = get_client_model()
+class DecisionQuery:
+    """The one statement of a cold decision on one database.
+
+    The client, whether it has an active key, and the presented key with its mapping to
+    that client and its owner's secret-free fields, in one query with bound parameters.
+    Built once per database and configuration (kept on the ``DecisionCache``, which
+    ``decisions.reset()`` and a settings change renew): building and compiling querysets
+    would cost the cold path more than running the query.
+    """
+
+    def __init__(self, using: str) -> None:
+        connection = connections[using]
+        quote = connection.ops.quote_name
+        client_model, user_model = get_client_model(), get_user_model()
+        self.lookup = _lookup_field(client_model)
+        self.user_fields = user_cache_fields()
+        concrete = {field.attname: field for field in user_model._meta.concrete_fields}
+
+        def field(model: type[models.Model], name: str) -> Any:
+            return model._meta.pk if name == "pk" else model._meta.get_field(name)
+
+        def column(model: type[models.Model], name: str) -> str:
+            return quote(str(field(model, name).column))
+
+        def table(model: type[models.Model]) -> str:
+            return quote(model._meta.db_table)
+
+        require = (
+            ("c", field(client_model, "require_api_key"))
+            if _has_field(client_model, "require_api_key")
+            else None  # a client model without it: never protected by it
+        )
+        # The row: client pk, lookup value, require_api_key, has an active key (at
+        # HAS_ACTIVE), the key's KEY_FIELDS, its mapping to this client, the owner's fields.
+        selected: list[tuple[str, Any] | None] = [
+            ("c", field(client_model, "pk")),
+            ("c", self.lookup),
+            require,
+            None,
+            *(("k", field(APIKey, name)) for name in KEY_FIELDS),
+            ("l", field(LLMClientAPIKey, "llm_client")),
+            *(("u", concrete[name]) for name in self.user_fields),
+        ]
+        self.converters: list[tuple[int, list[Any], Col]] = []
+        for index, selection in enumerate(selected):
+            if selection is not None:
+                expression = Col(selection[0], selection[1])
+                functions = connection.ops.get_db_converters(expression)
+                functions += selection[1].get_db_converters(connection)
+                if functions:
+                    self.converters.append((index, functions, expression))
+        columns = ["NULL" if c is None else f"{c[0]}.{quote(c[1].column)}" for c in selected]
+        link, key, client_pk = LLMClientAPIKey, APIKey, f"c.{column(client_model, 'pk')}"
+        columns[HAS_ACTIVE] = (
+            f"EXISTS (SELECT 1 FROM {table(link)} al INNER JOIN {table(key)} ak "
+            f"ON ak.{column(key, 'pk')} = al.{column(link, 'api_key')} "
+            f"WHERE al.{column(link, 'llm_client')} = {client_pk} AND ak.{column(key, 'is_active')} = %s)"
+        )
+        # The key's mapping to this client only: the entry is this client's.
+        self.sql = (
+            f"SELECT {', '.join(columns)} FROM {table(client_model)} c "
+            f"LEFT OUTER JOIN {table(key)} k ON k.{column(key, 'prefix')} = %s "
+            f"LEFT OUTER JOIN {table(link)} l ON l.{column(link, 'api_key')} = k.{column(key, 'pk')} "
+            f"AND l.{column(link, 'llm_client')} = {client_pk} "
+            f"LEFT OUTER JOIN {table(user_model)} u "
+            f"ON u.{column(user_model, 'pk')} = k.{column(key, 'user')} "
+            f"WHERE c.{quote(self.lookup.column)} = %s"
+        )
+
+    def run(self, value: str, prefix: str | None, using: str) -> list[Any] | None:
+        """The converted row; None when the value can name no client, or none has it."""
+        connection = connections[using]
+        prepared = _prepared(self.lookup, value, connection)
+        if prepared is None:
+            return None
+        with connection.cursor() as cursor:
+            # A prefix of None joins no key: "= NULL" is never true.
+            cursor.execute(self.sql, [True, prefix, prepared])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        values = list(row)
+        for index, functions, expression in self.converters:
+            value = values[index]
+            for function in functions:
+                value = function(value, expression, connection)
+            values[index] = value
+        return values
+
+
+# The key's columns in an entry, in this order in DecisionQuery's row, after HAS_ACTIVE.
+KEY_FIELDS = ("id", "digest", "is_active", "expires_at", "name", "user", *RESTRICTION_FIELDS)
+HAS_ACTIVE = 3
+
+
+def _lookup_field(client_model: type[models.Model]) -> Any:
+    name = conf.CLIENT_LOOKUP_FIELD
+    return client_model._meta.pk if name == "pk" else client_model._meta.get_field(name)
+
+
+def _prepared(field: Any, value: str, connection: Any) -> Any:
+    """``value`` as the lookup field's database value; None for one it cannot hold."""
     if "\x00" in value:  # PostgreSQL refuses NUL in text: it cannot name a client anyway.
-        return {"id": None, UNCACHEABLE: True}
-    active = LLMClientAPIKey.objects.filter(llm_client=OuterRef("pk"), api_key__is_active=True)
-    columns = ["pk", "has_active", conf.CLIENT_LOOKUP_FIELD]
-    if _has_field(client_model, "require_api_key"):
-        columns.append("require_api_key")
+        return None
     try:
-        row = (
-            client_model._default_manager.db_manager(using)
-            .filter(**{conf.CLIENT_LOOKUP_FIELD: value})
-            .annotate(has_active=Exists(active))
-            .values_list(*columns)
-            .first()
-        )
-    except (ValueError, TypeError, ValidationError):  # a value the lookup field cannot hold
-        row = None
-    if row is None:
-        # Not cached: under a case-insensitive collation a client created later as "Bot"
-        # would answer "bot" too, and its creation invalidates "Bot" only.
-        return {"id": None, UNCACHEABLE: True}
-    entry = {
-        "id": row[0],
-        "has_active_key": bool(row[1]),
-        "require_api_key": bool(row[3:] and row[3]),
-        # The stored spelling, which names the client in settings (THROTTLE_RATES).
-        "lookup": str(row[2]),
-    }
-    if str(row[2]) != value:
-        # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
-        # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
-        # value only, so an entry cached under this spelling would outlive them.
-        entry[UNCACHEABLE] = True
-    return entry
+        prepared = field.get_db_prep_value(value, connection, prepared=False)
+    except (ValueError, TypeError, ValidationError):
+        return None
+    if isinstance(prepared, int):
+        # Out of the column's range: a database error on some backends, a miss in the ORM.
+        try:
+            low, high = connection.ops.integer_field_range(field.get_internal_type())
+        except KeyError:
+            return prepared
+        if (low is not None and prepared < low) or (high is not None and prepared > high):
+            return None
+    return prepared
 
 
-def load_key_entry(prefix: str, using: str) -> Entry:
-    user_fields = user_cache_fields()
-    rows = list(
-        APIKey._base_manager.db_manager(using)
-        .filter(prefix=prefix)
-        .values_list(
-            "pk",
-            "digest",
-            "is_active",
-            "expires_at",
-            "name",
-            "user_id",
-            "client_links__llm_client_id",
-            *RESTRICTION_FIELDS,
-            *(f"user__{name}" for name in user_fields),
-        )
-    )
-    if not rows:
-        return {"id": None}
-    pk, digest, is_active, expires_at, name, user_id, _, scopes, allowed_models = rows[0][:9]
-    user = dict(zip(user_fields, rows[0][9:], strict=True)) if user_id is not None else None
-    if user is not None and owner_activity_is_computed():
-        user["is_active"] = _owner_is_active(user_id, using)
-    return {
-        "id": pk,
-        "prefix": prefix,
-        "digest": digest,
-        "is_active": is_active,
-        "expires_at": expires_at,
-        "name": name,
-        "client_ids": sorted({row[6] for row in rows if row[6] is not None}),
-        "user": user,
-        "scopes": scopes,
-        "allowed_models": allowed_models,
-    }
+def _queries(using: str) -> DecisionQuery:
+    queries = get_decision_cache().queries
+    key = (using, connections[using].vendor)
+    query: DecisionQuery | None = queries.get(key)
+    if query is None:
+        query = queries[key] = DecisionQuery(using)
+    return query
 
 
 def api_key_from_entry(entry: Entry, db: str) -> APIKey:
     """The key and its owner rebuilt from a key entry: no query, no secret field.
 
-    The other fields are deferred: reading one loads it from the database.
+    New instances on every call (a view may change ``request.user``), with copies of the
+    restriction lists (nor ``request.auth.scopes``). The other fields are deferred: reading
+    one loads it from the database.
     """
-    # Copies: a view that changes request.auth.scopes must not change the held entry. An
-    # entry written by a version without them leaves them deferred, read from the database.
-    restrictions = {name: _copied(entry[name]) for name in RESTRICTION_FIELDS if name in entry}
-    user = _from_fields(get_user_model(), db, entry["user"])
-    api_key = _from_fields(
-        APIKey,
-        db,
-        {
-            "id": entry["id"],
-            "prefix": entry["prefix"],
-            "name": entry["name"],
-            "is_active": entry["is_active"],
-            "expires_at": entry["expires_at"],
-            "user_id": user.pk,
-            **restrictions,
-        },
-    )
-    APIKey._meta.get_field("user").set_cached_value(api_key, user)  # type: ignore[union-attr]
+    user = _instance(_USER_MODEL.field.related_model, db, entry["user"])
+    values = {
+        "id": entry["id"],
+        "prefix": entry["prefix"],
+        "name": entry["name"],
+        "is_active": entry["is_active"],
+        "expires_at": entry["expires_at"],
+        "user_id": user.pk,
+    }
+    for name in RESTRICTION_FIELDS:
+        # An entry written by a version without them leaves them deferred.
+        if name in entry:
+            values[name] = _copied(entry[name])
+    api_key = _instance(APIKey, db, values)
+    api_key._state.fields_cache["user"] = user
     return api_key
 
 
@@ -167,29 +228,96 @@ def _copied(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def _from_fields(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    names = _concrete_order(model, tuple(values))
-    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
+def _instance(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
+    """What ``model.from_db(db, ...)`` returns for these fields, without running
+    ``__init__`` when nothing would see the difference: it costs more than the decision."""
+    concrete = _concrete_attnames(model)
+    if not values.keys() <= concrete.keys():  # a computed is_active, say
+        values = {name: value for name, value in values.items() if name in concrete}
+    if _runs_init_code(model):
+        names = [name for name in concrete if name in values]
+        built: ModelT = model.from_db(db, names, [values[name] for name in names])
+        return built
+    instance = model.__new__(model)
+    instance.__dict__.update(values)
+    state = instance._state = ModelState()
+    state.adding, state.db = False, db
     return instance
 
 
-@functools.lru_cache(maxsize=64)
-def _concrete_order(model: type[models.Model], names: tuple[str, ...]) -> list[str]:
-    # from_db() takes the values in the order of the model's concrete fields.
-    return [f.attname for f in model._meta.concrete_fields if f.attname in names]
+def _runs_init_code(model: type[models.Model]) -> bool:
+    """Whether building an instance runs code of the project's: its own ``__init__``, or a
+    receiver of ``pre_init``/``post_init`` (a field tracker, say)."""
+    return (
+        model.__init__ is not models.Model.__init__
+        or _has_receivers(pre_init, model)
+        or _has_receivers(post_init, model)
+    )
+
+
+def _has_receivers(signal: Signal, model: type[models.Model]) -> bool:
+    # What Signal.send() checks first: its cache of senders known to have no receiver.
+    if not signal.receivers or signal.sender_receivers_cache.get(model) is NO_RECEIVERS:
+        return False
+    return signal.has_listeners(model)
+
+
+@functools.lru_cache(maxsize=16)
+def _concrete_attnames(model: type[models.Model]) -> dict[str, None]:
+    # In the order of the model's concrete fields, which from_db() takes its values in.
+    return dict.fromkeys(field.attname for field in model._meta.concrete_fields)
 
 
 def load_decision(client_value: str, prefix: str | None, *, using: str | None = None) -> Entry:
-    """What a decision needs from the database: at most two queries, on ``using``.
+    """What a decision needs from the database: one query, on ``using``.
 
     By default ``decision_db()``: a replica's rows may predate the invalidation that made
     this load happen, and would be cached under the new generation.
     """
     using = using or decision_db()
-    client = load_client_entry(client_value, using)
-    protected = client["id"] is not None and (client["require_api_key"] or client["has_active_key"])
-    key = load_key_entry(prefix, using) if prefix is not None and protected else None
-    return {"client": client, "key": key, UNCACHEABLE: client.get(UNCACHEABLE, False)}
+    query = _queries(using)
+    row = query.run(client_value, prefix, using)
+    if row is None:
+        # Not cached: under a case-insensitive collation a client created later as "Bot"
+        # would answer "bot" too, and its creation invalidates "Bot" only.
+        return {"client": {"id": None, UNCACHEABLE: True}, "key": None, UNCACHEABLE: True}
+    client: Entry = {
+        "id": row[0],
+        "has_active_key": bool(row[HAS_ACTIVE]),
+        "require_api_key": bool(row[2]),
+        # The stored spelling, which names the client in settings (THROTTLE_RATES).
+        "lookup": str(row[1]),
+    }
+    decision: Entry = {"client": client, "key": None}
+    if client["lookup"] != client_value:
+        # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
+        # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
+        # value only, so an entry cached under this spelling would outlive them.
+        client[UNCACHEABLE] = decision[UNCACHEABLE] = True
+    if prefix is None:
+        return decision
+    pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, link = row[4:13]
+    if pk is None:
+        decision[UNKNOWN_KEY] = True
+        return decision
+    if not (client["require_api_key"] or client["has_active_key"]):
+        return decision  # public: the key decides nothing
+    user = dict(zip(query.user_fields, row[13:], strict=True)) if user_id is not None else None
+    if user is not None and owner_activity_is_computed():
+        user["is_active"] = _owner_is_active(user_id, using)
+    decision["key"] = {
+        "id": pk,
+        "prefix": prefix,
+        "digest": digest,
+        "is_active": is_active,
+        "expires_at": expires_at,
+        "name": name,
+        "client_ids": [] if link is None else [link],
+        "user": user,
+        "scopes": scopes,
+        "allowed_models": allowed_models,
+    }
+    return decision
 
 
 def client_entry(value: Any, refresh: bool = False) -> Entry:

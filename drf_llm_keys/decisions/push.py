@@ -66,7 +66,7 @@ class Channel:
         self.subscriber, self.tracker = connections
         self.lock = threading.Lock()
         self.alive = True
-        # Generation name -> the token this process knows to be current.
+        # Generation name -> the token this process knows to be current, least recently used first.
         self.current: dict[str, str] = {}
         self.announcements = 0
         # Everything Redis announced before this moment has been read.
@@ -84,7 +84,11 @@ class Channel:
             now = time.monotonic()
             if not self._read(now):
                 return False
-            return now - self.proven_at <= conf.PUSH_HEARTBEAT and self.current.get(gen_name) == token
+            if now - self.proven_at > conf.PUSH_HEARTBEAT or self.current.get(gen_name) != token:
+                return False
+            # Least recently used first: a hit moves the generation to the end.
+            self.current[gen_name] = self.current.pop(gen_name)
+            return True
 
     def proven_epoch(self) -> str | None:
         """The master's epoch, if the channel is up and proven now: read after a GET, it

@@ -22,7 +22,15 @@ def get_cache() -> BaseCache:
     Every use goes through ``state.get_cache()``: one place to put a double (a counting or
     failing cache) in front of it.
     """
-    return caches[conf.CACHE_ALIAS]
+    # caches[alias] goes through asgiref's Local on every call, which costs a warm request
+    # more than its decision; the same backend instance, kept per thread (as Django's own
+    # handler does for sync code) until reset() or a change of CACHES drops this object.
+    per_thread = get_decision_cache().per_thread
+    try:
+        cache: BaseCache = per_thread.cache
+    except AttributeError:
+        cache = per_thread.cache = caches[conf.CACHE_ALIAS]
+    return cache
 
 
 class DecisionCache:
@@ -34,7 +42,12 @@ class DecisionCache:
         # shared generation on every use, so they save the entry's transfer, never a round
         # trip or a revocation. Least recently used first.
         self.held: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
+        # The same for keys no row has, which are never written to the shared cache:
+        # bounded apart, so that a flood of random keys cannot push out the entries above.
+        self.unknown_keys: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
         self.held_lock = threading.Lock()
+        # What entries.load_decision builds once per database: its statement and converters.
+        self.queries: dict[Any, Any] = {}
         # Generation keys whose new token could not be written, with when that first failed.
         self.pending: dict[str, float] = {}
         self.pending_lock = threading.Lock()
@@ -44,6 +57,7 @@ class DecisionCache:
         self.push = Push()
         # The master's epoch (topology) and when it was read, for lookups without a channel.
         self.epoch: tuple[str, float] | None = None
+        self.per_thread = threading.local()
 
     def close(self) -> None:
         """Stop the retry timer and close the push channel."""

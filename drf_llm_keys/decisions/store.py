@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from django.db import connections
 from ..conf import conf
 from . import state, topology
 from .invalidation import flush_pending, has_unpublished_writes, quietly
-from .names import decision_name, generation_name
+from .names import decision_names
 from .push import Channel
 from .state import DecisionCache, Entry, get_decision_cache
 
@@ -26,8 +27,12 @@ Loader = Callable[[str, "str | None"], Entry]
 # What a failed read "found": nothing, and no generation worth creating either.
 _UNHEALTHY: dict[str, Any] = {}
 
-# Set in an entry that must answer its own request only (see entries.load_client_entry).
+# Set in an entry that must answer its own request only (see entries.load_decision).
 UNCACHEABLE = "uncacheable"
+# Set in an entry for a presented key that no row has: never written to the shared cache, and
+# held apart, at most UNKNOWN_KEY_ENTRIES of them per process.
+UNKNOWN_KEY = "unknown_key"
+UNKNOWN_KEY_ENTRIES = 1024
 
 # The only isolation levels where a transaction's snapshot can predate a generation read.
 _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
@@ -45,11 +50,11 @@ def lookup(
     """
     local = get_decision_cache()
     flush_pending(local)
-    gen_name, entry_name = generation_name(client_value), decision_name(client_value, prefix)
-    held = None if refresh else local.held.get(entry_name)
+    gen_name, entry_name = decision_names(client_value, prefix)
+    held = None if refresh else (local.held.get(entry_name) or local.unknown_keys.get(entry_name))
     channel = local.push.channel()
     if channel is not None and held is not None and channel.trusts(gen_name, held[0]):
-        return held[1]
+        return _used(local, entry_name, held)
     mark = channel.mark() if channel is not None else None
     epoch = ""
     try:
@@ -65,22 +70,31 @@ def lookup(
         if channel is not None:
             channel.confirm(gen_name, tag, mark)
         if held is not None and held[0] == tag:
-            return held[1]
+            return _used(local, entry_name, held)
         cached = found.get(entry_name)
         if not refresh and isinstance(cached, tuple) and cached[0] == tag:
-            _hold(local, entry_name, cached)
+            _hold(local, local.held, entry_name, cached, conf.LOCAL_ENTRIES)
             entry: Entry = cached[1]
             return entry
-    # The generation must be known *before* the rows are read: that is what makes a late
-    # write of these rows harmless after an invalidation.
-    if gen is None and found is not _UNHEALTHY:
-        gen = _ensure_generation(gen_name)
-        tag = None if gen is None else topology.tagged(gen, epoch)
     entry = load(client_value, prefix)
-    if tag is not None and not entry.get(UNCACHEABLE) and _fill_is_safe(using):
-        filled = (tag, entry)
-        quietly(lambda: state.get_cache().set(entry_name, filled, conf.CACHE_TIMEOUT), "write")
-        _hold(local, entry_name, filled)
+    if entry.get(UNCACHEABLE) or found is _UNHEALTHY or not _fill_is_safe(using):
+        return entry
+    if entry.get(UNKNOWN_KEY):
+        # An unknown key: kept in this process only (one is made per random key sent).
+        if tag is not None:
+            _hold(local, local.unknown_keys, entry_name, (tag, entry), UNKNOWN_KEY_ENTRIES)
+        return entry
+    if tag is None:
+        # Made only now, for a client that exists: an unknown one never gets a generation.
+        # Made after the rows were read, so only if none was there: a write that landed
+        # since the read above made one, and these rows may predate it.
+        gen = _new_generation(gen_name)
+        if gen is None:
+            return entry
+        tag = topology.tagged(gen, epoch)
+    filled = (tag, entry)
+    quietly(lambda: state.get_cache().set(entry_name, filled, conf.CACHE_TIMEOUT), "write")
+    _hold(local, local.held, entry_name, filled, conf.LOCAL_ENTRIES)
     return entry
 
 
@@ -102,26 +116,39 @@ def _epoch(local: DecisionCache, channel: Channel | None) -> str:
     return current
 
 
-def _hold(local: DecisionCache, entry_name: str, cached: tuple[str, Entry]) -> None:
-    size = conf.LOCAL_ENTRIES
-    with local.held_lock:
-        local.held[entry_name] = cached
-        local.held.move_to_end(entry_name)
-        while len(local.held) > size:
-            local.held.popitem(last=False)
-
-
-def _ensure_generation(gen_name: str) -> str | None:
+def _used(local: DecisionCache, entry_name: str, held: tuple[str, Entry]) -> Entry:
+    """A held entry, moved to the recently used end of its table."""
     try:
-        cache = state.get_cache()
-        token = uuid.uuid4().hex
-        if cache.add(gen_name, token, conf.CACHE_TIMEOUT):
-            return token
-        current = topology.read(cache, [gen_name]).get(gen_name)
-        return current if isinstance(current, str) else None
+        local.held.move_to_end(entry_name)
+    except KeyError:  # an unknown key's, or dropped by another thread since
+        if entry_name in local.unknown_keys:
+            local.unknown_keys.move_to_end(entry_name)
+    return held[1]
+
+
+def _hold(
+    local: DecisionCache,
+    table: OrderedDict[str, tuple[str, Entry]],
+    entry_name: str,
+    cached: tuple[str, Entry],
+    size: int,
+) -> None:
+    with local.held_lock:
+        table[entry_name] = cached
+        table.move_to_end(entry_name)
+        while len(table) > size:
+            table.popitem(last=False)
+
+
+def _new_generation(gen_name: str) -> str | None:
+    """A first generation for the client, or None when one exists (or the cache failed)."""
+    token = uuid.uuid4().hex
+    try:
+        added = state.get_cache().add(gen_name, token, conf.CACHE_TIMEOUT)
     except Exception:
-        logger.warning("drf_llm_keys: cache read failed, using the database", exc_info=True)
+        logger.warning("drf_llm_keys: cache write failed", exc_info=True)
         return None
+    return token if added else None
 
 
 def _fill_is_safe(using: str) -> bool:
