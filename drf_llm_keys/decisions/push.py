@@ -1,32 +1,11 @@
 """Zero-round-trip warm requests: Redis tells every process when a generation changes.
 
-With ``PUSH_INVALIDATION`` on and a django-redis cache on Redis 6 or later, each process
-opens two connections of its own: one subscribed to Redis's invalidation channel, and one
-that asks Redis (client-side caching in broadcast mode, ``CLIENT TRACKING ... BCAST``) to
-announce there every change to a key under the generation prefix, by any client, including
-a flush, an expiry or an eviction. A generation that this process read from Redis while
-the channel was up is then trusted without asking again, until an announcement retires it.
-
-Why a revocation still takes effect at once: Redis queues a broadcast announcement
-before it writes out its reply to the write that caused it (``beforeSleep`` runs
-``trackingBroadcastInvalidationMessages`` before the pending writes), and sends both in
-the same pass of its event loop; every request reads what has arrived on its socket
-before it trusts anything. So on one host, by the time the revoking process can act on
-its reply, the announcement is on every other process's socket (within the microseconds
-of that pass). Across hosts the window is the network's delivery skew between two packets
-Redis sent together.
-
-Fail closed: an error on either connection, a fork (``state``), or a channel whose two
-connections have not both answered a ping sent within the last ``PUSH_HEARTBEAT`` seconds
-suspends the trust, and requests go back to one GET each (``store.lookup``) until the
-channel proves itself again. A tracking connection that is silently lost stops the
-announcements while the subscriber still answers: its own PONG is what proves it.
-
-The channel's connections are made like the pool's of the cache's master (``topology``):
-with Sentinel, each opening asks the sentinels for the current master, and a master
-demoted under it closes them (Sentinel kills its clients; redis-py turns ``-READONLY`` into
-a connection error). The channel learns the master's epoch when it connects; a restart or
-a failover ends its connections, and with them that epoch.
+Two connections of this process's own: a subscriber to Redis's invalidation channel, and a
+tracker that turns on client-side caching in broadcast mode (``CLIENT TRACKING ... BCAST``)
+for the generation prefix. A generation read from the master while both connections answer
+the heartbeat is trusted until Redis announces its change. Why that is still "at once", and
+every case that suspends the trust (an error, a fork, a missed heartbeat on either
+connection, a master that changed): docs/design.md, "Push invalidation".
 """
 
 from __future__ import annotations
