@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.cache import BaseCache
+from django.core.cache.backends.redis import RedisCacheClient  # imports redis only when used
 
 from ..conf import conf
 
@@ -50,6 +51,10 @@ def master_client(cache: BaseCache) -> Any:
 
 def read(cache: BaseCache, names: list[str]) -> dict[str, Any]:
     """``get_many`` on the master, for the reads that decide trust."""
+    if not _may_have_master(cache):  # every other cache, on its warm path: no exception
+        if len(names) == 1:  # a held entry's generation: get() costs less than get_many()
+            return {names[0]: cache.get(names[0])}
+        return cache.get_many(names)
     try:
         master = master_client(cache)
     except Unsupported:
@@ -119,9 +124,12 @@ def tagged(generation: str, current_epoch: str) -> str:
     return f"{generation}@{current_epoch}" if current_epoch else generation
 
 
-def _django_redis_client(cache: BaseCache) -> Any:
-    from django.core.cache.backends.redis import RedisCacheClient
+def _may_have_master(cache: BaseCache) -> bool:
+    """django-redis (any client), or Django's RedisCache."""
+    return hasattr(getattr(cache, "client", None), "get_client") or _django_redis_client(cache) is not None
 
+
+def _django_redis_client(cache: BaseCache) -> Any:
     inner = getattr(cache, "_cache", None)
     return inner if isinstance(inner, RedisCacheClient) else None
 
