@@ -158,7 +158,9 @@ class Channel:
         elif now - self.ping_sent_at > 10 * heartbeat:
             logger.warning("drf_llm_keys: invalidation channel silent, reconnecting")
             self.close()
-        elif now - self.proven_at > heartbeat and not self.lapse_logged:
+        elif now - self.ping_sent_at > heartbeat and not self.lapse_logged:
+            # Timed from the ping, not from the last proof: after an idle spell the first
+            # request sends a ping that has had no time to be answered yet.
             silent = {"subscriber", "tracker"} - self.answered
             logger.warning(
                 "drf_llm_keys: no answer from the invalidation channel's %s within PUSH_HEARTBEAT: "

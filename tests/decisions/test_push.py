@@ -165,6 +165,23 @@ def test_a_channel_silent_for_ten_heartbeats_is_dropped(api, pushed, world, sett
     world.assert_valid_refused(api)
 
 
+def test_an_idle_spell_longer_than_the_heartbeat_logs_no_warning(api, pushed, world, caplog):
+    settle(api, world)
+    channel = get_decision_cache().push.channel()
+    assert channel is not None
+    time.sleep(3 * HEARTBEAT)  # nothing asks: no ping is sent, none can be answered
+    pushed.pause()  # the ping the next use sends stays unanswered for a while
+    try:
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            assert not channel.trusts("any", "token")  # sends the ping
+            assert not channel.trusts("any", "token")  # asked again at once: no answer yet
+    finally:
+        pushed.resume()
+    assert "no answer from the invalidation channel" not in caplog.text
+    world.revoke_valid()
+    world.assert_valid_refused(api)
+
+
 def test_the_trusted_generations_are_bounded_by_local_entries(api, pushed, world, settings):
     settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT, "LOCAL_ENTRIES": 2}
     settle(api, world)
