@@ -28,12 +28,35 @@ def client_lookup_values(clients: models.QuerySet[Any]) -> set[Any]:
     return set(clients.values_list(conf.CLIENT_LOOKUP_FIELD, flat=True))
 
 
+def lock_for_delete(rows: models.QuerySet[Any]) -> None:
+    """Lock the rows a delete removes before Django collects what refers to them.
+
+    A usage write (``KeyUsage``) committed between that collection and the delete's commit
+    would fail the delete's foreign-key check (PostgreSQL runs it at commit); locked first,
+    the writer waits and then finds the row gone (``drf_llm_keys.usage`` drops such counts).
+    """
+    list(rows.select_for_update().values_list("pk", flat=True))
+
+
+class DeleteLocksFirst(models.Model):
+    """``delete()`` of one row locks it first (``lock_for_delete``)."""
+
+    class Meta:
+        abstract = True
+
+    def delete(self, using: str | None = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            lock_for_delete(type(self)._base_manager.using(using).filter(pk=self.pk))
+            return super().delete(using=using, keep_parents=keep_parents)
+
+
 class InvalidatingQuerySet(models.QuerySet[Any]):
     """Bulk writes that change a decision invalidate like ``save()`` does.
 
-    ``delete()`` needs nothing here: the ``pre_delete`` receivers in ``signals`` (on
-    clients and mappings, which a key's delete cascades to) keep Django off the signal-free
-    fast path.
+    ``delete()`` invalidates through the ``pre_delete`` receivers in ``signals`` (on
+    clients and mappings, which a key's delete cascades to), which keep Django off the
+    signal-free fast path; it locks its rows first (``lock_for_delete``).
 
     Every read here runs on ``self.db`` once the queryset is marked for writing, as
     Django's own ``update()`` does: the database written to, never a read replica that
@@ -64,6 +87,15 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
         return count
 
     update.alters_data = True  # type: ignore[attr-defined]
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        self._for_write = True
+        with transaction.atomic(using=self.db, savepoint=False):
+            lock_for_delete(self)
+            return super().delete()
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
 
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         self._for_write = True
@@ -96,7 +128,7 @@ class LLMClientQuerySet(InvalidatingQuerySet):
         return {getattr(o, conf.CLIENT_LOOKUP_FIELD) for o in objs}
 
 
-class AbstractLLMClient(models.Model):
+class AbstractLLMClient(DeleteLocksFirst):
     """Subclass this to bring your own client model (``DRF_LLM_KEYS_CLIENT_MODEL``)."""
 
     name = models.CharField(_("name"), max_length=200)
@@ -205,7 +237,7 @@ class APIKeyManager(models.Manager["APIKey"]):
         return api_key, plaintext
 
 
-class APIKey(models.Model):
+class APIKey(DeleteLocksFirst):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("owner"),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import pytest
-from django.db import connection, connections
+from django.conf import settings as django_settings
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 
@@ -139,6 +141,50 @@ def test_deleting_a_key_deletes_its_history(api, quiet, make_key, protected_clie
     assert KeyUsage.objects.filter(api_key=api_key).count() == 1
     api_key.delete()
     assert KeyUsage.objects.count() == 0
+
+
+# SQLite runs one writer at a time (a second one gets "database is locked"): no race to test.
+if "sqlite" not in django_settings.DATABASES["default"]["ENGINE"]:
+
+    @pytest.mark.parametrize("delete", ["instance", "queryset"])
+    def test_a_usage_write_during_a_delete_makes_the_writer_wait_not_the_delete_fail(
+        key, protected_client, delete
+    ):
+        """The race a soak found on PostgreSQL: a usage row committed between the delete's
+        collection of related rows and its commit failed the delete's foreign-key check."""
+        api_key, _ = key
+        inserted, failures = threading.Event(), []
+
+        def writer() -> None:
+            try:
+                with transaction.atomic():
+                    if connection.vendor == "postgresql":
+                        # Checked now, not at commit: the row's reference holds the key's row.
+                        connection.cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
+                    KeyUsage.objects.create(
+                        api_key_id=api_key.pk,
+                        llm_client_id=protected_client.pk,
+                        day=usage.today(),
+                        requests=1,
+                    )
+                    inserted.set()
+                    time.sleep(0.5)  # the delete starts meanwhile
+            except Exception as exc:  # the writer's own failure is the other acceptable outcome
+                failures.append(exc)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert inserted.wait(10)
+        if delete == "instance":
+            api_key.delete()
+        else:
+            APIKey.objects.filter(pk=api_key.pk).delete()
+        thread.join(10)
+        assert not APIKey.objects.filter(pk=api_key.pk).exists()
+        assert not KeyUsage.objects.filter(api_key_id=api_key.pk).exists()
+        assert failures == []
 
 
 def test_a_background_timer_writes_the_counts_within_the_interval(api, settings, key):
