@@ -257,6 +257,9 @@ def soak(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> int:
     if faults is not None:
         fallbacks = verdict.server_log.count("cache read failed, using the database")
         print(f"soak: {faults.count} {args.fault} faults, {fallbacks} cache-read fallbacks logged")
+        if faults.lost:  # what the server came back without: the faults really lost writes
+            unit = "replication bytes missed" if args.fault == "failover" else "writes since the snapshot"
+            print(f"soak: each came back without {', '.join(map(str, faults.lost))} {unit}")
     for name in ("accepted_after_retirement", "accepted_wrong_key", "valid_refused", "server_errors"):
         for sent in getattr(verdict, name)[:5]:
             print(f"soak: {name}: {sent}")

@@ -47,7 +47,8 @@ class Faults:
       whose channel is down reads the new epoch up to PUSH_HEARTBEAT late:
       ``grace_from_restart``, the seconds after it answers again.
 
-    ``grace`` collects the windows, reported apart by ``judge``; ``events`` the times.
+    ``grace`` collects the windows, reported apart by ``judge``; ``events`` the times;
+    ``lost`` what each restart came back without (``rdb_changes_since_last_save``).
     """
 
     KINDS = ("stop", "pause", "flush", "restart-snapshot")
@@ -70,6 +71,7 @@ class Faults:
         self.grace_from_restart = grace_from_restart
         self.grace: list[tuple[float, float]] = []
         self.events: list[tuple[str, float]] = []  # (what, time.monotonic())
+        self.lost: list[int] = []
         self.count = 0
         self.on = False
 
@@ -114,6 +116,7 @@ class Faults:
             resumed = self.event("resumed")
             self.grace.append((resumed, resumed + self.grace_after))
         elif self.kind == "restart-snapshot":
+            self.lost.append(int(self.server.client().info("persistence")["rdb_changes_since_last_save"]))
             killed = self.event("killed")
             self.server.kill()
             self.server.start()  # the same port, the same directory: the snapshot above
@@ -128,6 +131,7 @@ class Failovers(Faults):
     master is started for the next round. The promoted replica missed every change of those
     seconds; its new ``master_replid`` is the epoch that must end every old entry. A process
     whose channel is down reads it up to PUSH_HEARTBEAT late: ``grace_from_restart``.
+    ``lost``: the bytes of replication stream each promoted replica missed.
     """
 
     def __init__(
@@ -154,6 +158,8 @@ class Failovers(Faults):
         if not self.on:
             return
         self.on = False
+        offset = self.server.client().info("replication")["master_repl_offset"]
+        self.lost.append(offset - self.replica.client().info("replication")["slave_repl_offset"])
         killed = self.event("master killed")
         self.server.kill()
         self.replica.client().replicaof("no", "one")
