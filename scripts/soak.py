@@ -41,7 +41,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.support.harness import Faults
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -272,7 +275,7 @@ def soak(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> int:
     return 1 if verdict.violations else 0
 
 
-def make_faults(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> Any:
+def make_faults(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> Faults | None:
     from tests.support import harness
 
     if args.fault == "none":

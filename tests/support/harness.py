@@ -134,6 +134,8 @@ class Failovers(Faults):
     ``lost``: the bytes of replication stream each promoted replica missed.
     """
 
+    KINDS = ("failover",)
+
     def __init__(
         self,
         master: RedisServer,
@@ -145,8 +147,7 @@ class Failovers(Faults):
         offset: float,
         grace_from_restart: float,
     ) -> None:
-        super().__init__(master, "stop", every, length, offset, 0.0, grace_from_restart=grace_from_restart)
-        self.kind = "failover"
+        super().__init__(master, "failover", every, length, offset, 0.0, 0.0, grace_from_restart)
         self.replica, self.proxy, self.directory = replica, proxy, Path(directory)
         self.servers = [master, replica]  # all it started, to stop at the end
 
