@@ -24,6 +24,9 @@ Faults (every --fault-every seconds, from the first 2 s on):
                     knows): the replica's replication is cut; --fault-length seconds of key
                     changes; the master is killed, the replica promoted and the proxy moved
                     to it; a fresh replica of the new master for the next round
+  lost-tracker      every process reaches Redis through a TCP proxy, which silently cuts
+                    the server side of every push channel's tracking connection (a silent
+                    channel is reopened 10 PUSH_HEARTBEATs later: --fault-every 15 or more)
 
 --replica-lag SECONDS (PostgreSQL with a streaming standby, DRF_LLM_KEYS_TEST_REPLICA_URL,
 see scripts/services.sh standby): the gunicorn workers read through tests/routers.py from
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FAULTS = ["none", "stop", "pause", "flush", "restart-snapshot", "failover"]
+FAULTS = ["none", "stop", "pause", "flush", "restart-snapshot", "failover", "lost-tracker"]
 # A process whose channel is down trusts its epoch up to PUSH_HEARTBEAT (1 s by default)
 # after its last check; plus the request's own time.
 HEARTBEAT_GRACE = 1.5
@@ -119,12 +122,14 @@ def main() -> int:
         redis: dict[str, Any] = {}
         if args.redis == "private":
             failover = args.fault == "failover"
+            proxied = args.fault in ("failover", "lost-tracker")
             server = RedisServer(work / "redis", args=MASTER_ARGS if failover else ()).start()
             stack.callback(server.stop)
             redis["server"], url = server, server.url
             if failover:
                 redis["replica"] = start_replica(work / "replica", server)
                 stack.callback(redis["replica"].stop)
+            if proxied:
                 redis["proxy"] = Proxy(server.port)
                 stack.callback(redis["proxy"].close)
                 url = redis["proxy"].url
@@ -261,8 +266,11 @@ def soak(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> int:
         fallbacks = verdict.server_log.count("cache read failed, using the database")
         print(f"soak: {faults.count} {args.fault} faults, {fallbacks} cache-read fallbacks logged")
         if faults.lost:  # what the server came back without: the faults really lost writes
-            unit = "replication bytes missed" if args.fault == "failover" else "writes since the snapshot"
-            print(f"soak: each came back without {', '.join(map(str, faults.lost))} {unit}")
+            what = {
+                "failover": "each promoted replica missed {} replication bytes",
+                "lost-tracker": "tracking connections cut each time: {}",
+            }.get(args.fault, "each restart came back without {} writes since the snapshot")
+            print("soak:", what.format(", ".join(map(str, faults.lost))))
     for name in ("accepted_after_retirement", "accepted_wrong_key", "valid_refused", "server_errors"):
         for sent in getattr(verdict, name)[:5]:
             print(f"soak: {name}: {sent}")
@@ -291,6 +299,10 @@ def make_faults(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> 
             length=args.fault_length,
             offset=offset,
             grace_from_restart=HEARTBEAT_GRACE,
+        )
+    if args.fault == "lost-tracker":
+        return harness.LostTrackers(
+            redis["server"], redis["proxy"], args.fault_every, offset, grace_from_restart=HEARTBEAT_GRACE
         )
     return harness.Faults(
         redis["server"],

@@ -24,7 +24,7 @@ def soak() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("fault", ["stop", "pause", "flush", "restart-snapshot", "failover"])
+@pytest.mark.parametrize("fault", ["stop", "pause", "flush", "restart-snapshot", "failover", "lost-tracker"])
 def test_every_fault_is_accepted_with_a_private_redis(soak, fault):
     args = soak.arguments(["--fault", fault, "--fault-every", "5", "--fault-length", "1"])
     assert (args.fault, args.redis, args.fault_every, args.fault_length) == (fault, "private", 5, 1)

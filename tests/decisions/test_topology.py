@@ -29,6 +29,7 @@ from tests.support.redis import (
     HEARTBEAT,
     RedisServer,
     cache_config,
+    channel_ports,
     commands,
     detach,
     in_sync,
@@ -178,13 +179,6 @@ def test_a_failover_to_a_replica_that_missed_the_revoke_brings_no_revoked_key_ba
 # --- push liveness -----------------------------------------------------------------------
 
 
-def channel_port(server: RedisServer, which: str) -> int:
-    """The client port of the channel's subscriber or tracker, as Redis lists it."""
-    flag = "P" if which == "subscriber" else "t"
-    client = next(c for c in server.client().client_list() if flag in c["flags"])
-    return int(client["addr"].rsplit(":", 1)[1])
-
-
 @pytest.mark.parametrize("which", ["tracker", "subscriber"])
 def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
     api, redis_server, settings, start_worker, make_key, protected_client, which, caplog
@@ -200,7 +194,7 @@ def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
         before = commands(redis_server)
         assert asks[0](keys.valid_key) == 200
         assert commands(redis_server) == before, "trusted through the channel"
-        port = channel_port(redis_server, which)
+        (port,) = channel_ports(redis_server, which)
         proxy.link_of(port).cut_server_side()
         # Redis drops the connection (and with it the tracking, or where it sends it); this
         # process is told nothing.

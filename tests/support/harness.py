@@ -7,6 +7,7 @@ Times are ``time.monotonic()`` everywhere: one clock for all the processes of a 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -28,7 +29,7 @@ from django.db import connections
 
 from . import ROOT, free_port, wait_until
 from .proxy import Proxy
-from .redis import RedisServer, detach, start_replica
+from .redis import RedisServer, channel_ports, detach, start_replica
 
 ECHO = "/clients/{}/echo/"
 
@@ -175,6 +176,35 @@ class Failovers(Faults):
     def close(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+class LostTrackers(Faults):
+    """Every ``every`` seconds, ``proxy`` (through which every process reaches Redis) cuts
+    the server side of every push channel's tracking connection: Redis drops the tracking,
+    the processes are told nothing and stop hearing announcements. Each trusts its entries
+    for up to PUSH_HEARTBEAT after its last answered ping: ``grace_from_restart``, the
+    seconds after each cut. ``lost``: the connections cut each time.
+    """
+
+    KINDS = ("lost-tracker",)
+
+    def __init__(
+        self, server: RedisServer, proxy: Proxy, every: float, offset: float, grace_from_restart: float
+    ) -> None:
+        super().__init__(server, "lost-tracker", every, 0.15, offset, 0.0, 0.0, grace_from_restart)
+        self.proxy = proxy
+
+    def begin(self) -> None:
+        cut = self.event("trackers cut")
+        ports = channel_ports(self.server, "tracker")
+        for port in ports:
+            with contextlib.suppress(StopIteration):  # gone meanwhile
+                self.proxy.link_of(port).cut_server_side()
+        self.lost.append(len(ports))
+        self.grace.append((cut, time.monotonic() + self.grace_from_restart))
+
+    def end(self) -> None:
+        self.on = False
 
 
 # --- the environment a child process needs to share the parent's database and cache ----

@@ -166,6 +166,12 @@ def master_and_replica(directory: str | os.PathLike[str]) -> Iterator[tuple[Redi
             replica.stop()
 
 
+def channel_ports(server: RedisServer, which: str) -> list[int]:
+    """The client ports of the push channels' subscribers or trackers, as Redis lists them."""
+    flag = "P" if which == "subscriber" else "t"
+    return [int(c["addr"].rsplit(":", 1)[1]) for c in server.client().client_list() if flag in c["flags"]]
+
+
 # --- a private Redis as the default cache ----------------------------------------------
 
 SOCKET_TIMEOUT = 0.3
