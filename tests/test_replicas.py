@@ -16,7 +16,6 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -25,6 +24,7 @@ from django.db import connection
 from model_bakery import baker
 
 from tests.support import harness
+from tests.support.databases import standby_delay, standby_server
 from tests.support.harness import Worker
 
 REPLICA_URL = os.environ.get("DRF_LLM_KEYS_TEST_REPLICA_URL", "")
@@ -64,18 +64,7 @@ class Standby:
 
 @pytest.fixture
 def standby() -> Iterator[Standby]:
-    url = urlsplit(REPLICA_URL)
-    user = url.username or connection.settings_dict["USER"]
-    server = {"host": url.hostname, "port": url.port, "user": user}
-
-    def set_lag(statement: str) -> None:
-        # A superuser may change a standby's settings too; the startup process rereads them.
-        with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-            assert admin.execute("SELECT pg_is_in_recovery()").fetchone() == (True,), "not a standby"
-            admin.execute(statement)
-            admin.execute("SELECT pg_reload_conf()")
-
-    set_lag(f"ALTER SYSTEM SET recovery_min_apply_delay = '{LAG}'")
+    server = standby_server(REPLICA_URL)
     name = str(connection.settings_dict["NAME"])
     holder: list[Standby] = []
 
@@ -86,13 +75,13 @@ def standby() -> Iterator[Standby]:
             return False
         return True
 
-    try:
-        harness.wait_until(connected, 60, f"the standby has no database {name}")
-        yield holder[0]
-    finally:
-        for standby in holder:
-            standby.connection.close()
-        set_lag("ALTER SYSTEM RESET recovery_min_apply_delay")
+    with standby_delay(server, LAG):
+        try:
+            harness.wait_until(connected, 60, f"the standby has no database {name}")
+            yield holder[0]
+        finally:
+            for standby in holder:
+                standby.connection.close()
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,15 +22,18 @@ from drf_llm_keys import decisions
 from drf_llm_keys.decisions import get_decision_cache, push
 from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import APIKey
-from tests.support import bearer, free_port, wait_until
+from tests.support import bearer, wait_until
 from tests.support.harness import Worker
 from tests.support.proxy import Proxy
 from tests.support.redis import (
     HEARTBEAT,
     RedisServer,
     cache_config,
+    channel_ports,
     commands,
-    running_redis,
+    detach,
+    in_sync,
+    master_and_replica,
     running_sentinel,
 )
 from tests.support.world import URL
@@ -81,28 +82,6 @@ def tally(asks: list[Ask], keys: Keys, rounds: int = 10) -> Counter[str]:
 
 def assert_clean(seen: Counter[str], asks: list[Ask], rounds: int = 10) -> None:
     assert seen == {"revoked refused": rounds * len(asks), "valid accepted": rounds * len(asks)}
-
-
-def in_sync(master: RedisServer, replica: RedisServer) -> bool:
-    offset = master.client().info("replication")["master_repl_offset"]
-    state = replica.client().info("replication")
-    return bool(state.get("master_link_status") == "up" and state.get("slave_repl_offset", -1) >= offset)
-
-
-def detach(replica: RedisServer) -> None:
-    """The replica keeps what it has and gets nothing more (its master is now a closed port)."""
-    replica.client().replicaof("127.0.0.1", free_port())
-    wait_until(lambda: replica.client().info("replication")["master_link_status"] == "down", 10, "detached")
-
-
-@contextmanager
-def master_and_replica(directory: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    # No delay before the full sync a new replica asks for (5 s by default).
-    with running_redis(directory / "master", args=("--repl-diskless-sync-delay", "0")) as master:
-        args = ("--replicaof", "127.0.0.1", str(master.port))
-        with running_redis(directory / "replica", args=args) as replica:
-            wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
-            yield master, replica
 
 
 def raw_generation(server: RedisServer) -> bytes | None:
@@ -200,13 +179,6 @@ def test_a_failover_to_a_replica_that_missed_the_revoke_brings_no_revoked_key_ba
 # --- push liveness -----------------------------------------------------------------------
 
 
-def channel_port(server: RedisServer, which: str) -> int:
-    """The client port of the channel's subscriber or tracker, as Redis lists it."""
-    flag = "P" if which == "subscriber" else "t"
-    client = next(c for c in server.client().client_list() if flag in c["flags"])
-    return int(client["addr"].rsplit(":", 1)[1])
-
-
 @pytest.mark.parametrize("which", ["tracker", "subscriber"])
 def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
     api, redis_server, settings, start_worker, make_key, protected_client, which, caplog
@@ -222,7 +194,7 @@ def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
         before = commands(redis_server)
         assert asks[0](keys.valid_key) == 200
         assert commands(redis_server) == before, "trusted through the channel"
-        port = channel_port(redis_server, which)
+        (port,) = channel_ports(redis_server, which)
         proxy.link_of(port).cut_server_side()
         # Redis drops the connection (and with it the tracking, or where it sends it); this
         # process is told nothing.

@@ -1,10 +1,13 @@
-"""A database that is not there, for the outage tests."""
+"""A database that is not there, for the outage tests; a PostgreSQL standby that lags, for
+the read replica test and the soak."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import connections
 
@@ -28,3 +31,32 @@ def database_outage(tmp_path: os.PathLike[str]) -> Iterator[None]:
         connection.close()
         connection.settings_dict.clear()
         connection.settings_dict.update(saved)
+
+
+def standby_server(url: str) -> dict[str, Any]:
+    """psycopg's connection arguments for the standby at ``url`` (its user: the primary's by default)."""
+    parts = urlsplit(url)
+    user = parts.username or connections["default"].settings_dict["USER"]
+    return {"host": parts.hostname, "port": parts.port, "user": user}
+
+
+@contextmanager
+def standby_delay(server: dict[str, Any], delay: str) -> Iterator[None]:
+    """The standby replays each commit ``delay`` (``"1s"``, ``"500ms"``) after the primary
+    made it, until the block ends (``recovery_min_apply_delay``)."""
+    import psycopg
+
+    def apply(statement: str) -> None:
+        # A superuser may change a standby's settings too; the startup process rereads them.
+        with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
+            in_recovery = admin.execute("SELECT pg_is_in_recovery()").fetchone()
+            if in_recovery != (True,):
+                raise RuntimeError(f"{server['host']}:{server['port']} is not a standby")
+            admin.execute(statement)
+            admin.execute("SELECT pg_reload_conf()")
+
+    apply(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
+    try:
+        yield
+    finally:
+        apply("ALTER SYSTEM RESET recovery_min_apply_delay")

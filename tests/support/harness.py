@@ -7,6 +7,7 @@ Times are ``time.monotonic()`` everywhere: one clock for all the processes of a 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -20,27 +21,38 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connections
 
 from . import ROOT, free_port, wait_until
-from .redis import RedisServer
+from .proxy import Proxy
+from .redis import RedisServer, channel_ports, detach, start_replica
 
 ECHO = "/clients/{}/echo/"
 
 
 class Faults:
-    """Every ``every`` seconds, from ``offset`` on, stop, pause or flush the Redis server.
+    """Every ``every`` seconds, from ``offset`` on, a fault on the Redis server for ``length`` seconds.
 
-    A stop or a pause lasts ``length`` seconds. After a pause, Redis still holds entries
-    whose invalidation timed out while it was frozen; until the writer's retry lands they
-    may be trusted: ``grace`` is that window, the ``grace_after`` seconds after each resume.
-    With push invalidation a frozen Redis also lets processes trust their entries for up to
-    PUSH_HEARTBEAT after it froze: ``grace_from_pause``, the seconds after each pause starts.
-    A stopped server comes back empty, and a flush empties it: neither needs a window.
+    - ``stop``: stopped, then started empty. ``flush``: emptied. Neither needs a window.
+    - ``pause``: frozen (SIGSTOP), then resumed. Redis still holds entries whose
+      invalidation timed out while it was frozen; until the writer's retry lands they may
+      be trusted: ``grace_after``, the seconds after each resume. With push invalidation a
+      frozen Redis also lets processes trust their entries for up to PUSH_HEARTBEAT after
+      it froze: ``grace_from_pause``, the seconds after each pause starts.
+    - ``restart-snapshot``: ``SAVE``, then, ``length`` seconds of key changes later, killed
+      (SIGKILL) and started again on the same port from that older snapshot. A process
+      whose channel is down reads the new epoch up to PUSH_HEARTBEAT late:
+      ``grace_from_restart``, the seconds after it answers again.
+
+    ``grace`` collects the windows, reported apart by ``judge``; ``events`` the times;
+    ``lost`` what each restart came back without (``rdb_changes_since_last_save``).
     """
+
+    KINDS = ("stop", "pause", "flush", "restart-snapshot")
 
     def __init__(
         self,
@@ -51,13 +63,16 @@ class Faults:
         offset: float,
         grace_after: float,
         grace_from_pause: float = 0.0,
+        grace_from_restart: float = 0.0,
     ) -> None:
-        if kind not in ("stop", "pause", "flush"):
+        if kind not in self.KINDS:
             raise ValueError(f"unknown fault {kind!r}")
         self.server, self.kind, self.every, self.length, self.offset = server, kind, every, length, offset
         self.grace_after, self.grace_from_pause = grace_after, grace_from_pause
+        self.grace_from_restart = grace_from_restart
         self.grace: list[tuple[float, float]] = []
         self.events: list[tuple[str, float]] = []  # (what, time.monotonic())
+        self.lost: list[int] = []
         self.count = 0
         self.on = False
 
@@ -68,18 +83,28 @@ class Faults:
         if due and not self.on:
             self.on = True
             self.count += 1
-            if self.kind == "stop":
-                self.server.stop()
-            elif self.kind == "pause":
-                self.server.pause()
-                paused = time.monotonic()
-                self.events.append(("paused", paused))
-                if self.grace_from_pause:
-                    self.grace.append((paused, paused + self.grace_from_pause))
-            else:
-                self.server.flush()
+            self.begin()
         elif not due and self.on:
             self.end()
+
+    def event(self, what: str) -> float:
+        at = time.monotonic()
+        self.events.append((what, at))
+        return at
+
+    def begin(self) -> None:
+        if self.kind == "stop":
+            self.server.stop()
+        elif self.kind == "pause":
+            self.server.pause()
+            paused = self.event("paused")
+            if self.grace_from_pause:
+                self.grace.append((paused, paused + self.grace_from_pause))
+        elif self.kind == "flush":
+            self.server.flush()
+        else:
+            self.server.client().save()
+            self.event("saved")
 
     def end(self) -> None:
         if not self.on:
@@ -89,9 +114,97 @@ class Faults:
             self.server.start()
         elif self.kind == "pause":
             self.server.resume()
-            resumed = time.monotonic()
-            self.events.append(("resumed", resumed))
+            resumed = self.event("resumed")
             self.grace.append((resumed, resumed + self.grace_after))
+        elif self.kind == "restart-snapshot":
+            self.lost.append(int(self.server.client().info("persistence")["rdb_changes_since_last_save"]))
+            killed = self.event("killed")
+            self.server.kill()
+            self.server.start()  # the same port, the same directory: the snapshot above
+            self.event("restarted")
+            self.grace.append((killed, time.monotonic() + self.grace_from_restart))
+
+
+class Failovers(Faults):
+    """Every ``every`` seconds: the replica's replication is cut (it keeps what it has);
+    ``length`` seconds of key changes later the master is killed, the replica promoted and
+    ``proxy`` (the address every process knows) moved to it; then a fresh replica of the new
+    master is started for the next round. The promoted replica missed every change of those
+    seconds; its new ``master_replid`` is the epoch that must end every old entry. A process
+    whose channel is down reads it up to PUSH_HEARTBEAT late: ``grace_from_restart``.
+    ``lost``: the bytes of replication stream each promoted replica missed.
+    """
+
+    KINDS = ("failover",)
+
+    def __init__(
+        self,
+        master: RedisServer,
+        replica: RedisServer,
+        proxy: Proxy,
+        directory: str | os.PathLike[str],
+        every: float,
+        length: float,
+        offset: float,
+        grace_from_restart: float,
+    ) -> None:
+        super().__init__(master, "failover", every, length, offset, 0.0, 0.0, grace_from_restart)
+        self.replica, self.proxy, self.directory = replica, proxy, Path(directory)
+        self.servers = [master, replica]  # all it started, to stop at the end
+
+    def begin(self) -> None:
+        detach(self.replica)
+        self.event("detached")
+
+    def end(self) -> None:
+        if not self.on:
+            return
+        self.on = False
+        offset = self.server.client().info("replication")["master_repl_offset"]
+        self.lost.append(offset - self.replica.client().info("replication")["slave_repl_offset"])
+        killed = self.event("master killed")
+        self.server.kill()
+        self.replica.client().replicaof("no", "one")
+        self.proxy.point_to(self.replica.port)
+        self.event("promoted")
+        self.grace.append((killed, time.monotonic() + self.grace_from_restart))
+        self.server = self.replica
+        self.replica = start_replica(self.directory / f"replica-{self.count}", self.server)
+        self.servers.append(self.replica)
+        self.event("new replica in sync")
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+class LostTrackers(Faults):
+    """Every ``every`` seconds, ``proxy`` (through which every process reaches Redis) cuts
+    the server side of every push channel's tracking connection: Redis drops the tracking,
+    the processes are told nothing and stop hearing announcements. Each trusts its entries
+    for up to PUSH_HEARTBEAT after its last answered ping: ``grace_from_restart``, the
+    seconds after each cut. ``lost``: the connections cut each time.
+    """
+
+    KINDS = ("lost-tracker",)
+
+    def __init__(
+        self, server: RedisServer, proxy: Proxy, every: float, offset: float, grace_from_restart: float
+    ) -> None:
+        super().__init__(server, "lost-tracker", every, 0.15, offset, 0.0, 0.0, grace_from_restart)
+        self.proxy = proxy
+
+    def begin(self) -> None:
+        cut = self.event("trackers cut")
+        ports = channel_ports(self.server, "tracker")
+        for port in ports:
+            with contextlib.suppress(StopIteration):  # gone meanwhile
+                self.proxy.link_of(port).cut_server_side()
+        self.lost.append(len(ports))
+        self.grace.append((cut, time.monotonic() + self.grace_from_restart))
+
+    def end(self) -> None:
+        self.on = False
 
 
 # --- the environment a child process needs to share the parent's database and cache ----
@@ -514,12 +627,14 @@ def run(
     change_interval: float = 0.05,
     seed: int = 1,
     faults: Faults | None = None,
+    server_env: dict[str, str] | None = None,
 ) -> Verdict:
     """Serve ``clients`` from gunicorn while the mutator changes their keys; judge it all.
 
-    ``faults`` is called from a thread about every 0.1 s while the load runs.
+    ``faults`` is called from a thread about every 0.1 s while the load runs. The servers
+    run in ``server_env`` when given (other settings: a read replica), the mutator in ``env``.
     """
-    servers = Servers(env, workers)
+    servers = Servers(server_env or env, workers)
     mutator = None
     try:
         config = {

@@ -126,6 +126,52 @@ def running_redis(directory: str | os.PathLike[str], args: tuple[str, ...] = ())
         server.stop()
 
 
+# --- a master and its replica ----------------------------------------------------------
+
+# No delay before the full sync a new replica asks for (5 s by default).
+MASTER_ARGS = ("--repl-diskless-sync-delay", "0")
+
+
+def in_sync(master: RedisServer, replica: RedisServer) -> bool:
+    offset = master.client().info("replication")["master_repl_offset"]
+    state = replica.client().info("replication")
+    return bool(state.get("master_link_status") == "up" and state.get("slave_repl_offset", -1) >= offset)
+
+
+def start_replica(directory: str | os.PathLike[str], master: RedisServer) -> RedisServer:
+    """A replica of ``master``, started and in sync with it (or TimeoutError)."""
+    args = (*MASTER_ARGS, "--replicaof", "127.0.0.1", str(master.port))
+    replica = RedisServer(directory, args=args).start()
+    try:
+        wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
+    except TimeoutError:
+        replica.stop()
+        raise
+    return replica
+
+
+def detach(replica: RedisServer) -> None:
+    """The replica keeps what it has and gets nothing more (its master is now a closed port)."""
+    replica.client().replicaof("127.0.0.1", free_port())
+    wait_until(lambda: replica.client().info("replication")["master_link_status"] == "down", 10, "detached")
+
+
+@contextmanager
+def master_and_replica(directory: str | os.PathLike[str]) -> Iterator[tuple[RedisServer, RedisServer]]:
+    with running_redis(Path(directory) / "master", args=MASTER_ARGS) as master:
+        replica = start_replica(Path(directory) / "replica", master)
+        try:
+            yield master, replica
+        finally:
+            replica.stop()
+
+
+def channel_ports(server: RedisServer, which: str) -> list[int]:
+    """The client ports of the push channels' subscribers or trackers, as Redis lists them."""
+    flag = "P" if which == "subscriber" else "t"
+    return [int(c["addr"].rsplit(":", 1)[1]) for c in server.client().client_list() if flag in c["flags"]]
+
+
 # --- a private Redis as the default cache ----------------------------------------------
 
 SOCKET_TIMEOUT = 0.3
