@@ -183,8 +183,11 @@ def _prepared(field: Any, value: str, connection: Any) -> Any:
         try:
             low, high = connection.ops.integer_field_range(field.get_internal_type())
         except KeyError:
-            return prepared
-        if (low is not None and prepared < low) or (high is not None and prepared > high):
+            low = high = None
+        # No integer column holds more than 64 bits (Django 4.2 gives SQLite no range).
+        low = -(2**63) if low is None else low
+        high = 2**63 - 1 if high is None else high
+        if not low <= prepared <= high:
             return None
     return prepared
 
