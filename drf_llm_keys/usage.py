@@ -11,8 +11,10 @@ round trip for counting.
 What can be lost: a process that dies without running ``atexit`` (SIGKILL, a crash, a
 SIGTERM to a server that does not handle it) loses the counts of its last
 ``USAGE_FLUSH_INTERVAL`` seconds, plus whatever it could not write while the database was
-down. The counts waiting in a process are bounded by ``USAGE_MAX_PENDING`` entries; counts
-beyond it are dropped and logged.
+down. The counts waiting in a process are bounded by ``USAGE_MAX_PENDING`` entries: once
+half of them are taken the write starts at once rather than at the end of the interval, so
+only a database that cannot keep up (or is down) makes counts beyond the bound dropped, and
+logged.
 
 Token budgets (``throttling.TokenRateThrottle``) are shared by every process at once:
 ``record_tokens`` adds the tokens to the key's counter in the shared cache, the one round
@@ -134,6 +136,8 @@ class UsageCounter:
         self._last_used: dict[Any, float] = {}
         self._dropped = 0
         self._timer: threading.Timer | None = None
+        self._due = 0.0  # when the timer fires (time.monotonic())
+        self._failing = False  # the last write failed: wait for the interval, never sooner
 
     def add(
         self, subject: Subject, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0
@@ -149,8 +153,12 @@ class UsageCounter:
             counts[0] += requests
             counts[1] += prompt_tokens
             counts[2] += completion_tokens
-            if self._timer is None:
-                self._schedule()
+            # Half full: write now, while there is still room for what comes meanwhile.
+            early = 2 * len(self._pending) >= conf.USAGE_MAX_PENDING and not self._failing
+            if self._timer is None or (early and self._due > time.monotonic()):
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._schedule(0.0 if early else conf.USAGE_FLUSH_INTERVAL)
 
     def pending(self) -> dict[CounterKey, tuple[int, int, int]]:
         """A copy of the counts not written yet."""
@@ -182,6 +190,7 @@ class UsageCounter:
                 )
                 self._keep(taken, used)
                 return False
+            self._failing = False
             return True
 
     def reset(self) -> None:
@@ -193,6 +202,7 @@ class UsageCounter:
             self._last_used.clear()
             self._dropped = 0
             self._timer = None
+            self._failing = False
 
     def forget_after_fork(self) -> None:
         # The parent writes its own counts: the child's copy would count them twice.
@@ -207,6 +217,7 @@ class UsageCounter:
 
     def _keep(self, taken: dict[CounterKey, list[int]], used: dict[Any, float]) -> None:
         with self._lock:
+            self._failing = True
             for name, figures in taken.items():
                 counts = self._counts_of(name)
                 if counts is None:
@@ -217,7 +228,7 @@ class UsageCounter:
                 if key_id in used:
                     self._last_used[key_id] = max(used[key_id], self._last_used.get(key_id, 0.0))
             if self._pending and self._timer is None:
-                self._schedule()
+                self._schedule(conf.USAGE_FLUSH_INTERVAL)
 
     def _counts_of(self, name: CounterKey) -> list[int] | None:
         """The counts waiting under ``name`` (made if there is room; the lock is held)."""
@@ -229,9 +240,10 @@ class UsageCounter:
             counts = self._pending[name] = [0, 0, 0]
         return counts
 
-    def _schedule(self) -> None:
+    def _schedule(self, delay: float) -> None:
         # Called with the lock held. A one-shot timer: an idle process runs no thread.
-        self._timer = threading.Timer(conf.USAGE_FLUSH_INTERVAL, self._flush_in_background)
+        self._timer = threading.Timer(delay, self._flush_in_background)
+        self._due = time.monotonic() + delay
         self._timer.daemon = True
         self._timer.start()
 

@@ -1,5 +1,6 @@
 """last_used_at is noted in the process and written with the usage counts, never per request."""
 
+import logging
 import re
 from datetime import timedelta
 
@@ -10,7 +11,8 @@ from django.utils import timezone
 
 from drf_llm_keys import usage
 from drf_llm_keys.models import APIKey
-from tests.support import bearer
+from tests.support import bearer, harness
+from tests.support.databases import database_outage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,11 +111,21 @@ def test_a_failed_flush_keeps_the_last_use_for_the_next(api, key, monkeypatch):
     assert api_key.last_used_at is not None
 
 
-def test_the_last_uses_waiting_are_bounded_by_usage_max_pending(api, make_key, protected_client, settings):
-    settings.DRF_LLM_KEYS = {"USAGE_MAX_PENDING": 2}
+def test_the_last_uses_waiting_are_bounded_by_usage_max_pending(
+    api, make_key, protected_client, settings, tmp_path, caplog
+):
+    settings.DRF_LLM_KEYS = {"USAGE_MAX_PENDING": 2, "USAGE_FLUSH_INTERVAL": 3600}
     made = [make_key(protected_client) for _ in range(4)]
-    for _, plaintext in made:
+    for _, plaintext in made:  # cold: needs the database
         assert api.get(URL, **bearer(plaintext)).status_code == 200
-    assert len(usage.counter._last_used) == 2
+        harness.wait_until(lambda: not usage.counter.pending(), 10, "no early write")
+    before = timezone.now()
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        with database_outage(tmp_path):  # writes fail: the last uses wait, bounded
+            assert api.get(URL, **bearer(made[0][1])).status_code == 200
+            harness.wait_until(lambda: "could not write usage counts" in caplog.text, 10, "no write")
+            for _, plaintext in made[1:]:
+                assert api.get(URL, **bearer(plaintext)).status_code == 200
+            assert len(usage.counter._last_used) == 2
     usage.flush()
-    assert APIKey.objects.filter(last_used_at__isnull=False).count() == 2
+    assert APIKey.objects.filter(last_used_at__gte=before).count() == 2

@@ -196,21 +196,47 @@ def test_a_background_timer_writes_the_counts_within_the_interval(api, settings,
     assert usage.counter.pending() == {}
 
 
-def test_waiting_counters_are_bounded_and_the_drop_is_logged(
+def test_half_full_waiting_counters_are_written_at_once_not_dropped(
     api, settings, make_key, protected_client, caplog
+):
+    # An hour's interval, room for 4 counters, 12 keys used: waiting for the interval
+    # would drop the counts of 8 keys.
+    settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 3600, "USAGE_MAX_PENDING": 4}
+    made = [make_key(protected_client) for _ in range(12)]
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        for api_key, plaintext in made:
+            assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+            # A database that keeps up: each early write ends before the next request.
+            harness.wait_until(lambda: len(usage.counter.pending()) < 2, 10, "no early write")
+        assert usage.flush()
+    assert "dropped" not in caplog.text
+    for api_key, _ in made:
+        assert stored(api_key) == [("protected-bot", usage.today(), 1, 0, 0)]
+
+
+def test_waiting_counters_are_bounded_and_the_drop_is_logged(
+    api, settings, make_key, protected_client, caplog, tmp_path
 ):
     settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 3600, "USAGE_MAX_PENDING": 1}
     first, first_plaintext = make_key(protected_client)
     second, second_plaintext = make_key(protected_client)
-    for _ in range(2):
-        api.get(ECHO.format("protected-bot"), **bearer(first_plaintext))
-        api.get(ECHO.format("protected-bot"), **bearer(second_plaintext))
-    assert len(usage.counter.pending()) == 1
+    for plaintext in (first_plaintext, second_plaintext):  # cold: needs the database
+        api.get(ECHO.format("protected-bot"), **bearer(plaintext))
+    harness.wait_until(lambda: not usage.counter.pending(), 10, "no early write")
+    assert usage.flush()
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        with database_outage(tmp_path):  # the early write fails: the counts wait for the interval
+            api.get(ECHO.format("protected-bot"), **bearer(first_plaintext))
+            harness.wait_until(lambda: "could not write usage counts" in caplog.text, 10, "no early write")
+            for _ in range(2):
+                api.get(ECHO.format("protected-bot"), **bearer(first_plaintext))
+                api.get(ECHO.format("protected-bot"), **bearer(second_plaintext))
+            assert caplog.text.count("could not write usage counts") == 1  # no retry at once
+            assert len(usage.counter.pending()) == 1
         assert usage.flush()
     assert "2 usage counts dropped" in caplog.text
-    assert stored(first) == [("protected-bot", usage.today(), 2, 0, 0)]
-    assert stored(second) == []
+    assert stored(first) == [("protected-bot", usage.today(), 4, 0, 0)]
+    assert stored(second) == [("protected-bot", usage.today(), 1, 0, 0)]
 
 
 # --- the request's cost ------------------------------------------------------------------
