@@ -123,10 +123,12 @@ class DecisionQuery:
                     self.converters.append((index, functions, expression))
         columns = ["NULL" if c is None else f"{c[0]}.{quote(c[1].column)}" for c in selected]
         link, key, client_pk = LLMClientAPIKey, APIKey, f"c.{column(client_model, 'pk')}"
+        # Whether one of the client's keys is active, in subqueries of one table each: an
+        # EXISTS over a join here costs PostgreSQL more to plan than the rest of the query.
         columns[HAS_ACTIVE] = (
-            f"EXISTS (SELECT 1 FROM {table(link)} al INNER JOIN {table(key)} ak "
-            f"ON ak.{column(key, 'pk')} = al.{column(link, 'api_key')} "
-            f"WHERE al.{column(link, 'llm_client')} = {client_pk} AND ak.{column(key, 'is_active')} = %s)"
+            f"(SELECT 1 FROM {table(link)} al WHERE al.{column(link, 'llm_client')} = {client_pk} "
+            f"AND (SELECT ak.{column(key, 'is_active')} FROM {table(key)} ak "
+            f"WHERE ak.{column(key, 'pk')} = al.{column(link, 'api_key')}) = %s LIMIT 1) IS NOT NULL"
         )
         # The key's mapping to this client only: the entry is this client's.
         self.sql = (
