@@ -44,9 +44,9 @@ def lookup(
     """The decision entry for a client and a key prefix (or none): cached, or loaded.
 
     No round trip when this process holds the entry and Redis has announced no change of
-    its generation since (``push``); else one: the generation alone when this process holds
-    the entry, or the generation and the shared entry together, read from the master. An
-    entry is used only under the epoch it was filled in (``topology``).
+    its generation since (``push``); else one: the generation and the shared entry together
+    (the generation alone for an entry held without push), read from the master. An entry
+    is used only under the epoch it was filled in (``topology``).
     """
     local = get_decision_cache()
     flush_pending(local)
@@ -57,8 +57,12 @@ def lookup(
         return _used(local, entry_name, held)
     mark = channel.mark() if channel is not None else None
     epoch = ""
+    # Without push a held entry is read here on every request: its generation alone then.
+    # With push, a held entry not trusted was most likely retired: the process that loaded
+    # it first may have filled the shared entry already, which saves this one the query.
+    names = [gen_name, entry_name] if held is None or channel is not None else [gen_name]
     try:
-        found = topology.read(state.get_cache(), [gen_name] if held is not None else [gen_name, entry_name])
+        found = topology.read(state.get_cache(), names)
         # After the read: the epoch must be that of the server run the read reached.
         epoch = _epoch(local, channel)
     except Exception:

@@ -328,6 +328,21 @@ def test_a_revoke_here_is_refused_there_at_once_every_time(pushed_worker, pushed
         api_key.save()
 
 
+def test_after_a_change_one_process_loads_and_another_takes_its_fill(
+    api, pushed_worker, pushed, make_key, protected_client
+):
+    api_key, plaintext = make_key(protected_client)
+    for _ in range(3):  # both processes hold the entry, trusted
+        assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
+        assert pushed_worker.status("protected-bot", plaintext) == 200
+    api_key.name = "renamed"  # a change that keeps the key valid: a new generation
+    api_key.save()
+    assert pushed_worker.status("protected-bot", plaintext) == 200  # loads, fills
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
+    assert len(queries) == 0, [q["sql"] for q in queries]
+
+
 def test_a_revoke_during_a_pause_reaches_another_process_within_the_heartbeat(
     pushed_worker, pushed, make_key, protected_client
 ):
