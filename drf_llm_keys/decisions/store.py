@@ -4,6 +4,7 @@ database and filled in, with the rules that keep a fill from ever being stale.""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -137,11 +138,32 @@ def _hold(
     cached: tuple[str, Entry],
     size: int,
 ) -> None:
+    cached = (cached[0], _compact(local, cached[1]))
     with local.held_lock:
         table[entry_name] = cached
         table.move_to_end(entry_name)
         while len(table) > size:
             table.popitem(last=False)
+
+
+def _compact(local: DecisionCache, value: Any) -> Any:
+    """``value`` as held: its dictionaries' keys interned (an unpickled entry has its own
+    copy of every one), and equal dictionaries of plain values (an owner's fields, a
+    client's state) made one object that every entry holding them shares. Nothing changes
+    a held entry: sharing its parts is safe. About half the memory of an entry as read."""
+    if not isinstance(value, dict):
+        return value
+    compacted = {sys.intern(k) if type(k) is str else k: _compact(local, v) for k, v in value.items()}
+    # The types too: True == 1, but a client's "id" of True is not one of 1.
+    identity = tuple((k, type(v), v) for k, v in compacted.items())
+    try:
+        hash(identity)
+    except TypeError:  # holds a list or a dictionary: its own
+        return compacted
+    shared = local.shared_parts
+    if len(shared) >= conf.LOCAL_ENTRIES:
+        shared.clear()
+    return shared.setdefault(identity, compacted)
 
 
 def _new_generation(gen_name: str) -> str | None:
