@@ -3,6 +3,7 @@ database and filled in, with the rules that keep a fill from ever being stale.""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 import time
@@ -78,8 +79,8 @@ def lookup(
             return _used(local, entry_name, held)
         cached = found.get(entry_name)
         if not refresh and isinstance(cached, tuple) and cached[0] == tag:
-            _hold(local, local.held, entry_name, cached, conf.LOCAL_ENTRIES)
-            entry: Entry = cached[1]
+            entry: Entry = _compact(local, cached[1])
+            _hold(local, local.held, entry_name, (tag, entry), conf.LOCAL_ENTRIES)
             return entry
     entry = load(client_value, prefix)
     if entry.get(UNCACHEABLE) or found is _UNHEALTHY or not _fill_is_safe(using):
@@ -138,7 +139,6 @@ def _hold(
     cached: tuple[str, Entry],
     size: int,
 ) -> None:
-    cached = (cached[0], _compact(local, cached[1]))
     with local.held_lock:
         table[entry_name] = cached
         table.move_to_end(entry_name)
@@ -146,24 +146,34 @@ def _hold(
             table.popitem(last=False)
 
 
-def _compact(local: DecisionCache, value: Any) -> Any:
-    """``value`` as held: its dictionaries' keys interned (an unpickled entry has its own
-    copy of every one), and equal dictionaries of plain values (an owner's fields, a
-    client's state) made one object that every entry holding them shares. Nothing changes
-    a held entry: sharing its parts is safe. About half the memory of an entry as read."""
-    if not isinstance(value, dict):
-        return value
-    compacted = {sys.intern(k) if type(k) is str else k: _compact(local, v) for k, v in value.items()}
-    # The types too: True == 1, but a client's "id" of True is not one of 1.
-    identity = tuple((k, type(v), v) for k, v in compacted.items())
-    try:
-        hash(identity)
-    except TypeError:  # holds a list or a dictionary: its own
+def _compact(local: DecisionCache, value: Entry) -> Entry:
+    """An entry read from the shared cache, as held: its dictionaries' keys interned (an
+    unpickled entry has its own copy of every one), and equal dictionaries of plain values
+    (an owner's fields, a client's state) made one object that every entry holding them
+    shares. Nothing changes a held entry: sharing its parts is safe. About half the memory
+    of the entry as read; an entry loaded here has literal keys already, and is left as
+    it is (the cold path does not pay for this)."""
+    compacted: Entry = {}
+    plain = True
+    for name, part in value.items():
+        if type(part) is dict:
+            part = _compact(local, part)
+            plain = False
+        elif plain and type(part) not in _PLAIN:
+            plain = False
+        compacted[sys.intern(name)] = part
+    if not plain:
         return compacted
+    # The types too: True == 1, but a client's "id" of True is not one of 1.
+    identity = (*compacted, *map(type, compacted.values()), *compacted.values())
     shared = local.shared_parts
     if len(shared) >= conf.LOCAL_ENTRIES:
         shared.clear()
     return shared.setdefault(identity, compacted)
+
+
+# Values a shared part may hold: immutable, and equal only to values of their own kind.
+_PLAIN = frozenset({str, int, bool, float, type(None), datetime.datetime, datetime.date, uuid.UUID})
 
 
 def _new_generation(gen_name: str) -> str | None:

@@ -88,6 +88,29 @@ def test_cold_request_runs_at_most_two_sql_queries(api, key):
     assert len(queries) <= 2, [q["sql"] for q in queries]
 
 
+def test_entries_read_from_the_shared_cache_are_held_compacted_and_unchanged(
+    api, make_key, protected_client, django_assert_num_queries
+):
+    made = [make_key(protected_client) for _ in range(2)]  # one owner, one client
+    for _, plaintext in made:
+        warm(api, plaintext)  # loaded here, and filled
+    local = decisions.get_decision_cache()
+    local.held.clear()  # as in another process: the shared entries are read
+    with django_assert_num_queries(0):
+        for _, plaintext in made:
+            warm(api, plaintext)
+    held = [local.held[decision_name("protected-bot", api_key.prefix)] for api_key, _ in made]
+    shared = [state.get_cache().get(decision_name("protected-bot", api_key.prefix)) for api_key, _ in made]
+    assert held == shared  # the same values, types included
+    assert [type(part) for part in held[0][1]["key"].values()] == [
+        type(part) for part in shared[0][1]["key"].values()
+    ]
+    first, second = (entry for _, entry in held)
+    assert first["client"] is second["client"]
+    assert first["key"]["user"] is second["key"]["user"]
+    assert first["key"] is not second["key"]
+
+
 def test_request_user_costs_no_query_for_its_cached_fields(key, django_assert_num_queries):
     from rest_framework.request import Request
     from rest_framework.test import APIRequestFactory
