@@ -204,7 +204,7 @@ def test_half_full_waiting_counters_are_written_at_once_not_dropped(
     settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 3600, "USAGE_MAX_PENDING": 4}
     made = [make_key(protected_client) for _ in range(12)]
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
-        for api_key, plaintext in made:
+        for _, plaintext in made:
             assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
             # A database that keeps up: each early write ends before the next request.
             harness.wait_until(lambda: len(usage.counter.pending()) < 2, 10, "no early write")
