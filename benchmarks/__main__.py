@@ -40,6 +40,11 @@ def main() -> int:
     parser.add_argument("--million", action="store_true", help="add the 1,000,000-key scale step (slow)")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), help="run one configuration only")
     parser.add_argument(
+        "--pg-prepared",
+        action="store_true",
+        help="PostgreSQL with psycopg's prepared statements (OPTIONS server_side_binding, prepare_threshold)",
+    )
+    parser.add_argument(
         "--callgrind",
         action="store_true",
         help="count instructions per request under valgrind instead (SQLite + local memory)",
@@ -59,7 +64,8 @@ def main() -> int:
     if args.only != "sqlite":
         if args.database_url:
             with redis(args.redis_url) as redis_url:
-                status |= run_configuration(args.database_url, redis_url, passed_on)
+                prepared = args.pg_prepared
+                status |= run_configuration(args.database_url, redis_url, passed_on, prepared=prepared)
         else:
             print(
                 "\nPostgreSQL + Redis skipped: give --database-url postgres://... "
@@ -78,9 +84,14 @@ def redis(url: str | None) -> Iterator[str]:
             yield private
 
 
-def run_configuration(database_url: str, redis_url: str | None, passed_on: list[str]) -> int:
+def run_configuration(
+    database_url: str, redis_url: str | None, passed_on: list[str], prepared: bool = False
+) -> int:
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="benchmarks.settings")
     env["DRF_LLM_KEYS_BENCH_DATABASE_URL"] = database_url
+    env.pop("DRF_LLM_KEYS_BENCH_PG_PREPARED", None)
+    if prepared:
+        env["DRF_LLM_KEYS_BENCH_PG_PREPARED"] = "1"
     env.pop("DRF_LLM_KEYS_BENCH_REDIS_URL", None)
     if redis_url:
         env["DRF_LLM_KEYS_BENCH_REDIS_URL"] = redis_url

@@ -262,6 +262,8 @@ def describe() -> str:
         with connection.cursor() as cursor:
             cursor.execute("SHOW server_version")
             database = f"PostgreSQL {cursor.fetchone()[0]}"
+        if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+            database += " (psycopg prepared statements)"
     else:
         database = f"SQLite {sqlite3.sqlite_version} (file)"
     if hasattr(cache, "client"):

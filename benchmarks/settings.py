@@ -1,6 +1,7 @@
 """Django settings for the benchmarks, driven by environment variables set by ``__main__``.
 
 DRF_LLM_KEYS_BENCH_DATABASE_URL  postgres://USER@HOST:PORT/NAME or sqlite:///ABSOLUTE/PATH
+DRF_LLM_KEYS_BENCH_PG_PREPARED   set: PostgreSQL with psycopg's prepared statements (--pg-prepared)
 DRF_LLM_KEYS_BENCH_REDIS_URL     redis://HOST:PORT/DB (unset: the local-memory cache)
 DRF_LLM_KEYS_BENCH_ASGI          set (by the server step) for the ASGI workers
 
@@ -55,6 +56,10 @@ if database_url.scheme in ("postgres", "postgresql"):
         # Under ASGI each request has a connection of its own, so persistent ones are not
         # reused (and pile up): Django advises its connection pool instead.
         DATABASES["default"].update(CONN_MAX_AGE=0, OPTIONS={"pool": True})
+    if os.environ.get("DRF_LLM_KEYS_BENCH_PG_PREPARED"):
+        # psycopg 3 prepares a statement run 5 times on a connection; Django turns that off
+        # unless both options are set (for poolers that cannot keep prepared statements).
+        DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 elif database_url.scheme == "sqlite":
     DATABASES = {
         "default": {

@@ -16,7 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_KEY_PREFIX": "drf_llm_keys",
     # Decision entries each process keeps, checked against the shared generation on use;
     # least recently used dropped first.
-    "LOCAL_ENTRIES": 4096,
+    "LOCAL_ENTRIES": 32768,
     # Trust held entries until Redis announces a change (django-redis on Redis 6+ only;
     # drf_llm_keys.decisions.push): a warm request then makes no round trip at all.
     "PUSH_INVALIDATION": True,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.cache import caches
+from django.db import connection
 from model_bakery import baker
 
 from drf_llm_keys import crypto, decisions
@@ -48,6 +50,39 @@ def test_a_request_after_an_invalidation_runs_one_query(api, key, django_assert_
     api_key.save()  # a write to the key: a new generation for its client
     with django_assert_num_queries(1):
         assert get(api, "protected-bot", plaintext).status_code == 200
+
+
+if "postgresql" in django_settings.DATABASES["default"]["ENGINE"]:
+
+    def test_decisions_are_the_same_with_psycopg_prepared_statements(
+        make_key, protected_client, public_client
+    ):
+        # What docs/ecosystem.md suggests on PostgreSQL: server-side binding, statements
+        # prepared (here at once), and so parameters typed by the server, not spelled out.
+        api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["gpt-4o-mini"])
+        cases = [
+            ("protected-bot", api_key.prefix),
+            ("protected-bot", "llmk_000000000000"),
+            ("protected-bot", None),
+            ("public-bot", api_key.prefix),
+            ("no-such-bot", None),
+            ("a\x00b", None),
+        ]
+        expected = [load_decision(value, prefix) for value, prefix in cases]
+        saved = dict(connection.settings_dict["OPTIONS"])
+        connection.close()
+        connection.settings_dict["OPTIONS"].update(server_side_binding=True, prepare_threshold=0)
+        decisions.reset()  # the statement is built again, for this connection
+        try:
+            for _ in range(2):
+                assert [load_decision(value, prefix) for value, prefix in cases] == expected
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT statement FROM pg_prepared_statements")
+                prepared = [row[0] for row in cursor.fetchall()]
+            assert any("LIMIT 1) IS NOT NULL" in statement for statement in prepared), prepared
+        finally:
+            connection.close()
+            connection.settings_dict["OPTIONS"] = saved
 
 
 @pytest.mark.parametrize(
