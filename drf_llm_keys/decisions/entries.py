@@ -23,6 +23,7 @@ from django.dispatch.dispatcher import NO_RECEIVERS
 from .. import get_client_model
 from ..conf import conf
 from ..models import RESTRICTION_FIELDS, APIKey, LLMClientAPIKey, decision_db
+from . import store
 from .state import Entry, get_decision_cache
 from .store import UNCACHEABLE, UNKNOWN_KEY, lookup
 
@@ -299,6 +300,8 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
         # value only, so an entry cached under this spelling would outlive them.
         client[UNCACHEABLE] = decision[UNCACHEABLE] = True
+    else:  # complete: nothing changes it from here on, so entries may share it
+        decision["client"] = store.shared(get_decision_cache(), client)
     if prefix is None:
         return decision
     pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, link = row[4:13]
@@ -308,8 +311,10 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
     if not (client["require_api_key"] or client["has_active_key"]):
         return decision  # public: the key decides nothing
     user = dict(zip(query.user_fields, row[13:], strict=True)) if user_id is not None else None
-    if user is not None and owner_activity_is_computed():
-        user["is_active"] = _owner_is_active(user_id, using)
+    if user is not None:
+        if owner_activity_is_computed():
+            user["is_active"] = _owner_is_active(user_id, using)
+        user = store.shared(get_decision_cache(), user)
     decision["key"] = {
         "id": pk,
         "prefix": prefix,

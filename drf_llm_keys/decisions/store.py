@@ -148,28 +148,30 @@ def _hold(
 
 def _compact(local: DecisionCache, value: Entry) -> Entry:
     """An entry read from the shared cache, as held: its dictionaries' keys interned (an
-    unpickled entry has its own copy of every one), and equal dictionaries of plain values
-    (an owner's fields, a client's state) made one object that every entry holding them
-    shares. Nothing changes a held entry: sharing its parts is safe. About half the memory
-    of the entry as read; an entry loaded here has literal keys already, and is left as
-    it is (the cold path does not pay for this)."""
+    unpickled entry has its own copy of every one), and its parts of plain values made
+    ``shared``. About half the memory of the entry as read. An entry loaded here has
+    literal keys already; ``entries.load_decision`` shares its parts itself."""
     compacted: Entry = {}
-    plain = True
     for name, part in value.items():
         if type(part) is dict:
-            part = _compact(local, part)
-            plain = False
-        elif plain and type(part) not in _PLAIN:
-            plain = False
+            part = shared(local, _compact(local, part))
         compacted[sys.intern(name)] = part
-    if not plain:
-        return compacted
+    return compacted
+
+
+def shared(local: DecisionCache, part: Entry) -> Entry:
+    """``part`` or an equal dictionary held already: an owner's fields, a client's state,
+    one object for every entry that has them. Nothing changes a held entry, so sharing its
+    parts is safe; a part with other than plain values is returned as it is."""
+    values = part.values()
+    if not _PLAIN.issuperset(map(type, values)):
+        return part
     # The types too: True == 1, but a client's "id" of True is not one of 1.
-    identity = (*compacted, *map(type, compacted.values()), *compacted.values())
-    shared = local.shared_parts
-    if len(shared) >= conf.LOCAL_ENTRIES:
-        shared.clear()
-    return shared.setdefault(identity, compacted)
+    identity = (*part, *map(type, values), *values)
+    table = local.shared_parts
+    if len(table) >= conf.LOCAL_ENTRIES:
+        table.clear()
+    return table.setdefault(identity, part)
 
 
 # Values a shared part may hold: immutable, and equal only to values of their own kind.

@@ -88,13 +88,17 @@ def test_cold_request_runs_at_most_two_sql_queries(api, key):
     assert len(queries) <= 2, [q["sql"] for q in queries]
 
 
-def test_entries_read_from_the_shared_cache_are_held_compacted_and_unchanged(
+def test_held_entries_share_their_owner_and_client_and_are_unchanged(
     api, make_key, protected_client, django_assert_num_queries
 ):
     made = [make_key(protected_client) for _ in range(2)]  # one owner, one client
     for _, plaintext in made:
         warm(api, plaintext)  # loaded here, and filled
     local = decisions.get_decision_cache()
+    names = [decision_name("protected-bot", api_key.prefix) for api_key, _ in made]
+    loaded = [local.held[name][1] for name in names]
+    assert loaded[0]["client"] is loaded[1]["client"]
+    assert loaded[0]["key"]["user"] is loaded[1]["key"]["user"]
     local.held.clear()  # as in another process: the shared entries are read
     with django_assert_num_queries(0):
         for _, plaintext in made:
