@@ -110,8 +110,10 @@ def run(working: int, distinct: int) -> None:
         f"{len(local.held):,}, held refusals {len(local.unknown_keys):,}"
     )
     # What one held entry costs: its name, table slot, generation tag and entry, the parts it
-    # shares with others (an owner's fields) counted once, as sys.getsizeof sees them.
-    print(f"held entry: {deep_size(local.held) / max(len(local.held), 1):,.0f} bytes each")
+    # shares with others (an owner's fields) and the table that finds them counted once, as
+    # sys.getsizeof sees them.
+    held = deep_size((local.held, local.shared_parts)) / max(len(local.held), 1)
+    print(f"held entry: {held:,.0f} bytes each")
     started = time.monotonic()
     for number in range(distinct):
         if number % 2:

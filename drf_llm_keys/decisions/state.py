@@ -46,9 +46,9 @@ class DecisionCache:
         # bounded apart, so that a flood of random keys cannot push out the entries above.
         self.unknown_keys: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
         self.held_lock = threading.Lock()
-        # Equal parts of held entries as one object (store._compact): an owner's fields, a
-        # client's state. Emptied when it outgrows LOCAL_ENTRIES.
-        self.shared_parts: dict[Any, Entry] = {}
+        # Equal parts of held entries as one object (store.shared): an owner's fields, a
+        # client's state; and the shapes of parts. Emptied when it outgrows LOCAL_ENTRIES.
+        self.shared_parts: dict[Any, Any] = {}
         # What entries.load_decision builds once per database: its statement and converters.
         self.queries: dict[Any, Any] = {}
         # Generation keys whose new token could not be written, with when that first failed.

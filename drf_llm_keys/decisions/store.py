@@ -166,12 +166,14 @@ def shared(local: DecisionCache, part: Entry) -> Entry:
     values = part.values()
     if not _PLAIN.issuperset(map(type, values)):
         return part
-    # The types too: True == 1, but a client's "id" of True is not one of 1.
-    identity = (*part, *map(type, values), *values)
+    # Its names and their values' types (True == 1, but a client's "id" of True is not one
+    # of 1): one tuple per shape of part, held once.
+    shape = (*part, *map(type, values))
     table = local.shared_parts
     if len(table) >= conf.LOCAL_ENTRIES:
         table.clear()
-    return table.setdefault(identity, part)
+    held: Entry = table.setdefault((table.setdefault(shape, shape), *values), part)
+    return held
 
 
 # Values a shared part may hold: immutable, and equal only to values of their own kind.
