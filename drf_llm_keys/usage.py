@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
 from rest_framework.request import Request
@@ -53,6 +53,8 @@ EPOCH = datetime.date(1970, 1, 1)
 SECONDS_PER_DAY = 86400
 # Rows per INSERT: well below every backend's limit on parameters (SQLite's is the lowest).
 BATCH_SIZE = 500
+# Seconds between the tries of a write SQLite found locked by another process's (at most 1.5).
+SQLITE_LOCKED_WAITS = (0.05, 0.1, 0.2, 0.4, 0.75)
 # Backends with an atomic "insert or add" statement; others take the portable path.
 UPSERT_VENDORS = frozenset({"postgresql", "sqlite", "mysql"})
 
@@ -270,7 +272,8 @@ def write_counts(
         for (key_id, client_id, day), figures in counts.items()
         if any(figures)
     ]
-    for attempt in (1, 2):
+    checks, waits = 2, list(SQLITE_LOCKED_WAITS)
+    while True:
         try:
             with transaction.atomic(using=using):
                 for start in range(0, len(rows), BATCH_SIZE):
@@ -279,9 +282,17 @@ def write_counts(
                     write_last_used(last_used_at, using)
             return
         except IntegrityError:
-            if attempt == 2:
+            checks -= 1
+            if not checks:
                 raise
             # A key or client deleted between our check and our insert: check again.
+        except OperationalError as exc:
+            # SQLite fails at once, without its busy timeout, a transaction that has read
+            # and then writes while another process writes (two workers flushing at
+            # exit): once that one has committed, this one goes through.
+            if not waits or connections[using].vendor != "sqlite" or "locked" not in str(exc):
+                raise
+            time.sleep(waits.pop(0))
 
 
 def _of_existing(rows: Sequence[tuple[Any, ...]], using: str) -> list[tuple[Any, ...]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -267,6 +268,26 @@ def test_a_database_error_during_flush_keeps_the_counts_and_spares_requests(
     assert pending_requests() == 3
     assert usage.flush()
     assert stored(api_key) == [("protected-bot", usage.today(), 3, 2, 3)]
+
+
+if "sqlite" in django_settings.DATABASES["default"]["ENGINE"]:
+
+    def test_a_write_that_finds_sqlite_locked_by_another_process_waits_its_turn(api, quiet, key):
+        api_key, plaintext = key
+        assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+        # Another process in the middle of its own write (a second worker's flush at exit).
+        other = sqlite3.connect(
+            connection.settings_dict["NAME"], isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")
+        ends = threading.Timer(0.3, other.execute, ["COMMIT"])
+        ends.start()
+        try:
+            assert usage.flush()
+        finally:
+            ends.join()
+            other.close()
+        assert stored(api_key) == [("protected-bot", usage.today(), 1, 0, 0)]
 
 
 def test_a_background_flush_that_fails_tries_again(api, settings, key, caplog):
