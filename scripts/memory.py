@@ -6,7 +6,7 @@ figures, asserts nothing.
 
     .venv/bin/python scripts/memory.py --keys 20000 --distinct 1000000
 
-The steady set: every one of ``--keys`` real keys (more than ``LOCAL_ENTRIES``) used twice,
+The steady set: every one of ``--keys`` real keys used twice,
 each time with as many unknown keys and unknown slugs. Then ``--distinct`` requests, each
 with a key prefix or a client slug never seen before, half on real clients.
 """

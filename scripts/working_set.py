@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Warm requests with 100 keys in use against many more (default 20,000): is there a cliff
-when the keys in use outnumber ``LOCAL_ENTRIES``? PostgreSQL and a private redis-server,
+when many keys are in use (or outnumber ``LOCAL_ENTRIES``)? PostgreSQL and a private redis-server,
 push invalidation on, in-process WSGI as in ``python -m benchmarks``; prints figures,
 asserts nothing.
 
