@@ -104,14 +104,15 @@ class DecisionQuery:
             else None  # a client model without it: never protected by it
         )
         # The row: client pk, lookup value, require_api_key, has an active key (at
-        # HAS_ACTIVE), the key's KEY_FIELDS, its mapping to this client, the owner's fields.
+        # HAS_ACTIVE), the key's KEY_FIELDS, its mapping to this client (at LINK), the
+        # owner's fields.
         selected: list[tuple[str, Any] | None] = [
             ("c", field(client_model, "pk")),
             ("c", self.lookup),
             require,
             None,
             *(("k", field(APIKey, name)) for name in KEY_FIELDS),
-            ("l", field(LLMClientAPIKey, "llm_client")),
+            ("l", field(LLMClientAPIKey, "llm_client")),  # for its converters
             *(("u", concrete[name]) for name in self.user_fields),
         ]
         self.converters: list[tuple[int, list[Any], Col]] = []
@@ -124,19 +125,23 @@ class DecisionQuery:
                     self.converters.append((index, functions, expression))
         columns = ["NULL" if c is None else f"{c[0]}.{quote(c[1].column)}" for c in selected]
         link, key, client_pk = LLMClientAPIKey, APIKey, f"c.{column(client_model, 'pk')}"
-        # Whether one of the client's keys is active, in subqueries of one table each: an
-        # EXISTS over a join here costs PostgreSQL more to plan than the rest of the query.
+        # Subqueries of one table each where a join would do: PostgreSQL plans the statement
+        # on every run (Django turns psycopg's prepared statements off), and planning a join
+        # costs it more than running the whole query. Whether one of the client's keys is
+        # active, and the key's mapping to this client only (the entry is this client's):
         columns[HAS_ACTIVE] = (
             f"(SELECT 1 FROM {table(link)} al WHERE al.{column(link, 'llm_client')} = {client_pk} "
             f"AND (SELECT ak.{column(key, 'is_active')} FROM {table(key)} ak "
             f"WHERE ak.{column(key, 'pk')} = al.{column(link, 'api_key')}) = %s LIMIT 1) IS NOT NULL"
         )
-        # The key's mapping to this client only: the entry is this client's.
+        columns[LINK] = (
+            f"(SELECT l.{column(link, 'llm_client')} FROM {table(link)} l "
+            f"WHERE l.{column(link, 'api_key')} = k.{column(key, 'pk')} "
+            f"AND l.{column(link, 'llm_client')} = {client_pk})"
+        )
         self.sql = (
             f"SELECT {', '.join(columns)} FROM {table(client_model)} c "
             f"LEFT OUTER JOIN {table(key)} k ON k.{column(key, 'prefix')} = %s "
-            f"LEFT OUTER JOIN {table(link)} l ON l.{column(link, 'api_key')} = k.{column(key, 'pk')} "
-            f"AND l.{column(link, 'llm_client')} = {client_pk} "
             f"LEFT OUTER JOIN {table(user_model)} u "
             f"ON u.{column(user_model, 'pk')} = k.{column(key, 'user')} "
             f"WHERE c.{quote(self.lookup.column)} = %s"
@@ -166,6 +171,7 @@ class DecisionQuery:
 # The key's columns in an entry, in this order in DecisionQuery's row, after HAS_ACTIVE.
 KEY_FIELDS = ("id", "digest", "is_active", "expires_at", "name", "user", *RESTRICTION_FIELDS)
 HAS_ACTIVE = 3
+LINK = HAS_ACTIVE + 1 + len(KEY_FIELDS)  # the key's mapping to this client
 
 
 def _lookup_field(client_model: type[models.Model]) -> Any:
@@ -304,13 +310,15 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         decision["client"] = store.shared(get_decision_cache(), client)
     if prefix is None:
         return decision
-    pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, link = row[4:13]
+    pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, link = row[
+        HAS_ACTIVE + 1 : LINK + 1
+    ]
     if pk is None:
         decision[UNKNOWN_KEY] = True
         return decision
     if not (client["require_api_key"] or client["has_active_key"]):
         return decision  # public: the key decides nothing
-    user = dict(zip(query.user_fields, row[13:], strict=True)) if user_id is not None else None
+    user = dict(zip(query.user_fields, row[LINK + 1 :], strict=True)) if user_id is not None else None
     if user is not None:
         if owner_activity_is_computed():
             user["is_active"] = _owner_is_active(user_id, using)
