@@ -301,13 +301,14 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         "lookup": str(row[1]),
     }
     decision: Entry = {"client": client, "key": None}
+    local = get_decision_cache()
     if client["lookup"] != client_value:
         # The database matched another spelling: "01" for a pk of 1, "BOT " for "bot" under
         # MariaDB's case-insensitive, pad-space collations. Invalidations name the stored
         # value only, so an entry cached under this spelling would outlive them.
         client[UNCACHEABLE] = decision[UNCACHEABLE] = True
     else:  # complete: nothing changes it from here on, so entries may share it
-        decision["client"] = store.shared(get_decision_cache(), client)
+        decision["client"] = store.shared(local, client)
     if prefix is None:
         return decision
     pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, link = row[
@@ -322,7 +323,7 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
     if user is not None:
         if owner_activity_is_computed():
             user["is_active"] = _owner_is_active(user_id, using)
-        user = store.shared(get_decision_cache(), user)
+        user = store.shared(local, user)
     decision["key"] = {
         "id": pk,
         "prefix": prefix,
