@@ -32,6 +32,11 @@ CLIENT_ATTRIBUTE = "drf_llm_keys_client"
 _DUMMY_DIGEST = crypto.hash_key("unknown")
 
 
+def _printable(value: str) -> bool:
+    """A key as a header may carry it: printable ASCII, not empty, no space."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
+
+
 @functools.lru_cache(maxsize=8)
 def _keywords(keywords: tuple[str, ...]) -> frozenset[bytes]:
     return frozenset(keyword.lower().encode() for keyword in keywords)
@@ -133,9 +138,9 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         from_authorization = self._from_authorization(meta)
         from_header = meta.get(_meta_name(conf.HEADER))
         if from_header is not None:
-            from_header = self._checked(
-                from_header.strip(), _("Invalid {header} header.").format(header=conf.HEADER)
-            )
+            from_header = from_header.strip()
+            if not _printable(from_header):
+                self.refuse(_("Invalid {header} header.").format(header=conf.HEADER))
         if from_authorization and from_header and from_authorization != from_header:
             self.refuse(_("Conflicting API keys in Authorization and {header}.").format(header=conf.HEADER))
         return from_authorization or from_header
@@ -156,11 +161,9 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             value = parts[1].decode("ascii")
         except UnicodeDecodeError:
             value = ""
-        return self._checked(value, _("Invalid Authorization header. The key must be printable ASCII."))
-
-    def _checked(self, value: str, message: StrOrPromise) -> str:
-        if not value or not value.isascii() or not value.isprintable() or " " in value:
-            self.refuse(message)
+        if not _printable(value):
+            # The message is built here only: a lazy translation costs a warm request.
+            self.refuse(_("Invalid Authorization header. The key must be printable ASCII."))
         return value
 
     def refuse(self, message: StrOrPromise) -> NoReturn:

@@ -15,7 +15,6 @@ import threading
 import time
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import caches
 from redis.exceptions import ResponseError
 
@@ -35,10 +34,7 @@ RETRY_DELAY = 5.0
 class Channel:
     """One process's subscription to the announcements of one cache's generation keys."""
 
-    def __init__(
-        self, config: tuple[Any, ...], gen_prefix: str, made_prefix: str, connections: list[Any], epoch: str
-    ) -> None:
-        self.config = config
+    def __init__(self, gen_prefix: str, made_prefix: str, connections: list[Any], epoch: str) -> None:
         self.epoch = epoch  # of the master these connections reach (topology)
         self.gen_prefix = gen_prefix  # our name of a generation key, before the cache's key function
         self.made_prefix = made_prefix  # the same, as Redis sees it
@@ -183,21 +179,23 @@ class Push:
 
     def __init__(self) -> None:
         self.opened: Channel | None = None
-        self.unavailable: tuple[tuple[Any, ...], float] | None = None  # (config, retry after)
+        self.unavailable: float | None = None  # when to try again, after a failure
         self.open_lock = threading.Lock()
 
     def channel(self) -> Channel | None:
-        """The live channel for the configured cache, or None (then: one GET each)."""
+        """The live channel for the configured cache, or None (then: one GET each).
+
+        Nothing here checks the configuration: a change of ``CACHES`` or of this library's
+        settings drops this object with its ``DecisionCache`` (``decisions.reset``)."""
         if not conf.PUSH_INVALIDATION:
             return None
-        config = (conf.CACHE_ALIAS, conf.CACHE_KEY_PREFIX, settings.CACHES)
         current = self.opened
-        if current is not None and current.alive and _same(current.config, config):
+        if current is not None and current.alive:
             return current
-        unavailable = self.unavailable
-        if unavailable is not None and _same(unavailable[0], config) and time.monotonic() < unavailable[1]:
+        retry_after = self.unavailable
+        if retry_after is not None and time.monotonic() < retry_after:
             return None
-        return self._open(config)
+        return self._open()
 
     def forget(self, gen_names: set[str]) -> None:
         current = self.opened
@@ -210,29 +208,24 @@ class Push:
                 self.opened.close()
                 self.opened = None
 
-    def _open(self, config: tuple[Any, ...]) -> Channel | None:
+    def _open(self) -> Channel | None:
         with self.open_lock:
             if self.opened is not None:
-                if self.opened.alive and _same(self.opened.config, config):
+                if self.opened.alive:
                     return self.opened
                 self.opened.close()
                 self.opened = None
             try:
-                self.opened = _connect(config)
+                self.opened = _connect(conf.CACHE_ALIAS)
             except Unsupported as exc:
                 logger.log(exc.level, "drf_llm_keys: no invalidation channel (%s): one GET per request", exc)
-                self.unavailable = (config, float("inf"))
+                self.unavailable = float("inf")
             except Exception:
                 logger.warning("drf_llm_keys: could not open the invalidation channel", exc_info=True)
-                self.unavailable = (config, time.monotonic() + RETRY_DELAY)
+                self.unavailable = time.monotonic() + RETRY_DELAY
             else:
                 self.unavailable = None
             return self.opened
-
-
-def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    # The CACHES dict by identity: override_settings and a new configuration replace it.
-    return a[0] == b[0] and a[1] == b[1] and a[2] is b[2]
 
 
 class Unsupported(Exception):
@@ -244,8 +237,8 @@ class Unsupported(Exception):
         self.level = level
 
 
-def _connect(config: tuple[Any, ...]) -> Channel:
-    cache = caches[config[0]]
+def _connect(alias: str) -> Channel:
+    cache = caches[alias]
     try:
         # The master's pool: with Sentinel, its connections find the current master.
         pool = topology.master_client(cache).connection_pool
@@ -279,7 +272,7 @@ def _connect(config: tuple[Any, ...]) -> Channel:
         if isinstance(exc, ResponseError):  # Redis before 6, or CLIENT denied by an ACL
             raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
         raise
-    return Channel(config, gen_prefix, made_prefix, [subscriber, tracker], epoch)
+    return Channel(gen_prefix, made_prefix, [subscriber, tracker], epoch)
 
 
 def _connection(pool: Any, opened: list[Any]) -> Any:
