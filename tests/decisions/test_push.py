@@ -274,6 +274,23 @@ def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
     assert commands(pushed) == before
 
 
+def test_a_new_cache_configuration_gets_a_channel_on_its_own_server(
+    api, pushed, world, settings, tmp_path
+):
+    # channel() checks no configuration: the settings change must drop the old channel.
+    settle(api, world)
+    first = get_decision_cache().push.channel()
+    assert first is not None and first.alive
+    with running_redis(tmp_path) as other:
+        settings.CACHES = {"default": cache_config(other)}
+        assert not first.alive
+        second = get_decision_cache().push.channel()
+        assert second is not None and second.epoch != first.epoch
+        settle(api, world)
+        world.revoke_valid()
+        world.assert_valid_refused(api)
+
+
 # --- caches that cannot announce ---------------------------------------------------------
 
 
