@@ -274,9 +274,7 @@ def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
     assert commands(pushed) == before
 
 
-def test_a_new_cache_configuration_gets_a_channel_on_its_own_server(
-    api, pushed, world, settings, tmp_path
-):
+def test_a_new_cache_configuration_gets_a_channel_on_its_own_server(api, pushed, world, settings, tmp_path):
     # channel() checks no configuration: the settings change must drop the old channel.
     settle(api, world)
     first = get_decision_cache().push.channel()
