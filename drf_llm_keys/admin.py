@@ -45,11 +45,13 @@ if TYPE_CHECKING:
     # The parent is the client model, which may be swapped: any model.
     _APIKeyLinkInlineBase = admin.TabularInline[LLMClientAPIKey, models.Model]
     _LLMClientAdminBase = admin.ModelAdmin[models.Model]
+    _KeyUsageAdminBase = admin.ModelAdmin[KeyUsage]
 else:
     _APIKeyAddFormBase = forms.ModelForm
     _APIKeyAdminBase = admin.ModelAdmin
     _APIKeyLinkInlineBase = admin.TabularInline
     _LLMClientAdminBase = admin.ModelAdmin
+    _KeyUsageAdminBase = admin.ModelAdmin
 
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
@@ -249,7 +251,9 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
 
     @admin.display(description=_("usage, last 30 days"))
     def usage_30_days(self, api_key: APIKey) -> str:
-        return self.usage_since(api_key, 30)
+        totals = self.usage_since(api_key, 30)
+        url = reverse("admin:drf_llm_keys_keyusage_changelist") + f"?api_key__id__exact={api_key.pk}"
+        return format_html('{} (<a href="{}">{}</a>)', totals, url, _("by day and client"))
 
     def usage_since(self, api_key: APIKey, days: int) -> str:
         """Totals of the last ``days`` UTC days, today's included; counts still waiting in
@@ -465,6 +469,32 @@ class LLMClientAdmin(ReportsUnpublished, _LLMClientAdminBase):
     def add_key(self, llm_client: models.Model) -> str:
         url = reverse("admin:drf_llm_keys_apikey_add") + f"?llm_clients={llm_client.pk}"
         return format_html('<a href="{}">{}</a>', url, _("Create a key"))
+
+
+@admin.register(KeyUsage)
+class KeyUsageAdmin(_KeyUsageAdminBase):
+    """Usage by key, client and UTC day, to read only: the server processes write these rows
+    (``drf_llm_keys.usage``), and a hand edit would be added to or lost in their next write."""
+
+    list_display = ("day", "api_key", "llm_client", "requests", "prompt_tokens", "completion_tokens")
+    list_filter = ("api_key__is_active",)
+    list_select_related = ("api_key", "llm_client")
+    date_hierarchy = "day"
+    # No link to a row of its own: its page would show what this list does.
+    list_display_links = None
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return ("api_key__prefix", "api_key__name", f"llm_client__{conf.CLIENT_LOOKUP_FIELD}")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: KeyUsage | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: KeyUsage | None = None) -> bool:
+        # A key's history goes with the key (CASCADE); revoke a key to keep it.
+        return False
 
 
 if get_client_model() is LLMClient:

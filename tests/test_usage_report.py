@@ -130,4 +130,52 @@ def test_the_key_page_shows_its_7_and_30_day_totals(admin_client, history):
     text = page.content.decode()
     assert "usage, last 7 days" in text.lower() and "usage, last 30 days" in text.lower()
     assert ">13 requests, 130 prompt and 65 completion tokens<" in text  # today and 5 days ago
-    assert ">113 requests, 130 prompt and 65 completion tokens<" in text  # and 20 days ago
+    assert ">113 requests, 130 prompt and 65 completion tokens (<" in text  # and 20 days ago
+
+
+def usage_rows(page) -> list[tuple[str, str]]:
+    """The (key, client) pairs of the usage changelist's rows, in order."""
+    changelist = page.context["cl"]
+    return [(row.api_key.prefix, row.llm_client.slug) for row in changelist.result_list]
+
+
+def test_the_key_page_links_to_its_usage_by_day_and_client(admin_client, history):
+    first, second = history
+    page = admin_client.get(reverse("admin:drf_llm_keys_apikey_change", args=[first.pk]))
+    link = reverse("admin:drf_llm_keys_keyusage_changelist") + f"?api_key__id__exact={first.pk}"
+    assert f'href="{link}"' in page.content.decode().replace("&amp;", "&")
+    listed = admin_client.get(link)
+    assert listed.status_code == 200
+    # Every day of it, newest first (today: both its clients); none of the other key's.
+    assert sorted(usage_rows(listed)) == [(first.prefix, "other-bot")] + [(first.prefix, "protected-bot")] * 4
+    today = usage.today()
+    days = [row.day for row in listed.context["cl"].result_list]
+    assert days == [today - timedelta(days=age) for age in (0, 0, 5, 20, 40)]
+    assert second.prefix not in listed.content.decode()
+
+
+def test_the_usage_list_searches_by_client_and_prefix(admin_client, history):
+    first, second = history
+    url = reverse("admin:drf_llm_keys_keyusage_changelist")
+    assert usage_rows(admin_client.get(url, {"q": "other-bot"})) == [(first.prefix, "other-bot")]
+    assert usage_rows(admin_client.get(url, {"q": second.prefix})) == [(second.prefix, "protected-bot")]
+
+
+def test_usage_rows_cannot_be_added_changed_or_deleted_in_the_admin(admin_client, history):
+    row = KeyUsage.objects.order_by("pk").first()
+    assert admin_client.get(reverse("admin:drf_llm_keys_keyusage_add")).status_code == 403
+    change = reverse("admin:drf_llm_keys_keyusage_change", args=[row.pk])
+    assert admin_client.post(change, {"requests": 0}).status_code == 403
+    delete = reverse("admin:drf_llm_keys_keyusage_delete", args=[row.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    listed = admin_client.get(reverse("admin:drf_llm_keys_keyusage_changelist"))
+    assert "delete_selected" not in listed.content.decode()
+    row.refresh_from_db()
+    assert row.requests > 0 and KeyUsage.objects.count() == 6
+
+
+def test_the_usage_list_shows_no_digest(admin_client, history):
+    first, second = history
+    text = admin_client.get(reverse("admin:drf_llm_keys_keyusage_changelist")).content.decode()
+    assert first.prefix in text and second.prefix in text
+    assert first.digest not in text and second.digest not in text

@@ -13,7 +13,8 @@ from django.core.management.base import CommandError
 from django.test import TestCase
 from django.urls import reverse
 
-from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from drf_llm_keys import usage
+from drf_llm_keys.models import APIKey, KeyUsage, LLMClientAPIKey
 from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
@@ -145,6 +146,18 @@ def test_the_key_changelist_searches_by_deployment_slug(
     other, _ = make_key(public_client)
     page = admin_client.get(APIKEY_CHANGELIST, {"q": "protected-bot"}).content.decode()
     assert wanted.prefix in page and other.prefix not in page
+
+
+def test_the_usage_list_names_and_searches_the_deployments(
+    admin_client, key, protected_client, public_client
+):
+    api_key, _ = key
+    for llm_client in (protected_client, public_client):
+        KeyUsage.objects.create(api_key=api_key, llm_client=llm_client, day=usage.today(), requests=3)
+    url = reverse("admin:drf_llm_keys_keyusage_changelist")
+    listed = admin_client.get(url, {"q": "protected-bot"})
+    assert listed.status_code == 200
+    assert [row.llm_client for row in listed.context["cl"].result_list] == [protected_client]
 
 
 def test_the_admin_adds_a_key_for_a_deployment(admin_client, api, owner, protected_client):
