@@ -25,7 +25,7 @@ from django.db import models, router, transaction
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.text import capfirst, format_lazy
@@ -252,7 +252,11 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
     @admin.display(description=_("usage, last 30 days"))
     def usage_30_days(self, api_key: APIKey) -> str:
         totals = self.usage_since(api_key, 30)
-        url = reverse("admin:drf_llm_keys_keyusage_changelist") + f"?api_key__id__exact={api_key.pk}"
+        try:
+            changelist = reverse(f"{self.admin_site.name}:drf_llm_keys_keyusage_changelist")
+        except NoReverseMatch:  # a site of the project's own, without the usage list
+            return totals
+        url = f"{changelist}?api_key__id__exact={api_key.pk}"
         return format_html('{} (<a href="{}">{}</a>)', totals, url, _("by day and client"))
 
     def usage_since(self, api_key: APIKey, days: int) -> str:

@@ -7,13 +7,15 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.contrib import admin
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.urls import reverse
+from django.urls import path, reverse
 from model_bakery import baker
 
 from drf_llm_keys import usage
-from drf_llm_keys.models import KeyUsage
+from drf_llm_keys.admin import APIKeyAdmin
+from drf_llm_keys.models import APIKey, KeyUsage
 
 pytestmark = pytest.mark.django_db
 
@@ -179,3 +181,19 @@ def test_the_usage_list_shows_no_digest(admin_client, history):
     text = admin_client.get(reverse("admin:drf_llm_keys_keyusage_changelist")).content.decode()
     assert first.prefix in text and second.prefix in text
     assert first.digest not in text and second.digest not in text
+
+
+# A project's own admin site, with the keys and without the usage list.
+own_site = admin.AdminSite(name="own")
+own_site.register(APIKey, APIKeyAdmin)
+urlpatterns = [path("own-admin/", own_site.urls)]
+
+
+@pytest.mark.urls(__name__)
+def test_a_site_without_the_usage_list_shows_the_totals_without_a_link(admin_client, history):
+    first, _ = history
+    page = admin_client.get(reverse("own:drf_llm_keys_apikey_change", args=[first.pk]))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert ">113 requests, 130 prompt and 65 completion tokens<" in text
+    assert "keyusage" not in text
