@@ -6,15 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.cache import cache
+from django.db import connection
 
 from drf_llm_keys import decisions
-from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
+from drf_llm_keys.decisions.entries import _prepared, _queries, api_key_from_entry, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 
 __all__ = [
     "api_key_from_entry",
     "channel",
     "decision_name",
+    "decision_statement",
     "evict",
     "generation_name",
     "held_token",
@@ -34,6 +36,12 @@ def channel() -> Any:
 def held_token(entry_name: str) -> str:
     """The generation this process holds its entry under."""
     return str(decisions.get_decision_cache().held[entry_name][0])
+
+
+def decision_statement(slug: str, prefix: str) -> tuple[str, list[Any]]:
+    """The cold decision's SQL and its parameters, as ``load_decision`` runs them."""
+    query = _queries("default")
+    return query.sql, [True, prefix, _prepared(query.lookup, slug, connection)]
 
 
 def invalidate(slug: str) -> None:

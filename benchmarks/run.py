@@ -26,6 +26,8 @@ from django.core.cache import cache  # noqa: E402
 from django.db import OperationalError, connection  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
+from rest_framework.authentication import TokenAuthentication  # noqa: E402
+from rest_framework.authtoken.models import Token  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
 
 from drf_llm_keys import crypto  # noqa: E402
@@ -37,6 +39,7 @@ from .internals import (  # noqa: E402
     api_key_from_entry,
     channel,
     decision_name,
+    decision_statement,
     evict,
     generation_name,
     held_token,
@@ -186,6 +189,51 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
         print(f"  {label:<44}{best:>8.1f}")
 
 
+def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
+    """Where a cold decision's time goes, against DRF Token's whole check and its query.
+
+    A cold lookup is the generation and entry read, the query, and the entry's write; each
+    runs back to back here (best of 5 x ``number``), the lookup itself after an untimed
+    invalidation each time. The two statements run alone through a cursor.
+    """
+    drf_token = TokenAuthentication()
+    token_query = Token.objects.select_related("user").filter(key=creds.drf_token)[:21]
+    token_sql, token_params = token_query.query.sql_with_params()
+    ours_sql, ours_params = decision_statement(seed.PROTECTED, creds.ours_prefix)
+    gen_name = generation_name(seed.PROTECTED)
+    entry_name = decision_name(seed.PROTECTED, creds.ours_prefix)
+    filled = cache.get(entry_name)
+
+    def statement(sql: str, params: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchone()
+
+        return run
+
+    def cold_lookup() -> float:
+        invalidate(seed.PROTECTED)
+        started = time.perf_counter()
+        lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
+        return time.perf_counter() - started
+
+    lookups = [min(sum(cold_lookup() for _ in range(number)) for _ in range(5)) / number * 1e6]
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("  cache get_many, generation and entry", lambda: cache.get_many([gen_name, entry_name])),
+        ("  query and entry (load_decision)", lambda: load_decision(seed.PROTECTED, creds.ours_prefix)),
+        ("    its statement alone, through a cursor", statement(ours_sql, ours_params)),
+        ("  cache set of the entry (the fill)", lambda: cache.set(entry_name, filled)),
+        ("DRF Token authenticate_credentials()", lambda: drf_token.authenticate_credentials(creds.drf_token)),
+        ("  its statement alone, through a cursor", statement(token_sql, token_params)),
+    ]  # fmt: skip
+    print("\nWhere the cold time goes (back to back, best of 5, µs per call):")
+    print(f"  {'drf-llm-keys lookup(), cold':<44}{lookups[0]:>8.1f}")
+    for label, step in steps:
+        best = min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
+        print(f"  {label:<44}{best:>8.1f}")
+
+
 # --- scale ----------------------------------------------------------------------------
 
 
@@ -315,6 +363,7 @@ def main() -> None:
         run_main(driver, creds, args.rounds, args.per_round)
         print(f"Floor by itself, outside a request: {floor_by_itself(creds):.1f} µs")
         breakdown(creds)
+        cold_breakdown(creds)
         scales = [int(s) for s in args.scales.split(",") if s]
         if scales:
             run_scale(driver, scales, max(args.rounds // 4, 2), args.per_round, args.sample)
