@@ -35,6 +35,10 @@ def lock_for_delete(rows: models.QuerySet[Any]) -> None:
     would fail the delete's foreign-key check (PostgreSQL runs it at commit); locked first,
     the writer waits and then finds the row gone (``drf_llm_keys.usage`` drops such counts).
     """
+    if not rows.query.is_sliced:  # a sliced one: delete() says why it cannot
+        # In pk order, as every other writer locks several rows of a table: no deadlock
+        # between two of them over the order.
+        rows = rows.order_by("pk")
     list(rows.select_for_update().values_list("pk", flat=True))
 
 

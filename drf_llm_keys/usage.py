@@ -276,8 +276,9 @@ def write_counts(
     while True:
         try:
             with transaction.atomic(using=using):
-                for start in range(0, len(rows), BATCH_SIZE):
-                    _add_rows(_of_existing(rows[start : start + BATCH_SIZE], using), using)
+                kept = _of_locked(rows, last_used_at or {}, using)
+                for start in range(0, len(kept), BATCH_SIZE):
+                    _add_rows(kept[start : start + BATCH_SIZE], using)
                 if last_used_at:
                     write_last_used(last_used_at, using)
             return
@@ -295,14 +296,32 @@ def write_counts(
             time.sleep(waits.pop(0))
 
 
-def _of_existing(rows: Sequence[tuple[Any, ...]], using: str) -> list[tuple[Any, ...]]:
-    key_ids = _existing_pks(APIKey, {row[0] for row in rows}, using)
-    client_ids = _existing_pks(get_client_model(), {row[1] for row in rows}, using)
+def _of_locked(
+    rows: Sequence[tuple[Any, ...]], last_used_at: Mapping[Any, float], using: str
+) -> list[tuple[Any, ...]]:
+    """The rows whose key and client still exist, with those locked first: the clients,
+    then the keys, each in pk order, as ``keys`` locks them for a change. A delete locks
+    its key or client before it removes their usage rows, so a writer that held a usage
+    row while it waited for the key's row would deadlock with it; locked this way, one of
+    them waits for the other before it holds anything the other needs."""
+    client_ids = _locked_pks(get_client_model(), {row[1] for row in rows}, using)
+    key_ids = _locked_pks(APIKey, {row[0] for row in rows} | set(last_used_at), using)
     return [row for row in rows if row[0] in key_ids and row[1] in client_ids]
 
 
-def _existing_pks(model: Any, pks: Iterable[Any], using: str) -> set[Any]:
-    return set(model._base_manager.using(using).filter(pk__in=list(pks)).values_list("pk", flat=True))
+def _locked_pks(model: Any, pks: Iterable[Any], using: str) -> set[Any]:
+    """Those of ``pks`` whose rows exist, locked where the database locks rows."""
+    features = connections[using].features
+    found: set[Any] = set()
+    ordered = sorted(pks)
+    for start in range(0, len(ordered), BATCH_SIZE):
+        rows = model._base_manager.using(using).filter(pk__in=ordered[start : start + BATCH_SIZE])
+        if features.has_select_for_update:
+            # NO KEY UPDATE where there is one (PostgreSQL): inserts that refer to the row
+            # are not held up, only changes and deletes of it.
+            rows = rows.select_for_update(no_key=features.has_select_for_no_key_update)
+        found.update(rows.order_by("pk").values_list("pk", flat=True))
+    return found
 
 
 def _add_rows(rows: Sequence[tuple[Any, ...]], using: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection, connections, transaction
+from django.db.models.signals import pre_delete
 from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 
@@ -186,6 +187,72 @@ if "sqlite" not in django_settings.DATABASES["default"]["ENGINE"]:
         assert not APIKey.objects.filter(pk=api_key.pk).exists()
         assert not KeyUsage.objects.filter(api_key_id=api_key.pk).exists()
         assert failures == []
+
+    def lock_waits() -> int:
+        """Statements of other connections waiting for a lock now."""
+        if connection.vendor == "postgresql":
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        else:
+            # MariaDB: innodb_trx does not show every wait (not one in the optimizer's read
+            # of a row); a statement of these tests running for 200 ms is waiting.
+            sql = (
+                "SELECT count(*) FROM information_schema.processlist "
+                "WHERE command = 'Query' AND id != CONNECTION_ID() AND time_ms >= 200"
+            )
+        # A connection of its own: inside a transaction, PostgreSQL's pg_stat_activity is a
+        # snapshot taken at its first read.
+        observer = connections.create_connection("default")
+        try:
+            with observer.cursor() as cursor:
+                cursor.execute(sql)
+                return int(cursor.fetchone()[0])
+        finally:
+            observer.close()
+
+    @pytest.mark.parametrize("delete", ["key", "keys", "client"])
+    def test_a_usage_write_and_a_delete_of_its_key_or_client_do_not_deadlock(key, protected_client, delete):
+        """The deadlock a soak found on PostgreSQL: the writer updated a usage row of the key,
+        then waited for the key's or the client's row (a new day's row refers to them), which
+        the delete had locked and held while it waited to delete that usage row."""
+        api_key, _ = key
+        KeyUsage.objects.create(api_key=api_key, llm_client=protected_client, day=usage.today(), requests=1)
+        today = (usage.today() - usage.EPOCH).days
+        # Today's row is updated, then tomorrow's inserted (its references are checked).
+        counts = {(api_key.pk, protected_client.pk, day): [1, 2, 3] for day in (today, today + 1)}
+        deleting, failures = threading.Event(), []
+
+        def writer() -> None:
+            try:
+                assert deleting.wait(10)
+                usage.write_counts(counts, {api_key.pk: time.time()})
+            except Exception as exc:
+                failures.append(exc)
+            finally:
+                connection.close()
+
+        def hold(**kwargs: Any) -> None:
+            # Sent by the delete with the key's row locked, before it deletes the usage rows.
+            deleting.set()
+            harness.wait_until(
+                lambda: lock_waits() >= 1 or failures, 10, "the writer never waited for a lock"
+            )
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        pre_delete.connect(hold, sender=KeyUsage, dispatch_uid="test.hold")
+        try:
+            if delete == "key":
+                api_key.delete()
+            elif delete == "keys":
+                APIKey.objects.filter(pk=api_key.pk).delete()
+            else:
+                protected_client.delete()
+        finally:
+            pre_delete.disconnect(dispatch_uid="test.hold", sender=KeyUsage)
+            thread.join(10)
+        assert failures == []
+        assert not KeyUsage.objects.exists()  # and the writer's counts dropped with them
+        assert APIKey.objects.filter(pk=api_key.pk).exists() == (delete == "client")
 
 
 def test_a_background_timer_writes_the_counts_within_the_interval(api, settings, key):
