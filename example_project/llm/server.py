@@ -4,12 +4,13 @@ the end-to-end tests: a real server in its own process."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -46,12 +47,22 @@ def running_server(env: Mapping[str, str] | None = None, timeout: float = 60.0) 
         try:
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server as Ctrl+C does, where a signal can: runserver then exits normally, so
+    what runs at exit runs too (drf_llm_keys writes the usage it counted)."""
+    steps: list[Callable[[], None]] = [process.terminate, process.kill]
+    if os.name == "posix":  # Windows sends no SIGINT to another process
+        steps.insert(0, lambda: process.send_signal(signal.SIGINT))
+    for step in steps:
+        step()
+        try:
+            process.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _start(environ: dict[str, str], log: IO[bytes], timeout: float) -> tuple[subprocess.Popen[bytes], str]:

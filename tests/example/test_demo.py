@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,6 +70,18 @@ def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
     assert "All 10 steps behaved as expected." in output
     assert "create your login with  python example_project/manage.py createsuperuser" in output
     assert "python example_project/manage.py runserver  and open http://127.0.0.1:8000/admin/" in output
+    # The server stopped as Ctrl+C stops it, so it wrote the usage it counted at exit.
+    report = json.loads(manage(fresh_env, "llm_keys", "usage", "--json").stdout)
+    served = sorted((row["client"], row["name"], row["requests"]) for row in report["usage"])
+    # The other key: echo, then the refused model (403 comes after authentication). The
+    # first key: before its rotation and in the grace period; its replacement: once.
+    assert served == [
+        ("demo-other", "other bot's key", 2),
+        ("demo-protected", "demo key", 1),
+        ("demo-protected", "demo key", 2),
+    ]
+    listed = json.loads(manage(fresh_env, "llm_keys", "list", "--all", "--json").stdout)
+    assert all(record["last_used_at"] for record in listed) and len(listed) == 3
 
 
 def test_demo_names_the_superuser_to_log_in_to_the_admin_with(fresh_env):

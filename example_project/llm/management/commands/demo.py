@@ -147,7 +147,10 @@ class Command(BaseCommand):
         else:
             self.say(f"  Log in as {superuser.get_username()} (a superuser of this database).")
         where = f"open {url.rstrip('/')}/admin/" if url else f"run  {MANAGE} runserver  and open {ADMIN_URL}"
-        self.say(f"  Then {where}: the demo's clients and keys are under LLM clients and API keys.")
+        self.say(
+            f"  Then {where}: the demo's clients and keys are under LLM clients and API keys, "
+            "and what each key served under Key usage."
+        )
 
     # --- helpers ------------------------------------------------------------------
 
