@@ -310,17 +310,15 @@ def _of_locked(
 
 
 def _locked_pks(model: Any, pks: Iterable[Any], using: str) -> set[Any]:
-    """Those of ``pks`` whose rows exist, locked where the database locks rows."""
-    features = connections[using].features
+    """Those of ``pks`` whose rows exist, locked where the database locks rows (Django
+    leaves FOR UPDATE out on SQLite). NO KEY UPDATE where there is one (PostgreSQL): inserts
+    that refer to the row are not held up, only changes and deletes of it."""
+    no_key = connections[using].features.has_select_for_no_key_update
     found: set[Any] = set()
     ordered = sorted(pks)
     for start in range(0, len(ordered), BATCH_SIZE):
         rows = model._base_manager.using(using).filter(pk__in=ordered[start : start + BATCH_SIZE])
-        if features.has_select_for_update:
-            # NO KEY UPDATE where there is one (PostgreSQL): inserts that refer to the row
-            # are not held up, only changes and deletes of it.
-            rows = rows.select_for_update(no_key=features.has_select_for_no_key_update)
-        found.update(rows.order_by("pk").values_list("pk", flat=True))
+        found.update(rows.select_for_update(no_key=no_key).order_by("pk").values_list("pk", flat=True))
     return found
 
 
