@@ -91,6 +91,25 @@ class Channel:
             while len(self.current) > conf.LOCAL_ENTRIES:
                 del self.current[next(iter(self.current))]
 
+    def fill(self, cache: Any, entry_name: str, value: Any) -> bool:
+        """Send the write of a decision entry on the tracking connection, and leave its
+        reply for a later ``_read``; False when it was not sent. A write that Redis runs
+        late, or not at all, is safe: the entry's tag decides whether it is used."""
+        try:
+            key, encoded = topology.encode(cache, entry_name, value)
+        except Exception:  # the caller's plain set logs it
+            return False
+        with self.lock:
+            if not self._read():
+                return False
+            try:
+                self.tracker.send_command("SET", key, encoded, "EX", conf.CACHE_TIMEOUT, check_health=False)
+            except Exception:
+                logger.warning("drf_llm_keys: invalidation channel lost: one GET per request", exc_info=True)
+                self.close()
+                return False
+            return True
+
     def forget(self, gen_names: set[str]) -> None:
         """This process replaced these generations (or failed to): trust none of them."""
         with self.lock:
@@ -106,10 +125,16 @@ class Channel:
             return False
         try:
             while self.tracker.can_read(0):
-                # Its only words are the heartbeat's PONG; at its end, read_response raises.
-                if _text(self.tracker.read_response()).upper() != "PONG":
+                # The heartbeat's PONG, or a fill's OK; at its end, read_response raises.
+                try:
+                    reply = _text(self.tracker.read_response()).upper()
+                except ResponseError:  # a fill refused (out of memory, say): only that is lost
+                    logger.warning("drf_llm_keys: cache write failed", exc_info=True)
+                    continue
+                if reply == "PONG":
+                    self._answered("tracker")
+                elif reply != "OK":
                     raise ConnectionError("unexpected reply on the tracking connection")
-                self._answered("tracker")
             while self.subscriber.can_read(0):
                 self._apply(self.subscriber.read_response())
             if now is not None:

@@ -82,7 +82,7 @@ def write(cache: BaseCache, values: dict[str, Any], timeout: int) -> None:
     # WAIT counts the writes of its own connection: one pipeline, one connection.
     pipeline = master.pipeline(transaction=False)
     for name, value in values.items():
-        key, encoded = _encode(cache, name, value)
+        key, encoded = encode(cache, name, value)
         pipeline.set(key, encoded, ex=timeout)
     pipeline.execute_command("WAIT", replicas, REPLICA_WAIT_MS)
     acknowledged = pipeline.execute()[-1]
@@ -134,7 +134,7 @@ def _django_redis_client(cache: BaseCache) -> Any:
     return inner if isinstance(inner, RedisCacheClient) else None
 
 
-def _encode(cache: BaseCache, name: str, value: Any) -> tuple[Any, Any]:
+def encode(cache: BaseCache, name: str, value: Any) -> tuple[Any, Any]:
     django_client = _django_redis_client(cache)
     if django_client is not None:
         return cache.make_and_validate_key(name), django_client._serializer.dumps(value)

@@ -12,12 +12,13 @@ import time
 from typing import Any
 
 import pytest
+from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
 from drf_llm_keys.decisions import get_decision_cache
-from drf_llm_keys.decisions.names import generation_name
+from drf_llm_keys.decisions.names import decision_name, generation_name
 from tests.support import bearer
 from tests.support.redis import (
     DJANGO,
@@ -102,6 +103,83 @@ def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pus
     assert not channel.trusts(name, "read-token")
     channel.confirm(name, "read-token", channel.mark())
     assert channel.trusts(name, "read-token")
+
+
+# --- the fill: sent on the tracking connection, its reply read later ---------------------
+
+
+def changed_elsewhere() -> str:
+    """A new generation for protected-bot, written by another client: its next request loads
+    the decision and fills the shared entry."""
+    caches["default"].set(generation_name("protected-bot"), "changed-elsewhere")  # not the channel's
+    return "changed-elsewhere"
+
+
+def shared_entry(world: World) -> Any:
+    return caches["default"].get(decision_name("protected-bot", world.valid.prefix))
+
+
+def tracker_command(server: RedisServer) -> str:
+    """The last command the tracking connection ran."""
+    return next(str(c["cmd"]) for c in server.client().client_list() if "t" in c["flags"])
+
+
+@both_backends
+def test_a_fill_goes_out_on_the_tracking_connection_and_lands(api, pushed, world):
+    settle(api, world)
+    token = changed_elsewhere()
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_decisions(api)
+    assert len(queries) > 0
+    deadline = time.monotonic() + 5
+    while (shared_entry(world) or ("",))[0].split("@")[0] != token:
+        assert time.monotonic() < deadline, "the fill never reached Redis"
+        time.sleep(0.01)
+    # On the channel's connection, whose replies no request waits for.
+    assert tracker_command(pushed) == "set"
+    # Its reply is read, and the channel still trusted: warm again.
+    before = commands(pushed)
+    world.assert_decisions(api)
+    assert commands(pushed) == before
+    assert get_decision_cache().push.channel() is not None
+
+
+def test_a_refused_fill_is_logged_and_the_channel_stays(api, pushed, world, caplog):
+    settle(api, world)
+    changed_elsewhere()
+    admin = pushed.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)  # every write refused: "OOM command not allowed"
+    try:
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            world.assert_decisions(api)  # loads, and sends fills that Redis refuses
+            deadline = time.monotonic() + 5
+            while "cache write failed" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                world.assert_decisions(api)  # each one reads what has arrived on the channel
+                time.sleep(0.01)
+        assert "maxmemory" in caplog.text
+        assert "channel lost" not in caplog.text
+        assert shared_entry(world)[0].split("@")[0] != "changed-elsewhere"
+        # This process holds what it loaded: warm, no round trip, no SQL.
+        before = commands(pushed)
+        with CaptureQueriesContext(connection) as queries:
+            world.assert_decisions(api)
+        assert commands(pushed) == before
+        assert len(queries) == 0, [q["sql"] for q in queries]
+    finally:
+        admin.config_set("maxmemory", 0)
+
+
+def test_without_a_live_channel_the_fill_is_a_plain_write(api, pushed, world, caplog):
+    settle(api, world)
+    token = changed_elsewhere()
+    pushed.client().client_kill_filter(_id=tracking_client_id(pushed))
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        api.get(URL.format("protected-bot"), **bearer(world.valid_key))
+    assert "invalidation channel lost" in caplog.text
+    # Written and acknowledged before the response: there when the request returns.
+    assert shared_entry(world)[0].split("@")[0] == token
 
 
 # --- doubt about the channel: back to one GET per request --------------------------------
