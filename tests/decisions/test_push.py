@@ -119,13 +119,18 @@ def shared_entry(world: World) -> Any:
     return caches["default"].get(decision_name("protected-bot", world.valid.prefix))
 
 
+# Long enough that no heartbeat PING follows a fill on the tracking connection.
+QUIET = {"PUSH_HEARTBEAT": 30}
+
+
 def tracker_command(server: RedisServer) -> str:
-    """The last command the tracking connection ran."""
+    """The last command the tracking connection ran (with ``QUIET``: a fill's, if any)."""
     return next(str(c["cmd"]) for c in server.client().client_list() if "t" in c["flags"])
 
 
 @both_backends
-def test_a_fill_goes_out_on_the_tracking_connection_and_lands(api, pushed, world):
+def test_a_fill_goes_out_on_the_tracking_connection_and_lands(api, pushed, world, settings):
+    settings.DRF_LLM_KEYS = QUIET
     settle(api, world)
     token = changed_elsewhere()
     with CaptureQueriesContext(connection) as queries:
@@ -142,6 +147,26 @@ def test_a_fill_goes_out_on_the_tracking_connection_and_lands(api, pushed, world
     world.assert_decisions(api)
     assert commands(pushed) == before
     assert get_decision_cache().push.channel() is not None
+
+
+def test_a_fill_on_the_channel_is_encoded_as_the_cache_encodes(api, pushed, world, settings):
+    config = cache_config(pushed)
+    config["OPTIONS"]["COMPRESSOR"] = "django_redis.compressors.zlib.ZlibCompressor"
+    settings.CACHES, settings.DRF_LLM_KEYS = {"default": config}, QUIET
+    settle(api, world)
+    changed_elsewhere()
+    world.assert_decisions(api)  # loads and fills, on the channel
+    # Read back by the cache as a process that has not loaded them: once they land, no SQL.
+    deadline = time.monotonic() + 5
+    while True:
+        get_decision_cache().held.clear()
+        with CaptureQueriesContext(connection) as queries:
+            world.assert_decisions(api)
+        if not queries:
+            break
+        assert time.monotonic() < deadline, [q["sql"] for q in queries]
+        time.sleep(0.01)
+    assert tracker_command(pushed) == "set"  # they went out on the channel
 
 
 def test_a_refused_fill_is_logged_and_the_channel_stays(api, pushed, world, caplog):
