@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -89,12 +90,35 @@ def _topology_warnings(alias: str, config: dict[str, Any]) -> list[CheckMessage]
     return []
 
 
+# The numeric settings: (bound, whether the bound itself is allowed). A value outside would
+# fail only at request time (a CACHE_TIMEOUT of 0 is Redis's "invalid expire time" on
+# every fill, a string a TypeError).
+_BOUNDS: dict[str, tuple[float, bool]] = {
+    "CACHE_TIMEOUT": (1, True),
+    "LOCAL_ENTRIES": (0, True),
+    "PUSH_HEARTBEAT": (0, False),
+    "INVALIDATION_REPLICAS": (0, True),
+    "PUBLISH_TIMEOUT": (0, True),
+    "USAGE_FLUSH_INTERVAL": (0, False),
+    "USAGE_MAX_PENDING": (1, True),
+}
+
+
 @register(Tags.models)
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = [
         Error(f"Unknown DRF_LLM_KEYS setting {name!r}.", id="drf_llm_keys.E002")
         for name in conf.unknown_names
     ]
+    for name, (bound, allowed) in _BOUNDS.items():
+        try:
+            value = getattr(conf, name)  # converted as every request converts it
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (value >= bound if allowed else value > bound):
+            least = f"at least {bound}" if allowed else f"more than {bound}"
+            message = f"DRF_LLM_KEYS[{name!r}] is {conf._get(name)!r}: it must be a number {least}."
+            messages.append(Error(message, id="drf_llm_keys.E005"))
     client_model = get_client_model()
     field: Any  # a Field, or None for no such field
     try:

@@ -67,6 +67,40 @@ def test_unknown_setting_is_an_error():
         assert ids(checks.check_settings()) == ["drf_llm_keys.E002"]
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CACHE_TIMEOUT", 0),
+        ("CACHE_TIMEOUT", "300s"),
+        ("CACHE_TIMEOUT", None),
+        ("LOCAL_ENTRIES", -1),
+        ("PUSH_HEARTBEAT", 0),
+        ("INVALIDATION_REPLICAS", -1),
+        ("PUBLISH_TIMEOUT", -0.5),
+        ("USAGE_FLUSH_INTERVAL", 0),
+        ("USAGE_MAX_PENDING", 0),
+        ("USAGE_MAX_PENDING", "many"),
+    ],
+)
+def test_a_numeric_setting_out_of_its_range_is_an_error(name, value):
+    with override_settings(DRF_LLM_KEYS={name: value}):
+        messages = checks.check_settings()
+    assert ids(messages) == ["drf_llm_keys.E005"]
+    assert name in messages[0].msg and repr(value) in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"CACHE_TIMEOUT": 1, "LOCAL_ENTRIES": 0, "PUSH_HEARTBEAT": 0.05, "INVALIDATION_REPLICAS": 0},
+        {"PUBLISH_TIMEOUT": 0, "USAGE_FLUSH_INTERVAL": 0.05, "USAGE_MAX_PENDING": 1, "CACHE_TIMEOUT": "60"},
+    ],
+)
+def test_numeric_settings_at_their_bounds_pass(values):
+    with override_settings(DRF_LLM_KEYS=values):
+        assert ids(checks.check_settings()) == []
+
+
 @pytest.mark.parametrize("field", ["name", "no_such_field"])
 def test_lookup_field_must_be_unique(field):
     with override_settings(DRF_LLM_KEYS={"CLIENT_LOOKUP_FIELD": field}):
