@@ -2,10 +2,11 @@
 
 Two connections of this process's own: a subscriber to Redis's invalidation channel, and a
 tracker that turns on client-side caching in broadcast mode (``CLIENT TRACKING ... BCAST``)
-for the generation prefix. A generation read from the master while both connections answer
-the heartbeat is trusted until Redis announces its change. Why that is still "at once", and
-every case that suspends the trust (an error, a fork, a missed heartbeat on either
-connection, a master that changed): docs/design.md, "Push invalidation".
+for the generation prefix; the tracker also sends this process's fills, whose replies it
+reads later (a cold request waits for no write). A generation read from the master while
+both connections answer the heartbeat is trusted until Redis announces its change. Why
+that is still "at once", and every case that suspends the trust (an error, a fork, a
+missed heartbeat on either connection, a master that changed): docs/design.md, "Push invalidation".
 """
 
 from __future__ import annotations
