@@ -101,7 +101,8 @@ class Channel:
         except Exception:  # the caller's plain set logs it
             return False
         with self.lock:
-            if not self._read():
+            # Not _read(): the lookup polled the channel just before (trusts, mark, confirm).
+            if not self.alive:
                 return False
             try:
                 self.tracker.send_command("SET", key, encoded, "EX", conf.CACHE_TIMEOUT, check_health=False)
