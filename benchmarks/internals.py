@@ -9,14 +9,14 @@ from django.core.cache import cache
 from django.db import connection
 
 from drf_llm_keys import decisions
-from drf_llm_keys.decisions.entries import _prepared, _queries, api_key_from_entry, load_decision
+from drf_llm_keys.decisions.entries import _prepared, _prepares, _queries, api_key_from_entry, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 
 __all__ = [
     "api_key_from_entry",
     "channel",
     "decision_name",
-    "decision_statement",
+    "decision_statements",
     "evict",
     "generation_name",
     "held_token",
@@ -38,10 +38,16 @@ def held_token(entry_name: str) -> str:
     return str(decisions.get_decision_cache().held[entry_name][0])
 
 
-def decision_statement(slug: str, prefix: str) -> tuple[str, list[Any]]:
-    """The cold decision's SQL and its parameters, as ``load_decision`` runs them."""
+def decision_statements(slug: str, prefix: str) -> list[tuple[str, str, list[Any]]]:
+    """The cold decision's SQL and its parameters, as ``load_decision`` runs them: the
+    plain statement, and where it runs prepared, the ``EXECUTE`` of that one too (after a
+    lookup on this connection has prepared it)."""
     query = _queries("default")
-    return query.sql, [True, prefix, _prepared(query.lookup, slug, connection)]
+    params = [True, prefix, _prepared(query.lookup, slug, connection)]
+    statements = [("unprepared", query.sql, params)]
+    if query.name and _prepares(connection) and query.prepared.get(connection.connection):
+        statements.append(("prepared", query.execute_sql, params))
+    return statements
 
 
 def invalidate(slug: str) -> None:

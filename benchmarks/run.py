@@ -39,7 +39,7 @@ from .internals import (  # noqa: E402
     api_key_from_entry,
     channel,
     decision_name,
-    decision_statement,
+    decision_statements,
     evict,
     generation_name,
     held_token,
@@ -194,13 +194,12 @@ def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
 
     A cold lookup is the generation and entry read, the query, and the entry's write (with
     push, sent without waiting for its reply); each runs back to back here (best of 5 x
-    ``number``), the lookup itself after an untimed invalidation each time. The two
-    statements run alone through a cursor.
+    ``number``), the lookup itself after an untimed invalidation each time. The
+    statements run alone through a cursor (ours also prepared, where lookups prepare it).
     """
     drf_token = TokenAuthentication()
     token_query = Token.objects.select_related("user").filter(key=creds.drf_token)[:21]
     token_sql, token_params = token_query.query.sql_with_params()
-    ours_sql, ours_params = decision_statement(seed.PROTECTED, creds.ours_prefix)
     gen_name = generation_name(seed.PROTECTED)
     entry_name = decision_name(seed.PROTECTED, creds.ours_prefix)
     filled = cache.get(entry_name)
@@ -220,6 +219,10 @@ def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
         return time.perf_counter() - started
 
     cold = min(sum(cold_lookup() for _ in range(number)) for _ in range(5)) / number * 1e6
+    ours = [
+        (f"    its statement alone, {how}", statement(sql, params))
+        for how, sql, params in decision_statements(seed.PROTECTED, creds.ours_prefix)
+    ]
     pushed = channel()
     fill: tuple[str, Callable[[], Any]] = (
         ("  the fill, sent on the push channel", lambda: pushed.fill(cache, entry_name, filled))
@@ -229,7 +232,7 @@ def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("  cache get_many, generation and entry", lambda: cache.get_many([gen_name, entry_name])),
         ("  query and entry (load_decision)", lambda: load_decision(seed.PROTECTED, creds.ours_prefix)),
-        ("    its statement alone, through a cursor", statement(ours_sql, ours_params)),
+        *ours,
         fill,
         ("DRF Token authenticate_credentials()", lambda: drf_token.authenticate_credentials(creds.drf_token)),
         ("  its statement alone, through a cursor", statement(token_sql, token_params)),

@@ -8,12 +8,15 @@ Every load reads the database that ``decision_db()`` names, never a read replica
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import logging
+import weakref
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import connections, models
+from django.db import DatabaseError, connections, models
 from django.db.models.base import ModelState
 from django.db.models.expressions import Col
 from django.db.models.signals import post_init, pre_init
@@ -28,6 +31,13 @@ from .state import Entry, get_decision_cache
 from .store import UNCACHEABLE, UNKNOWN_KEY, lookup
 
 ModelT = TypeVar("ModelT", bound=models.Model)
+
+logger = logging.getLogger("drf_llm_keys")
+
+# PostgreSQL's SQLSTATEs for a prepared statement: not in this session (a pooler moved the
+# connection, DISCARD ALL), prepared before a schema change altered its result columns
+# ("cached plan must not change result type"), and prepared already.
+_NOT_PREPARED, _PLAN_CHANGED, _PREPARED_ALREADY = "26000", "0A000", "42P05"
 
 # The key's owner: its field's model is the user model, without get_user_model()'s lookups.
 _USER_MODEL = APIKey.user
@@ -78,7 +88,8 @@ class DecisionQuery:
     that client and its owner's secret-free fields, in one query with bound parameters.
     Built once per database and configuration (kept on the ``DecisionCache``, which
     ``decisions.reset()`` and a settings change renew): building and compiling querysets
-    would cost the cold path more than running the query.
+    would cost the cold path more than running the query. On PostgreSQL it runs prepared
+    where that is safe (``_prepares``): planning it costs the server more than running it.
     """
 
     def __init__(self, using: str) -> None:
@@ -146,6 +157,16 @@ class DecisionQuery:
             f"ON u.{column(user_model, 'pk')} = k.{column(key, 'user')} "
             f"WHERE c.{quote(self.lookup.column)} = %s"
         )
+        # Named after its text, so a statement of that name in a session is this one.
+        self.name = ""
+        # Per connection (the driver's): whether it has the statement prepared.
+        self.prepared: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        if connection.vendor == "postgresql":
+            first, *rest = self.sql.split("%s")
+            numbered = first + "".join(f"${number}{part}" for number, part in enumerate(rest, 1))
+            self.name = f"drf_llm_keys_decision_{hashlib.sha256(numbered.encode()).hexdigest()[:16]}"
+            self.prepare_sql = f"PREPARE {self.name} AS {numbered}"
+            self.execute_sql = f"EXECUTE {self.name}({', '.join(['%s'] * len(rest))})"
 
     def run(self, value: str, prefix: str | None, using: str) -> list[Any] | None:
         """The converted row; None when the value can name no client, or none has it."""
@@ -155,7 +176,7 @@ class DecisionQuery:
             return None
         with connection.cursor() as cursor:
             # A prefix of None joins no key: "= NULL" is never true.
-            cursor.execute(self.sql, [True, prefix, prepared])
+            self._execute(cursor, connection, [True, prefix, prepared])
             row = cursor.fetchone()
         if row is None:
             return None
@@ -166,6 +187,62 @@ class DecisionQuery:
                 value = function(value, expression, connection)
             values[index] = value
         return values
+
+    def _execute(self, cursor: Any, connection: Any, params: list[Any]) -> None:
+        if self.name and _prepares(connection):
+            raw = connection.connection
+            ready = self.prepared.get(raw)
+            if ready is None:
+                ready = self.prepared[raw] = self._prepare(cursor)
+            if ready:
+                try:
+                    cursor.execute(self.execute_sql, params)
+                    return
+                except DatabaseError as exc:
+                    code = _sqlstate(exc)
+                    if code not in (_NOT_PREPARED, _PLAN_CHANGED):
+                        raise
+                    del self.prepared[raw]  # prepared again by the next run
+                    if code == _PLAN_CHANGED:  # else PREPARE would find the old one
+                        cursor.execute(f"DEALLOCATE {self.name}")
+        cursor.execute(self.sql, params)
+
+    def _prepare(self, cursor: Any) -> bool:
+        try:
+            cursor.execute(self.prepare_sql)
+        except DatabaseError as exc:
+            if _sqlstate(exc) == _PREPARED_ALREADY:  # in this session, by another connection object
+                return True
+            logger.warning("drf_llm_keys: the decision statement could not be prepared", exc_info=True)
+            return False
+        return True
+
+
+def _prepares(connection: Any) -> bool:
+    """Whether to run the decision's statement prepared on this connection: only where
+    that pays and cannot break anything.
+
+    Not in a transaction (a failed EXECUTE would abort it); only on a connection kept
+    across requests (``CONN_MAX_AGE``, or Django's pool), since each new one costs a
+    PREPARE; not behind a transaction pooler (Django asks those to set
+    ``DISABLE_SERVER_SIDE_CURSORS``), whose sessions move between connections; and not
+    with ``server_side_binding``, where psycopg prepares statements itself.
+    """
+    settings = connection.settings_dict
+    options = settings.get("OPTIONS", {})
+    return bool(
+        conf.PREPARE_DECISION_QUERY
+        and connection.get_autocommit()  # False in atomic() too
+        and (settings.get("CONN_MAX_AGE") != 0 or options.get("pool"))
+        and not settings.get("DISABLE_SERVER_SIDE_CURSORS")
+        and not options.get("server_side_binding")
+    )
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    # Django's error wraps the driver's: psycopg 3 names the code sqlstate, psycopg2 pgcode.
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
 
 
 # The key's columns in an entry, in this order in DecisionQuery's row, after HAS_ACTIVE.

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.utils import timezone
 
+from drf_llm_keys import decisions
 from drf_llm_keys.decisions.entries import owner_activity_is_computed
-from drf_llm_keys.decisions.names import decision_name
+from drf_llm_keys.decisions.names import decision_name, generation_name
 from tests.custom_user_app.models import Member
-from tests.support import bearer
+from tests.support import bearer, databases
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,3 +58,17 @@ def test_the_cache_holds_the_answer_not_the_row(api, key, owner):
     entry = cache.get(decision_name("protected-bot", api_key.prefix))[1]
     assert entry["key"]["user"] == {"id": owner.pk, "username": "owner", "is_active": True}
     assert owner.password not in repr(entry)
+
+
+if connection.vendor == "postgresql":
+
+    def test_a_suspended_owner_is_refused_with_the_statement_prepared(api, make_key, protected_client):
+        suspended = Member.objects.create(username="suspended", suspended_at=timezone.now())
+        _, refused = make_key(protected_client, user=suspended)
+        _, served = make_key(protected_client)
+        with databases.kept_connection():
+            for _ in range(7):  # past PostgreSQL's custom plans
+                decisions.publish({generation_name("protected-bot")})
+                assert status(api, refused) == 401
+                assert status(api, served) == 200
+            assert databases.prepared_statements()

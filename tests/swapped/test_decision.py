@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import models
+from django.db import connection, models
 from model_bakery import baker
 
 from drf_llm_keys import decisions, keys
+from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import LLMClientAPIKey
-from tests.support import bearer
+from tests.support import bearer, databases
 from tests.swapped_app.models import Deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)  # invalidations run on commit
@@ -102,6 +103,28 @@ def test_a_warm_request_runs_no_sql(api, key, django_assert_num_queries):
     assert get(api, "protected-bot", plaintext).status_code == 200
     with django_assert_num_queries(0):
         assert get(api, "protected-bot", plaintext).status_code == 200
+
+
+if connection.vendor == "postgresql":
+
+    def test_the_decision_table_holds_with_the_statement_prepared(
+        api, make_key, protected_client, public_client
+    ):
+        _, plaintext = make_key(protected_client)
+        other = baker.make(Deployment, slug="other-bot")
+        other_key, other_plaintext = make_key(other)
+        with databases.kept_connection():
+            slugs = ("protected-bot", "other-bot", "public-bot")
+            for _ in range(7):  # past PostgreSQL's custom plans, after an invalidation each
+                decisions.publish({generation_name(slug) for slug in slugs})
+                assert get(api, "public-bot").status_code == 200
+                assert_refused(get(api, "protected-bot"))
+                assert get(api, "protected-bot", plaintext).status_code == 200
+                assert_refused(get(api, "protected-bot", other_plaintext))
+                assert get(api, "other-bot", other_plaintext).status_code == 200
+            assert databases.prepared_statements()
+            keys.revoke_key(other_key, allow_public=True)
+            assert get(api, "other-bot", other_plaintext).json() == {"user": None, "key": None}
 
 
 # --- has_active_api_key and get_cached_objects ----------------------------------------
