@@ -44,7 +44,9 @@ def decision_statements(slug: str, prefix: str) -> list[tuple[str, str, list[Any
     lookup on this connection has prepared it)."""
     query = _queries("default")
     params = [True, prefix, _prepared(query.lookup, slug, connection)]
-    statements = [("unprepared", query.sql, params)]
+    # With server-side binding psycopg prepares it itself (a statement run 5 times).
+    binds = connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    statements = [("through a cursor" if binds else "unprepared", query.sql, params)]
     if query.name and _prepares(connection) and query.prepared.get(connection.connection):
         statements.append(("prepared", query.execute_sql, params))
     return statements
