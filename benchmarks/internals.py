@@ -47,7 +47,7 @@ def decision_statements(slug: str, prefix: str) -> list[tuple[str, str, list[Any
     # With server-side binding psycopg prepares it itself (a statement run 5 times).
     binds = connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
     statements = [("through a cursor" if binds else "unprepared", query.sql, params)]
-    if query.name and _prepares(connection) and query.prepared.get(connection.connection):
+    if query.name and _prepares(connection) and connection.connection in query.ready:
         statements.append(("prepared", query.execute_sql, params))
     return statements
 

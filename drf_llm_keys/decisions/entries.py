@@ -38,6 +38,9 @@ logger = logging.getLogger("drf_llm_keys")
 # connection, DISCARD ALL), prepared before a schema change altered its result columns
 # ("cached plan must not change result type"), and prepared already.
 _NOT_PREPARED, _PLAN_CHANGED, _PREPARED_ALREADY = "26000", "0A000", "42P05"
+# PREPAREs per connection at most: one that keeps losing its statement (a transaction pooler
+# moving its sessions) runs the plain statement from then on, not a failed EXECUTE each time.
+PREPARES_PER_CONNECTION = 2
 
 # The key's owner: its field's model is the user model, without get_user_model()'s lookups.
 _USER_MODEL = APIKey.user
@@ -159,8 +162,9 @@ class DecisionQuery:
         )
         # Named after its text, so a statement of that name in a session is this one.
         self.name = ""
-        # Per connection (the driver's): whether it has the statement prepared.
-        self.prepared: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        # Per connection (the driver's): the PREPAREs it ran, and whether one is in force.
+        self.prepares: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self.ready: weakref.WeakSet[Any] = weakref.WeakSet()
         if connection.vendor == "postgresql":
             first, *rest = self.sql.split("%s")
             numbered = first + "".join(f"${number}{part}" for number, part in enumerate(rest, 1))
@@ -191,10 +195,12 @@ class DecisionQuery:
     def _execute(self, cursor: Any, connection: Any, params: list[Any]) -> None:
         if self.name and _prepares(connection):
             raw = connection.connection
-            ready = self.prepared.get(raw)
-            if ready is None:
-                ready = self.prepared[raw] = self._prepare(cursor)
-            if ready:
+            prepares = self.prepares.get(raw, 0)
+            if raw not in self.ready and prepares < PREPARES_PER_CONNECTION:
+                self.prepares[raw] = prepares + 1
+                if self._prepare(cursor):
+                    self.ready.add(raw)
+            if raw in self.ready:
                 try:
                     cursor.execute(self.execute_sql, params)
                     return
@@ -202,7 +208,7 @@ class DecisionQuery:
                     code = _sqlstate(exc)
                     if code not in (_NOT_PREPARED, _PLAN_CHANGED):
                         raise
-                    del self.prepared[raw]  # prepared again by the next run
+                    self.ready.discard(raw)  # prepared again by the next run, if any is left
                     if code == _PLAN_CHANGED:  # else PREPARE would find the old one
                         cursor.execute(f"DEALLOCATE {self.name}")
         cursor.execute(self.sql, params)

@@ -14,7 +14,7 @@ from model_bakery import baker
 
 from drf_llm_keys import crypto, decisions
 from drf_llm_keys.conf import conf
-from drf_llm_keys.decisions import get_decision_cache, store
+from drf_llm_keys.decisions import entries, get_decision_cache, store
 from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
@@ -85,9 +85,6 @@ if "postgresql" in django_settings.DATABASES["default"]["ENGINE"]:
         finally:
             connection.close()
             connection.settings_dict["OPTIONS"] = saved
-
-
-if "postgresql" in django_settings.DATABASES["default"]["ENGINE"]:
 
     def decisions_of(cases):
         return [load_decision(value, prefix) for value, prefix in cases]
@@ -180,6 +177,23 @@ if "postgresql" in django_settings.DATABASES["default"]["ENGINE"]:
             assert decisions_of(cases) == expected
         sql = [query["sql"].split(" ", 1)[0] for query in captured]
         assert sql[:4] == ["EXECUTE", "SELECT", "PREPARE", "EXECUTE"], sql
+
+    def test_a_connection_that_keeps_losing_the_statement_stops_preparing_it(cases, kept_connection):
+        # A transaction pooler moving the connection's sessions: each loss costs a failed
+        # EXECUTE, so after PREPARES_PER_CONNECTION of them the plain statement runs.
+        expected = decisions_of(cases)  # the first PREPARE
+        for _ in range(entries.PREPARES_PER_CONNECTION - 1):  # lost, and prepared again
+            with kept_connection.cursor() as cursor:
+                cursor.execute("DEALLOCATE ALL")
+            assert decisions_of(cases) == expected
+        with kept_connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+        with CaptureQueriesContext(kept_connection) as captured:
+            assert decisions_of(cases) == expected
+            assert decisions_of(cases) == expected
+        sql = [query["sql"].split(" ", 1)[0] for query in captured]
+        assert sql == ["EXECUTE", *["SELECT"] * (2 * len(cases))], sql
+        assert not prepared_statements()
 
     def test_a_statement_prepared_in_the_session_already_is_used(cases, kept_connection, caplog):
         expected = decisions_of(cases)
