@@ -92,20 +92,28 @@ class Channel:
             while len(self.current) > conf.LOCAL_ENTRIES:
                 del self.current[next(iter(self.current))]
 
-    def fill(self, cache: Any, entry_name: str, value: Any) -> bool:
+    def fill(self, cache: Any, entry_name: str, value: Any, new: tuple[str, str] | None = None) -> bool:
         """Send the write of a decision entry on the tracking connection, and leave its
         reply for a later ``_read``; False when it was not sent. A write that Redis runs
-        late, or not at all, is safe: the entry's tag decides whether it is used."""
+        late, or not at all, is safe: the entry's tag decides whether it is used.
+
+        ``new``, a generation's name and a new token, is written first unless the name has
+        one (``SET NX``): an entry tagged with a token that lost that race is never used."""
+        writes = [(entry_name, value, ())] if new is None else [(*new, ("NX",)), (entry_name, value, ())]
         try:
-            key, encoded = topology.encode(cache, entry_name, value)
-        except Exception:  # the caller's plain set logs it
+            commands = [
+                ("SET", *topology.encode(cache, name, v), "EX", conf.CACHE_TIMEOUT, *nx)
+                for name, v, nx in writes
+            ]
+        except Exception:  # the caller's plain write logs it
             return False
         with self.lock:
             # Not _read(): the lookup polled the channel just before (trusts, mark, confirm).
             if not self.alive:
                 return False
             try:
-                self.tracker.send_command("SET", key, encoded, "EX", conf.CACHE_TIMEOUT, check_health=False)
+                for command in commands:
+                    self.tracker.send_command(*command, check_health=False)
             except Exception:
                 logger.warning("drf_llm_keys: invalidation channel lost: one GET per request", exc_info=True)
                 self.close()
@@ -127,12 +135,14 @@ class Channel:
             return False
         try:
             while self.tracker.can_read(0):
-                # The heartbeat's PONG, or a fill's OK; at its end, read_response raises.
+                # The heartbeat's PONG, or a fill's OK (nil: a generation that existed
+                # already); at its end, read_response raises.
                 try:
-                    reply = _text(self.tracker.read_response()).upper()
+                    answer = self.tracker.read_response()
                 except ResponseError:  # a fill refused (out of memory, say): only that is lost
                     logger.warning("drf_llm_keys: cache write failed", exc_info=True)
                     continue
+                reply = "OK" if answer is None else _text(answer).upper()
                 if reply == "PONG":
                     self._answered("tracker")
                 elif reply != "OK":

@@ -90,18 +90,21 @@ def lookup(
         if tag is not None:
             _hold(local, local.unknown_keys, entry_name, (tag, entry), UNKNOWN_KEY_ENTRIES)
         return entry
+    created = None
     if tag is None:
         # Made only now, for a client that exists: an unknown one never gets a generation.
         # Made after the rows were read, so only if none was there: a write that landed
         # since the read above made one, and these rows may predate it.
-        gen = _new_generation(gen_name)
-        if gen is None:
-            return entry
-        tag = topology.tagged(gen, epoch)
+        created = uuid.uuid4().hex
+        tag = topology.tagged(created, epoch)
     filled = (tag, entry)
     cache = state.get_cache()
-    # With a channel the fill costs no round trip: its reply is read later.
-    if channel is None or not channel.fill(cache, entry_name, filled):
+    # With a channel the fill (and the new generation before it) costs no round trip: the
+    # replies are read later. Held here either way: used only once a read finds its tag.
+    new = None if created is None else (gen_name, created)
+    if channel is None or not channel.fill(cache, entry_name, filled, new):
+        if created is not None and not _new_generation(gen_name, created):
+            return entry
         quietly(lambda: cache.set(entry_name, filled, conf.CACHE_TIMEOUT), "write")
     _hold(local, local.held, entry_name, filled, conf.LOCAL_ENTRIES)
     return entry
@@ -183,15 +186,14 @@ def shared(local: DecisionCache, part: Entry) -> Entry:
 _PLAIN = frozenset({str, int, bool, float, type(None), datetime.datetime, datetime.date, uuid.UUID})
 
 
-def _new_generation(gen_name: str) -> str | None:
-    """A first generation for the client, or None when one exists (or the cache failed)."""
-    token = uuid.uuid4().hex
+def _new_generation(gen_name: str, token: str) -> bool:
+    """Whether ``token`` is now the client's first generation: False when one exists (or
+    the cache failed)."""
     try:
-        added = state.get_cache().add(gen_name, token, conf.CACHE_TIMEOUT)
+        return bool(state.get_cache().add(gen_name, token, conf.CACHE_TIMEOUT))
     except Exception:
         logger.warning("drf_llm_keys: cache write failed", exc_info=True)
-        return None
-    return token if added else None
+        return False
 
 
 def _fill_is_safe(using: str) -> bool:

@@ -17,9 +17,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
-from drf_llm_keys.decisions import get_decision_cache
+from drf_llm_keys import decisions
+from drf_llm_keys.decisions import get_decision_cache, state
+from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from tests.support import bearer
+from tests.support.caches import CountingCache
 from tests.support.redis import (
     DJANGO,
     DJANGO_REDIS,
@@ -194,6 +197,58 @@ def test_a_refused_fill_is_logged_and_the_channel_stays(api, pushed, world, capl
         assert len(queries) == 0, [q["sql"] for q in queries]
     finally:
         admin.config_set("maxmemory", 0)
+
+
+@both_backends
+def test_a_first_generation_goes_out_with_the_fill_and_lands(api, pushed, world, settings, monkeypatch):
+    settings.DRF_LLM_KEYS = QUIET
+    settle(api, world)
+    pushed.flush()  # Redis came back empty: no client has a generation
+    counting = CountingCache(state.get_cache())
+    monkeypatch.setattr(state, "get_cache", lambda: counting)
+    assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
+    # The read alone waited: the new generation and the fill went out on the channel.
+    assert not {"add", "set"} & set(counting.calls), counting.calls
+    held = get_decision_cache().held[decision_name("protected-bot", world.valid.prefix)][0]
+    deadline = time.monotonic() + 5
+    while (shared_entry(world) or ("",))[0] != held:
+        assert time.monotonic() < deadline, "the fill never reached Redis"
+        time.sleep(0.01)
+    assert caches["default"].get(generation_name("protected-bot")) == held.split("@")[0]
+    # Found by the next read: warm from then on, no SQL.
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(3):
+            assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
+    assert len(queries) == 0, [q["sql"] for q in queries]
+
+
+def test_a_first_generation_that_loses_the_race_leaves_its_fill_unused(pushed, world, caplog):
+    """The reader finds no generation and loads the key (active); a revoke commits and
+    writes the generation first; the reader's SET NX then fails and its fill, sent on the
+    channel, carries a token that is not the generation."""
+    pushed.flush()
+    api_key = world.valid
+
+    def load_then_revoke(client_value: str, prefix: str | None) -> dict[str, Any]:
+        entry = load_decision(client_value, prefix)
+        api_key.is_active = False
+        api_key.save()  # commits, writes a new generation (not on the channel)
+        return entry
+
+    channel = get_decision_cache().push.channel()
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        stale = decisions.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
+        assert stale["key"]["is_active"] is True  # what the slow reader saw
+        deadline = time.monotonic() + 5
+        while (shared_entry(world) or ("",))[0] == "":
+            assert time.monotonic() < deadline, "the fill never reached Redis"
+            time.sleep(0.01)
+        get_decision_cache().held.clear()  # as another process: only Redis to go by
+        fresh = decisions.lookup("protected-bot", api_key.prefix, load_decision, using="default")
+    assert fresh["key"]["is_active"] is False
+    # The refused SET NX (a nil reply) is read like any other: the channel stays.
+    assert get_decision_cache().push.channel() is channel and channel.alive
+    assert "channel lost" not in caplog.text
 
 
 def test_without_a_live_channel_the_fill_is_a_plain_write(api, pushed, world, caplog):
