@@ -274,6 +274,7 @@ def soak(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> int:
     for name in ("accepted_after_retirement", "accepted_wrong_key", "valid_refused", "server_errors"):
         for sent in getattr(verdict, name)[:5]:
             print(f"soak: {name}: {sent}")
+            print(f"soak:   its key: {verdict.keys.get(sent.prefix)}")
             if faults is not None:  # the faults around it, in seconds from its start
                 events = faults.events
                 near = [f"{what} {at - sent.begin:+.3f}" for what, at in events if abs(at - sent.begin) < 5]

@@ -549,6 +549,7 @@ class Verdict:
     valid_refused: list[Sent] = field(default_factory=list)
     server_errors: list[Sent] = field(default_factory=list)
     server_log: str = ""
+    keys: dict[str, KeyHistory] = field(default_factory=dict)  # the mutator's, by prefix
 
     @property
     def violations(self) -> int:
@@ -670,6 +671,7 @@ def run(
                 injector.join()
         mutator.wait(duration + 60)
         verdict = judge(sent, mutator.keys, mutator.changes, faults.grace if faults else ())
+        verdict.keys = mutator.keys
     finally:
         if mutator is not None:
             mutator.stop()
