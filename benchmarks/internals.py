@@ -3,6 +3,7 @@ request cold, or to time one step of a warm one): when those move, only this cha
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.cache import cache
@@ -21,6 +22,7 @@ __all__ = [
     "generation_name",
     "held_token",
     "invalidate",
+    "invalidate_unpublished",
     "load_decision",
     "lookup",
 ]
@@ -55,6 +57,13 @@ def decision_statements(slug: str, prefix: str) -> list[tuple[str, str, list[Any
 def invalidate(slug: str) -> None:
     """What a revocation or any other write does: a new generation for the client."""
     decisions.publish({generation_name(slug)})
+
+
+def invalidate_unpublished(slug: str) -> None:
+    """A new generation for the client that is announced but not published: what the second
+    entry of a client needs after a change, or any entry when Redis refuses the script
+    that publishes. The lookup reads the new generation."""
+    cache.set(generation_name(slug), uuid.uuid4().hex)
 
 
 def evict(slug: str, prefix: str) -> None:

@@ -23,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..conf import conf
-from . import outbox, state, topology
+from . import outbox, state
 from .names import generation_name
 from .state import DecisionCache, get_decision_cache
 
@@ -91,7 +91,7 @@ def _publish(local: DecisionCache, names: Iterable[str], attempt: int) -> bool:
         return True
     tokens = {name: uuid.uuid4().hex for name in failed_at}
     # With INVALIDATION_REPLICAS, not written until that many replicas have it (topology).
-    written = quietly(lambda: topology.write(state.get_cache(), tokens, conf.CACHE_TIMEOUT), "invalidation")
+    written = quietly(lambda: local.push.write(state.get_cache(), tokens), "invalidation")
     # Not left to Redis's announcement, which a failed write never sends.
     local.push.forget(set(failed_at))
     with local.pending_lock:

@@ -7,6 +7,9 @@ reads later (a cold request waits for no write). A generation read from the mast
 both connections answer the heartbeat is trusted until Redis announces its change. Why
 that is still "at once", and every case that suspends the trust (an error, a fork, a
 missed heartbeat on either connection, a master that changed): docs/design.md, "Push invalidation".
+
+Writers also publish each new token (``topology.write``), just before Redis announces the
+change; a process that held the generation learns it, and reloads without reading it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from .names import generation_name, generation_prefix
 logger = logging.getLogger("drf_llm_keys")
 
 INVALIDATION_CHANNEL = "__redis__:invalidate"
+# Ends the tag of a generation learned from a writer's message rather than read: see ``learn``.
+LEARNED = "+"
+# The tag of a generation this process replaced: no entry has it (see ``forget``).
+RETIRED = ""
 # Connection options (redis-py 8) that a RESP2 connection refuses.
 _RESP3_ONLY = ("maint_notifications", "oss_cluster_maint_notifications")
 # Seconds between two attempts to open a channel, after one failed.
@@ -35,15 +42,22 @@ RETRY_DELAY = 5.0
 class Channel:
     """One process's subscription to the announcements of one cache's generation keys."""
 
-    def __init__(self, gen_prefix: str, made_prefix: str, connections: list[Any], epoch: str) -> None:
+    def __init__(
+        self, gen_prefix: str, made_prefix: str, connections: list[Any], epoch: str, tokens_channel: str
+    ) -> None:
         self.epoch = epoch  # of the master these connections reach (topology)
         self.gen_prefix = gen_prefix  # our name of a generation key, before the cache's key function
         self.made_prefix = made_prefix  # the same, as Redis sees it
+        self.tokens_channel = tokens_channel  # where writers publish new tokens (topology.write)
         self.subscriber, self.tracker = connections
         self.lock = threading.Lock()
         self.alive = True
-        # Generation name -> the token this process knows to be current, least recently used first.
+        # Generation name -> the tag this process knows to be current, least recently used first.
         self.current: dict[str, str] = {}
+        # Generation name -> the last token published for it since the last announcement.
+        self.published: dict[str, str] = {}
+        # Generations whose learned tag no reload has used yet (``claim``).
+        self.learned: set[str] = set()
         self.announcements = 0
         # Everything Redis announced before this moment has been read.
         self.proven_at = time.monotonic()
@@ -54,17 +68,32 @@ class Channel:
 
     # --- what store.lookup asks ------------------------------------------------------
 
-    def trusts(self, gen_name: str, token: str) -> bool:
-        """Whether ``token`` is still the generation of ``gen_name``, without asking Redis."""
+    def known(self, gen_name: str) -> str | None:
+        """The tag that entries of ``gen_name`` are usable under now (``usable``), without
+        asking Redis; None when unknown, or while the channel is not proven."""
         with self.lock:
             now = time.monotonic()
-            if not self._read(now):
+            if not self._read(now) or now - self.proven_at > conf.PUSH_HEARTBEAT:
+                return None
+            tag = self.current.pop(gen_name, None)
+            if tag is not None:  # least recently used first: a hit moves it to the end
+                self.current[gen_name] = tag
+            return tag
+
+    def claim(self, gen_name: str, known: str) -> bool:
+        """Whether this lookup may reload without reading the generation: the first after
+        the announcement that taught ``known``. Every process that held the generation
+        does the same, so the first reload costs a query in each; the entries that follow
+        are read, and come from the process that loaded them first."""
+        with self.lock:
+            if gen_name not in self.learned or self.current.get(gen_name) != known:
                 return False
-            if now - self.proven_at > conf.PUSH_HEARTBEAT or self.current.get(gen_name) != token:
-                return False
-            # Least recently used first: a hit moves the generation to the end.
-            self.current[gen_name] = self.current.pop(gen_name)
+            self.learned.remove(gen_name)
             return True
+
+    def trusts(self, gen_name: str, tag: str) -> bool:
+        """Whether an entry tagged ``tag`` is still current, without asking Redis."""
+        return usable(tag, self.known(gen_name))
 
     def proven_epoch(self) -> str | None:
         """The master's epoch, if the channel is up and proven now: read after a GET, it
@@ -90,7 +119,9 @@ class Channel:
                 return
             self.current[gen_name] = token
             while len(self.current) > conf.LOCAL_ENTRIES:
-                del self.current[next(iter(self.current))]
+                oldest = next(iter(self.current))
+                del self.current[oldest]
+                self.learned.discard(oldest)
 
     def fill(self, cache: Any, entry_name: str, value: Any, new: tuple[str, str] | None = None) -> bool:
         """Send the write of a decision entry on the tracking connection, and leave its
@@ -121,10 +152,13 @@ class Channel:
             return True
 
     def forget(self, gen_names: set[str]) -> None:
-        """This process replaced these generations (or failed to): trust none of them."""
+        """This process replaced these generations (or failed to): trust none of them, but
+        learn the new tokens from their announcement, as another process would."""
         with self.lock:
             for name in gen_names:
-                self.current.pop(name, None)
+                if name in self.current:
+                    self.current[name] = RETIRED
+                    self.learned.discard(name)
 
     # --- the connections ---------------------------------------------------------------
 
@@ -159,18 +193,43 @@ class Channel:
 
     def _apply(self, message: Any) -> None:
         kind = _text(message[0])
-        if kind == "message":
+        if kind == "message" and _text(message[1]) == self.tokens_channel:
+            made, _, token = _text(message[2]).rpartition(" ")
+            if made.startswith(self.made_prefix) and len(self.published) < conf.LOCAL_ENTRIES:
+                self.published[self.gen_prefix + made[len(self.made_prefix) :]] = token
+        elif kind == "message":
             self.announcements += 1
+            published, self.published = self.published, {}
             keys = message[2]
             if keys is None:  # FLUSHDB or FLUSHALL
                 self.current.clear()
+                self.learned.clear()
                 return
             for key in keys:
                 made = _text(key)
                 if made.startswith(self.made_prefix):
-                    self.current.pop(self.gen_prefix + made[len(self.made_prefix) :], None)
+                    name = self.gen_prefix + made[len(self.made_prefix) :]
+                    self.learned.discard(name)
+                    if self.current.pop(name, None) is not None and name in published:
+                        self.current[name] = self.learn(published[name])
+                        self.learned.add(name)
         elif kind == "pong":
             self._answered("subscriber")
+
+    def learn(self, token: str) -> str:
+        """The tag of a generation learned from its writer's message, usable only by entries
+        loaded after this announcement (``usable``).
+
+        Redis sends a writer's messages before its announcement, so the token is most likely
+        the generation now; but a write by anything that does not publish (an older version
+        of this library, say) may have landed after it, in the same announcement. The rows of
+        an entry loaded after the announcement have every write it covers, so the entry is
+        right under this tag whatever the generation is; and any later write is announced
+        again. An entry read or filled before it, under the same token, is not usable under
+        this tag: only under the token's plain tag, once a read confirms that. The plain tag
+        is what the shared entry is written under: rows loaded after the token was written
+        are right for anyone who reads that token as the generation."""
+        return topology.tagged(token, self.epoch) + LEARNED
 
     def _answered(self, which: str) -> None:
         if self.ping_sent_at is None:
@@ -218,6 +277,8 @@ class Push:
         self.opened: Channel | None = None
         self.unavailable: float | None = None  # when to try again, after a failure
         self.open_lock = threading.Lock()
+        # False once Redis refused the write that publishes tokens (an ACL without EVAL).
+        self.publishes = True
 
     def channel(self) -> Channel | None:
         """The live channel for the configured cache, or None (then: one GET each).
@@ -233,6 +294,23 @@ class Push:
         if retry_after is not None and time.monotonic() < retry_after:
             return None
         return self._open()
+
+    def write(self, cache: Any, tokens: dict[str, str]) -> None:
+        """Write new generations; with push on, publish their tokens too, for the channels
+        of every process (``Channel.learn``). Raises when the cache could not be written."""
+        publish = conf.PUSH_INVALIDATION and self.publishes
+        try:
+            topology.write(cache, tokens, conf.CACHE_TIMEOUT, publish)
+        except ResponseError as exc:
+            if not publish:
+                raise
+            topology.write(cache, tokens, conf.CACHE_TIMEOUT)  # out of memory, say: fails too
+            self.publishes = False
+            logger.warning(
+                "drf_llm_keys: Redis refused the script that publishes new generations (%s): "
+                "after a change, every process reads the new generation",
+                exc,
+            )
 
     def forget(self, gen_names: set[str]) -> None:
         current = self.opened
@@ -293,7 +371,9 @@ def _connect(alias: str) -> Channel:
         tracker = _connection(pool, opened)
         subscriber.send_command("CLIENT", "ID")
         subscriber_id = subscriber.read_response()
-        subscriber.send_command("SUBSCRIBE", INVALIDATION_CHANNEL)
+        tokens_channel = topology.tokens_channel(cache)
+        subscriber.send_command("SUBSCRIBE", INVALIDATION_CHANNEL, tokens_channel)
+        subscriber.read_response()
         subscriber.read_response()
         # Before tracking starts: every generation read from now on is of this server run.
         tracker.send_command("INFO", "server")
@@ -309,7 +389,7 @@ def _connect(alias: str) -> Channel:
         if isinstance(exc, ResponseError):  # Redis before 6, or CLIENT denied by an ACL
             raise Unsupported(f"Redis refused client tracking: {exc}", logging.WARNING) from None
         raise
-    return Channel(gen_prefix, made_prefix, [subscriber, tracker], epoch)
+    return Channel(gen_prefix, made_prefix, [subscriber, tracker], epoch, tokens_channel)
 
 
 def _connection(pool: Any, opened: list[Any]) -> Any:
@@ -345,6 +425,13 @@ def _disconnect(connections: list[Any]) -> None:
             connection.disconnect()
         except Exception:  # already broken: nothing more to release
             pass
+
+
+def usable(tag: str, known: str | None) -> bool:
+    """Whether an entry tagged ``tag`` may be used while ``known`` (``Channel.known``) is the
+    generation's tag: a learned tag admits only entries loaded under it; a tag read from
+    Redis admits those too, since the read proves the token is the generation."""
+    return known is not None and (tag == known or tag == known + LEARNED)
 
 
 def _text(value: Any) -> str:

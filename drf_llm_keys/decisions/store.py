@@ -18,7 +18,7 @@ from ..conf import conf
 from . import state, topology
 from .invalidation import flush_pending, has_unpublished_writes, quietly
 from .names import decision_names
-from .push import Channel
+from .push import LEARNED, Channel, usable
 from .state import DecisionCache, Entry, get_decision_cache
 
 logger = logging.getLogger("drf_llm_keys")
@@ -46,17 +46,25 @@ def lookup(
     """The decision entry for a client and a key prefix (or none): cached, or loaded.
 
     No round trip when this process holds the entry and Redis has announced no change of
-    its generation since (``push``); else one: the generation and the shared entry together
-    (the generation alone for an entry held without push), read from the master. An entry
-    is used only under the epoch it was filled in (``topology``).
+    its generation since (``push``), nor for the first entry of the client it needs after
+    a change whose new generation it learned from the writer (``Channel.claim``); else
+    one: the generation and the shared entry together (the generation alone for an entry
+    held without push), read from the master.
+    An entry is used only under the epoch it was filled in (``topology``).
     """
     local = get_decision_cache()
     flush_pending(local)
     gen_name, entry_name = decision_names(client_value, prefix)
     held = None if refresh else (local.held.get(entry_name) or local.unknown_keys.get(entry_name))
     channel = local.push.channel()
-    if channel is not None and held is not None and channel.trusts(gen_name, held[0]):
-        return _used(local, entry_name, held)
+    if channel is not None and held is not None:
+        known = channel.known(gen_name)
+        if usable(held[0], known):
+            return _used(local, entry_name, held)
+        if known is not None and known.endswith(LEARNED) and channel.claim(gen_name, known):
+            # Retired, and the writer's token learned: its rows, loaded now, are what the
+            # token stands for (Channel.learn). A write since is announced and retires it.
+            return _loaded(local, channel, (gen_name, entry_name), load(client_value, prefix), known, using)
     mark = channel.mark() if channel is not None else None
     epoch = ""
     # Without push a held entry is read here on every request: its generation alone then.
@@ -83,21 +91,39 @@ def lookup(
             _hold(local, local.held, entry_name, (tag, entry), conf.LOCAL_ENTRIES)
             return entry
     entry = load(client_value, prefix)
-    if entry.get(UNCACHEABLE) or found is _UNHEALTHY or not _fill_is_safe(using):
+    if found is _UNHEALTHY:
         return entry
+    if tag is not None:
+        return _loaded(local, channel, (gen_name, entry_name), entry, tag, using)
+    # Made only now, for a client that exists: an unknown one never gets a generation.
+    # Made after the rows were read, so only if none was there: a write that landed
+    # since the read above made one, and these rows may predate it.
+    created = uuid.uuid4().hex
+    tag = topology.tagged(created, epoch)
+    return _loaded(local, channel, (gen_name, entry_name), entry, tag, using, created)
+
+
+def _loaded(
+    local: DecisionCache,
+    channel: Channel | None,
+    names: tuple[str, str],
+    entry: Entry,
+    tag: str,
+    using: str,
+    created: str | None = None,
+) -> Entry:
+    """``entry``, loaded from the database, held under ``tag`` and written to the shared
+    cache (under the plain tag of a learned one), where the rules allow it; ``created``, a
+    generation to make first (``SET NX``): the entry is used only if that wins."""
+    if entry.get(UNCACHEABLE) or not _fill_is_safe(using):
+        return entry
+    gen_name, entry_name = names
     if entry.get(UNKNOWN_KEY):
         # An unknown key: kept in this process only (one is made per random key sent).
-        if tag is not None:
+        if created is None:
             _hold(local, local.unknown_keys, entry_name, (tag, entry), UNKNOWN_KEY_ENTRIES)
         return entry
-    created = None
-    if tag is None:
-        # Made only now, for a client that exists: an unknown one never gets a generation.
-        # Made after the rows were read, so only if none was there: a write that landed
-        # since the read above made one, and these rows may predate it.
-        created = uuid.uuid4().hex
-        tag = topology.tagged(created, epoch)
-    filled = (tag, entry)
+    filled = (tag.removesuffix(LEARNED), entry)
     cache = state.get_cache()
     # With a channel the fill (and the new generation before it) costs no round trip: the
     # replies are read later. Held here either way: used only once a read finds its tag.
@@ -106,7 +132,7 @@ def lookup(
         if created is not None and not _new_generation(gen_name, created):
             return entry
         quietly(lambda: cache.set(entry_name, filled, conf.CACHE_TIMEOUT), "write")
-    _hold(local, local.held, entry_name, filled, conf.LOCAL_ENTRIES)
+    _hold(local, local.held, entry_name, (tag, entry), conf.LOCAL_ENTRIES)
     return entry
 
 

@@ -27,6 +27,7 @@ from django.core.cache import BaseCache
 from django.core.cache.backends.redis import RedisCacheClient  # imports redis only when used
 
 from ..conf import conf
+from .names import generation_prefix
 
 # How long an invalidation waits for INVALIDATION_REPLICAS replicas to acknowledge it.
 REPLICA_WAIT_MS = 1000
@@ -68,26 +69,59 @@ def read(cache: BaseCache, names: list[str]) -> dict[str, Any]:
     return {name: loads(v) for name, v in zip(names, master.mget(keys), strict=True) if v is not None}
 
 
-def write(cache: BaseCache, values: dict[str, Any], timeout: int) -> None:
-    """``set_many``; with ``INVALIDATION_REPLICAS``, acknowledged by that many replicas too.
+# Each new generation, then its token published on the tokens channel: one step, so Redis
+# sends the messages just before it announces the changes (push.Channel.learn).
+# KEYS: the generation keys; ARGV: the channel, the timeout, the encoded values, the tokens.
+_WRITE_AND_PUBLISH = """
+local n = #KEYS
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[2 + i], 'EX', ARGV[2])
+  redis.call('PUBLISH', ARGV[1], KEYS[i] .. ' ' .. ARGV[2 + n + i])
+end
+"""
+
+
+def write(cache: BaseCache, values: dict[str, str], timeout: int, publish: bool = False) -> None:
+    """New generations (``set_many``). On Redis with ``publish``, each token is also
+    published on ``tokens_channel``; with ``INVALIDATION_REPLICAS``, the write is
+    acknowledged by that many replicas too.
 
     Raises if they do not acknowledge within ``REPLICA_WAIT_MS``: a master cut off from its
     replicas (a partition that ends in a failover) would lose the write.
     """
     replicas = conf.INVALIDATION_REPLICAS
-    if replicas <= 0:
+    master = None
+    if publish or replicas > 0:
+        try:
+            master = master_client(cache)
+        except Unsupported:
+            if replicas > 0:
+                raise
+    if master is None:
         cache.set_many(values, timeout)
         return
-    master = master_client(cache)
     # WAIT counts the writes of its own connection: one pipeline, one connection.
     pipeline = master.pipeline(transaction=False)
-    for name, value in values.items():
-        key, encoded = encode(cache, name, value)
-        pipeline.set(key, encoded, ex=timeout)
-    pipeline.execute_command("WAIT", replicas, REPLICA_WAIT_MS)
+    encoded = [encode(cache, name, value) for name, value in values.items()]
+    if publish:
+        keys = [key for key, _ in encoded]
+        args = [tokens_channel(cache), timeout, *(value for _, value in encoded), *values.values()]
+        pipeline.eval(_WRITE_AND_PUBLISH, len(keys), *keys, *args)
+    else:
+        for key, value in encoded:
+            pipeline.set(key, value, ex=timeout)
+    if replicas > 0:
+        pipeline.execute_command("WAIT", replicas, REPLICA_WAIT_MS)
     acknowledged = pipeline.execute()[-1]
-    if int(acknowledged) < replicas:
+    if replicas > 0 and int(acknowledged) < replicas:
         raise ConnectionError(f"{acknowledged} of {replicas} replicas acknowledged the invalidation")
+
+
+def tokens_channel(cache: BaseCache) -> str:
+    """Where writers publish new generation tokens. Channels are shared by every database
+    of a server: the name holds the database number and the generation keys' prefix."""
+    db = master_client(cache).connection_pool.connection_kwargs.get("db", 0)
+    return f"drf-llm-keys:tokens:{db}:{cache.make_key(generation_prefix())}"
 
 
 def epoch(cache: BaseCache) -> str:

@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 from django.db import connection
+from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
 from drf_llm_keys import decisions
-from drf_llm_keys.decisions import get_decision_cache, state
+from drf_llm_keys.decisions import get_decision_cache, state, topology
 from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
+from drf_llm_keys.decisions.push import LEARNED
+from drf_llm_keys.models import APIKey
 from tests.support import bearer
 from tests.support.caches import CountingCache
 from tests.support.redis import (
@@ -262,6 +265,108 @@ def test_without_a_live_channel_the_fill_is_a_plain_write(api, pushed, world, ca
     assert shared_entry(world)[0].split("@")[0] == token
 
 
+# --- a new generation learned from its writer's message ----------------------------------
+
+
+def reads(server: RedisServer) -> int:
+    """The GETs and MGETs Redis has run so far."""
+    stats = server.client().info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("get", "mget"))
+
+
+def revoke_elsewhere(world: World) -> None:
+    """The valid key revoked by another process: committed, and nothing told this one."""
+    QuerySet(APIKey).filter(pk=world.valid.pk).update(is_active=False)  # no signal, no invalidation
+
+
+@both_backends
+def test_a_change_made_elsewhere_is_reloaded_without_reading_redis(api, pushed, world):
+    settle(api, world)
+    revoke_elsewhere(world)
+    # The other process's invalidation: its new generation, published (as decisions.publish does).
+    topology.write(caches["default"], {generation_name("protected-bot"): "from-elsewhere"}, 60, publish=True)
+    before = reads(pushed)
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_valid_refused(api)
+    assert reads(pushed) == before, "the new generation came with the announcement"
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    held = get_decision_cache().held[decision_name("protected-bot", world.valid.prefix)][0]
+    assert held.startswith("from-elsewhere") and held.endswith(LEARNED)
+    # Shared under the token's plain tag: a process that holds nothing takes it, no SQL.
+    deadline = time.monotonic() + 5
+    while (shared_entry(world) or ("",))[0] != held.removesuffix(LEARNED):
+        assert time.monotonic() < deadline, "the fill never reached Redis"
+        time.sleep(0.01)
+    get_decision_cache().held.clear()
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_valid_refused(api)
+    assert len(queries) == 0, [q["sql"] for q in queries]
+    # Warm again under the token read back: no round trip.
+    before = commands(pushed)
+    world.assert_valid_refused(api)
+    assert commands(pushed) == before
+
+
+def test_a_revoke_here_is_learned_too(api, pushed, world):
+    settle(api, world)
+    world.revoke_valid()  # this process replaced the generation: it learns the new one
+    before = reads(pushed)
+    world.assert_valid_refused(api)
+    assert reads(pushed) == before
+    world.assert_valid_refused(api)
+
+
+def test_a_learned_generation_admits_no_entry_held_from_before(api, pushed, world):
+    """A write by something that does not publish (an older version of this library, say)
+    lands just after a publishing one, in the same announcement: the token learned is not
+    the generation. An entry held under that token from before (read between the two
+    writes, say) must not be used: it may predate the second write."""
+    settle(api, world)
+    cache, name = caches["default"], generation_name("protected-bot")
+    local = get_decision_cache()
+    channel = local.push.channel()
+    assert channel is not None
+    entry_name = decision_name("protected-bot", world.valid.prefix)
+    local.held[entry_name] = (topology.tagged("published", channel.epoch), local.held[entry_name][1])
+    revoke_elsewhere(world)
+    key, published = topology.encode(cache, name, "published")
+    with pushed.client().pipeline(transaction=True) as both:  # one announcement for both writes
+        both.set(key, published)
+        both.publish(topology.tokens_channel(cache), f"{key} published")
+        both.set(key, topology.encode(cache, name, "not-published")[1])
+        both.execute()
+    with CaptureQueriesContext(connection) as queries:
+        world.assert_valid_refused(api)
+    assert len(queries) == 1, "loaded again, not taken from the entry held before"
+    assert local.held[entry_name][0] == topology.tagged("published", channel.epoch) + LEARNED
+    world.assert_valid_refused(api)
+
+
+def test_a_redis_that_refuses_the_script_invalidates_all_the_same(api, pushed, world, settings, caplog):
+    admin = pushed.client()
+    admin.acl_setuser(
+        "noscript",
+        enabled=True,
+        passwords=["+secret"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all", "-@scripting"],
+    )
+    try:
+        config = cache_config(f"redis://noscript:secret@127.0.0.1:{pushed.port}/4")
+        settings.CACHES = {"default": config}
+        settle(api, world)
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            world.revoke_valid()
+        assert "refused the script that publishes new generations" in caplog.text
+        assert get_decision_cache().push.publishes is False
+        before = reads(pushed)
+        world.assert_valid_refused(api)
+        assert reads(pushed) > before, "without the token, the new generation is read"
+    finally:
+        admin.acl_deluser("noscript")
+
+
 # --- doubt about the channel: back to one GET per request --------------------------------
 
 
@@ -501,18 +606,24 @@ def test_a_revoke_here_is_refused_there_at_once_every_time(pushed_worker, pushed
         api_key.save()
 
 
-def test_after_a_change_one_process_loads_and_another_takes_its_fill(
+def test_after_a_change_each_process_reloads_one_entry_and_takes_the_others_fills(
     api, pushed_worker, pushed, make_key, protected_client
 ):
-    api_key, plaintext = make_key(protected_client)
-    for _ in range(3):  # both processes hold the entry, trusted
-        assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
-        assert pushed_worker.status("protected-bot", plaintext) == 200
-    api_key.name = "renamed"  # a change that keeps the key valid: a new generation
-    api_key.save()
-    assert pushed_worker.status("protected-bot", plaintext) == 200  # loads, fills
+    first, first_key = make_key(protected_client)
+    _, second_key = make_key(protected_client)
+    for _ in range(3):  # both processes hold both entries, trusted
+        for plaintext in (first_key, second_key):
+            assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
+            assert pushed_worker.status("protected-bot", plaintext) == 200
+    first.name = "renamed"  # a change that keeps the keys valid: a new generation, learned
+    first.save()
+    assert pushed_worker.status("protected-bot", first_key) == 200  # reloads, on the learned token
+    assert pushed_worker.status("protected-bot", second_key) == 200  # reads, loads, fills
     with CaptureQueriesContext(connection) as queries:
-        assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
+        assert api.get(URL.format("protected-bot"), **bearer(first_key)).status_code == 200
+    assert len(queries) == 1, "the first entry after a change is reloaded without reading Redis"
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(URL.format("protected-bot"), **bearer(second_key)).status_code == 200
     assert len(queries) == 0, [q["sql"] for q in queries]
 
 

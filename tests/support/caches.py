@@ -48,7 +48,8 @@ class CountingCache:
 
 
 class FlakyCache:
-    """A real local-memory cache that raises on every call while ``down`` is set."""
+    """The real default cache, raising on every call while ``down`` is set; on Redis, its
+    client too, which the library writes new generations through."""
 
     down = False
 
@@ -56,6 +57,8 @@ class FlakyCache:
         self.real = caches["default"]
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("client", "_cache") and FlakyCache.down:
+            raise ConnectionError("cache is down")
         attribute = getattr(self.real, name)
         if name in CACHE_METHODS and FlakyCache.down:
 
