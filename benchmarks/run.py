@@ -128,7 +128,7 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
         ),
         ("at most 1 SQL on a cold request", f"{counts[COLD].queries:.2f}", counts[COLD].queries <= 1),
         (
-            "added within 1.5x of the floor's",
+            "added within 1.5x of the floor's (set for PostgreSQL + Redis)",
             f"{ours / floor:.2f}x" if floor > 0 else "n/a",
             ours <= 1.5 * floor,
         ),
@@ -145,7 +145,7 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
         added = medians[label] - base
         name = f"{label.removeprefix('drf-llm-keys, ')} at most {bound}x DRF Token's added"
         checks.append((name, f"{added / drf:.2f}x" if drf > 0 else "n/a", added <= bound * drf))
-    print("Targets (set for PostgreSQL + Redis):")
+    print("Targets:")
     for name, figure, met in checks:
         print(f"  {'met   ' if met else 'MISSED'}  {name}: {figure}")
     if floor > 0:

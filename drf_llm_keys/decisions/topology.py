@@ -91,12 +91,13 @@ def write(cache: BaseCache, values: dict[str, str], timeout: int, publish: bool 
     """
     replicas = conf.INVALIDATION_REPLICAS
     master = None
-    if publish or replicas > 0:
+    if replicas > 0:
+        master = master_client(cache)
+    elif publish and _may_have_master(cache):  # any other cache: no exception
         try:
             master = master_client(cache)
-        except Unsupported:
-            if replicas > 0:
-                raise
+        except Unsupported:  # sharded
+            pass
     if master is None:
         cache.set_many(values, timeout)
         return

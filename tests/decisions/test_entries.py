@@ -54,7 +54,9 @@ def test_a_request_after_an_invalidation_runs_one_query(api, key, django_assert_
         assert get(api, "protected-bot", plaintext).status_code == 200
 
 
-if "postgresql" in django_settings.DATABASES["default"]["ENGINE"]:
+# Server-side binding and prepare_threshold are psycopg 3's; psycopg2 has neither.
+ON_PSYCOPG_3 = connection.Database.__name__ == "psycopg"
+if "postgresql" in django_settings.DATABASES["default"]["ENGINE"] and ON_PSYCOPG_3:
 
     def test_decisions_are_the_same_with_psycopg_prepared_statements(
         make_key, protected_client, public_client
