@@ -49,8 +49,8 @@ def lookup(
     its generation since (``push``), nor for the first entry of the client it needs after
     a change whose new generation it learned from the writer (``Channel.claim``); else
     one: the generation and the shared entry together (the generation alone for an entry
-    held without push), read from the master.
-    An entry is used only under the epoch it was filled in (``topology``).
+    held without push), read from the master. An entry is used only under the epoch it was
+    filled in (``topology``).
     """
     local = get_decision_cache()
     flush_pending(local)
