@@ -24,12 +24,13 @@ from drf_llm_keys.conf import conf  # noqa: E402
 
 from . import seed  # noqa: E402
 from .inprocess import Driver, Endpoint, environ  # noqa: E402
-from .internals import invalidate  # noqa: E402
+from .internals import evict, invalidate  # noqa: E402
 from .labels import (  # noqa: E402
     API_KEY,
     COLD,
     DRF_TOKEN,
     DRF_TOKEN_REFUSED,
+    EMPTY,
     FLOOR,
     KNOX,
     NONE,
@@ -63,6 +64,7 @@ def endpoints(creds: seed.Credentials, count: int) -> list[Endpoint]:
         Endpoint(FLOOR, [environ("/floor/", f"Floor {creds.floor}")]),
         Endpoint(WARM, [ours]),
         Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED)),
+        Endpoint(EMPTY, [ours], prepare=lambda i: evict(seed.PROTECTED, creds.ours_prefix)),
         Endpoint(
             REFUSED,
             [environ(f"/ours/{seed.PROTECTED}/", f"Bearer {key}") for key in unknown_keys(count)],

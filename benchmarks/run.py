@@ -119,7 +119,8 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
     floor = medians[FLOOR] - base
     fastest = min(PEERS, key=lambda label: medians[label])
     peer = medians[fastest] - base
-    checks = [
+    on_redis = hasattr(cache, "client")  # django-redis: the benchmark's only Redis backend
+    checks: list[tuple[str, str, bool | None]] = [
         ("0 SQL on a warm request", f"{counts[WARM].queries:.2f}", counts[WARM].queries == 0),
         (
             "at most 1 cache round trip (warm)",
@@ -128,9 +129,11 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
         ),
         ("at most 1 SQL on a cold request", f"{counts[COLD].queries:.2f}", counts[COLD].queries <= 1),
         (
-            "added within 1.5x of the floor's (set for PostgreSQL + Redis)",
+            # Set where the floor makes a round trip; on the local-memory cache its GET is a
+            # dictionary lookup, and the warm target is the instruction count (--callgrind).
+            "added within 1.5x of the floor's" if on_redis else "added against the floor's (no target here)",
             f"{ours / floor:.2f}x" if floor > 0 else "n/a",
-            ours <= 1.5 * floor,
+            ours <= 1.5 * floor if on_redis else None,
         ),
         (
             f"4x below the fastest peer ({fastest})",
@@ -147,7 +150,7 @@ def report_targets(medians: dict[str, float], counts: dict[str, Census]) -> None
         checks.append((name, f"{added / drf:.2f}x" if drf > 0 else "n/a", added <= bound * drf))
     print("Targets:")
     for name, figure, met in checks:
-        print(f"  {'met   ' if met else 'MISSED'}  {name}: {figure}")
+        print(f"  {'-     ' if met is None else 'met   ' if met else 'MISSED'}  {name}: {figure}")
     if floor > 0:
         print(
             f"  (the floor itself is {peer / floor:.1f}x below the fastest peer; "
