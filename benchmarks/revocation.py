@@ -10,6 +10,7 @@ that a revoked key is refused at once in every process.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 
@@ -21,11 +22,11 @@ from drf_llm_keys.models import LLMClient
 
 from .inprocess import median, percentile
 from .internals import channel
-from .server import get, gunicorn
+from .processes import HOST
+from .server import REQUEST_TIMEOUT, Answer, get, gunicorn
 
 CLIENT = "revocation-bot"
 GIVE_UP_SECONDS = 2.0
-WARM_REQUESTS_MAX = 500
 
 
 def run(*, workers: int, trials: int) -> None:
@@ -90,14 +91,30 @@ def run(*, workers: int, trials: int) -> None:
 
 
 def _warm_every_worker(port: int, path: str, headers: dict[str, str], workers: int) -> None:
-    """Requests until each worker has served the key twice (the first fills its entry)."""
-    served: dict[int, int] = {}
-    for _ in range(WARM_REQUESTS_MAX):
-        answer = get(port, path, headers)
-        if answer.status != 200:
-            raise SystemExit(f"revocation warm-up: expected 200, got {answer.status}")
-        pid = json.loads(answer.body)["pid"]
-        served[pid] = served.get(pid, 0) + 1
-        if len(served) >= workers and min(served.values()) >= 2:
-            return
-    raise SystemExit(f"revocation warm-up: {len(served)} of {workers} workers answered")
+    """Each worker serves the key twice (the first fills its entry).
+
+    Which worker accepts a new connection is not fair: one can take hundreds in a row. But
+    a sync worker that has accepted a connection serves nothing else until its request
+    arrives, and connections are accepted in the order they were made. So with
+    ``workers - 1`` connections opened and left silent, the next request goes to the one
+    worker left; then each silent connection's request goes to the worker holding it.
+    """
+    for _ in range(2):
+        silent = [http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT) for _ in range(workers - 1)]
+        try:
+            for connection in silent:
+                connection.connect()
+            answers = [get(port, path, headers)]
+            for connection in silent:
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                answers.append(Answer(response.status, response.read(), False))
+        finally:
+            for connection in silent:
+                connection.close()
+        for answer in answers:
+            if answer.status != 200:
+                raise SystemExit(f"revocation warm-up: expected 200, got {answer.status}")
+        served = {json.loads(answer.body)["pid"] for answer in answers}
+        if len(served) != workers:
+            raise SystemExit(f"revocation warm-up: {len(served)} distinct workers of {workers} answered")
