@@ -18,7 +18,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
 from django.test.utils import override_settings
 
-from .counting import RoundTrips
+from .counting import RoundTrips, counting
 
 Environ = dict[str, Any]
 
@@ -118,7 +118,7 @@ def census(driver: Driver, endpoint: Endpoint, requests: int) -> Census:
         queries += 1
         return execute(sql, params, many, context)
 
-    with endpoint.in_place():
+    with endpoint.in_place(), counting():
         driver.call(endpoint)  # uncounted: the process may have just been reset
         for _ in range(requests):
             if endpoint.prepare is not None:
