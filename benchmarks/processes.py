@@ -30,9 +30,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def freeze_start_up() -> None:
     """Load the URLconf (the views, DRF) and leave everything loaded so far out of the
     garbage collector's passes (``gc.freeze()``). Otherwise a full collection walks all of
-    it: 26 to 52 ms in a worker on the benchmark's machine, a stall of whichever request
-    it lands in, which decided the revocation step's slowest trials. Frozen, 0.6 ms. Every
-    row of the server steps runs on workers set up alike."""
+    it, a stall of whichever request it lands in, long enough to decide the revocation
+    step's slowest trial (docs/benchmarks.md). Every row of the server steps runs on
+    workers set up alike."""
     from django.urls import get_resolver
 
     get_resolver().url_patterns  # noqa: B018 (imports the views)
