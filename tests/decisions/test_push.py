@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -252,6 +253,32 @@ def test_a_first_generation_that_loses_the_race_leaves_its_fill_unused(pushed, w
     # The refused SET NX (a nil reply) is read like any other: the channel stays.
     assert get_decision_cache().push.channel() is channel and channel.alive
     assert "channel lost" not in caplog.text
+
+
+@both_backends
+def test_a_fill_that_cannot_be_sent_is_written_plainly_and_the_channel_dropped(api, pushed, world, caplog):
+    """The tracking connection breaks between the read and the fill (its socket shut for
+    writing while the entry loads): the new generation and the entry are written with the
+    cache's own calls instead, before the lookup returns, and the channel is closed."""
+    settle(api, world)
+    pushed.flush()  # no generation: the fill carries a new one (SET NX) before the entry
+    channel = get_decision_cache().push.channel()
+    assert channel is not None and channel.alive
+
+    def load_then_break(client_value: str, prefix: str | None) -> dict[str, Any]:
+        entry = load_decision(client_value, prefix)
+        channel.tracker._sock.shutdown(socket.SHUT_WR)  # a real send error: EPIPE
+        return entry
+
+    with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+        entry = decisions.lookup("protected-bot", world.valid.prefix, load_then_break, using="default")
+    assert entry["key"]["is_active"] is True
+    assert "invalidation channel lost" in caplog.text
+    assert not channel.alive
+    # Written before the lookup returned: the generation first, then the entry under it.
+    generation = caches["default"].get(generation_name("protected-bot"))
+    assert generation is not None
+    assert shared_entry(world)[0].split("@")[0] == generation
 
 
 def test_without_a_live_channel_the_fill_is_a_plain_write(api, pushed, world, caplog):
