@@ -65,9 +65,9 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
 
     Returns ``None`` (anonymous, or another authenticator's turn) for views that are not
     an LLM client's and for public clients; ``(owner, api_key)`` for a valid key; raises
-    for everything else on a protected client. List it first in
-    ``DEFAULT_AUTHENTICATION_CLASSES``: DRF answers 401 with ``WWW-Authenticate`` only for
-    the first class.
+    for everything else on a protected client; 404 for a client that does not exist. List it
+    first in ``DEFAULT_AUTHENTICATION_CLASSES``: DRF answers 401 with ``WWW-Authenticate``
+    only for the first class.
     """
 
     def authenticate(self, request: Request) -> tuple[Any, APIKey] | None:
@@ -95,7 +95,8 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
         client = decision["client"]
         setattr(request, CLIENT_ATTRIBUTE, client)  # APIKeyRateThrottle needs no second lookup
         if client["id"] is None:
-            return None  # unknown client: the view's 404, not ours
+            self.unknown_client(client_value)
+            return None
         if not (client["require_api_key"] or client["has_active_key"]):
             return None  # public: served anonymously, whatever it carries
         if plaintext is None:
@@ -165,6 +166,13 @@ class LLMClientAPIKeyAuthentication(BaseAuthentication):
             # The message is built here only: a lazy translation costs a warm request.
             self.refuse(_("Invalid Authorization header. The key must be printable ASCII."))
         return value
+
+    def unknown_client(self, client_value: str) -> None:
+        """A URL that names no client: 404, since a typo'd slug is not a public client;
+        ``None`` (the view decides) when ``UNKNOWN_CLIENT_NOT_FOUND`` is off."""
+        if conf.UNKNOWN_CLIENT_NOT_FOUND:
+            message = _("No LLM client '{client}'.").format(client=client_value)
+            raise exceptions.NotFound(message, code="client_not_found")
 
     def refuse(self, message: StrOrPromise) -> NoReturn:
         raise exceptions.AuthenticationFailed(message)

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "PREPARE_DECISION_QUERY": True,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
+    # A URL naming a client that does not exist: 404 from the authentication class; False
+    # hands the request to the view (anonymous), which then decides.
+    "UNKNOWN_CLIENT_NOT_FOUND": True,
     "AUTH_KEYWORDS": ("Bearer", "Token"),
     "HEADER": "X-API-Key",
     "KEY_PREFIX": "llmk_",
@@ -137,6 +140,10 @@ class Settings:
     @functools.cached_property
     def CLIENT_LOOKUP_FIELD(self) -> str:
         return str(self._get("CLIENT_LOOKUP_FIELD"))
+
+    @functools.cached_property
+    def UNKNOWN_CLIENT_NOT_FOUND(self) -> bool:
+        return bool(self._get("UNKNOWN_CLIENT_NOT_FOUND"))
 
     @functools.cached_property
     def AUTH_KEYWORDS(self) -> tuple[str, ...]:

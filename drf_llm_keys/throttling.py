@@ -46,7 +46,7 @@ class APIKeyRateThrottle(WindowThrottle):
     def allow_request(self, request: Request, view: APIView) -> bool:
         client = self.get_client(request)
         if client is None or client["id"] is None:
-            return True  # not an LLM client's view, or an unknown client (the view's 404)
+            return True  # not an LLM client's view, or an unknown client (a 404, or the view's)
         # The stored spelling: "BOT" for "bot" (MariaDB collations) must not get a budget of its own.
         lookup = str(client["lookup"])
         api_key = request.auth if isinstance(request.auth, APIKey) else None

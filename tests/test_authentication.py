@@ -246,8 +246,28 @@ def test_view_without_a_client_ignores_even_malformed_headers(api, owner):
     assert api.get("/whoami/", HTTP_AUTHORIZATION="Bearer").status_code == 200
 
 
-def test_unknown_client_is_left_to_the_view(api, key):
-    response = api.get(PER_VIEW.format("no-such-bot"))
+@ENDPOINTS
+def test_unknown_client_is_not_found(api, key, url):
+    response = api.get(url.format("no-such-bot"))
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No LLM client 'no-such-bot'."}
+    assert "WWW-Authenticate" not in response
+
+
+def test_unknown_client_is_not_found_whatever_key_it_carries(api, key):
+    _, plaintext = key
+    assert api.get(PER_VIEW.format("no-such-bot"), **bearer(plaintext)).status_code == 404
+
+
+def test_unknown_client_is_not_found_for_a_logged_in_user(api, key, owner):
+    api.force_login(owner)
+    assert api.get(DEFAULT.format("no-such-bot")).status_code == 404
+
+
+@ENDPOINTS
+def test_unknown_client_is_left_to_the_view_when_configured(api, key, url):
+    with override_settings(DRF_LLM_KEYS={"UNKNOWN_CLIENT_NOT_FOUND": False}):
+        response = api.get(url.format("no-such-bot"))
     assert response.json() == {"user": None, "key": None}
 
 
@@ -286,4 +306,4 @@ def test_custom_lookup_field(api, key, protected_client):
 
 def test_lookup_value_the_field_cannot_hold_is_an_unknown_client(api, key):
     with override_settings(DRF_LLM_KEYS={"CLIENT_LOOKUP_FIELD": "pk"}):
-        assert api.get(PER_VIEW.format("not-a-number")).status_code == 200
+        assert api.get(PER_VIEW.format("not-a-number")).status_code == 404

@@ -147,6 +147,7 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(
     bot = baker.make_recipe("tests.protected_client", slug="bot")
     flagged = baker.make_recipe("tests.protected_client", slug="flagged")
     other_bot = baker.make_recipe("tests.llm_client", slug="other-bot")
+    baker.make_recipe("tests.llm_client", slug="public")
     responses: list[Any] = []
 
     def create(user: Any, *clients: Any) -> tuple[APIKey, str]:
@@ -177,6 +178,7 @@ def test_full_lifecycle_leaves_no_secret_in_the_cache_or_the_logs(
     assert send("bot", HTTP_X_API_KEY=f"{first_key}\x00") == 401
     assert send("other-bot", **bearer(first_key)) == 401
     assert send("public", **bearer(first_key)) == 200
+    assert send("no-such-bot", **bearer(first_key)) == 404
     assert LLMClientAPIKey.get_cached_objects(llm_client=bot).count() == 2
 
     # Rotation and every way out of service.

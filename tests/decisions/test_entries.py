@@ -233,7 +233,7 @@ if "postgresql" in django_settings.DATABASES["default"]["ENGINE"] and ON_PSYCOPG
         ("protected-bot", None, 401),
         ("public-bot", None, 200),
         ("public-bot", "random", 200),
-        ("no-such-bot", "random", 200),  # not ours: the view decides
+        ("no-such-bot", "random", 404),  # no such client
     ],
 )
 def test_every_cold_decision_runs_one_query(
@@ -286,7 +286,7 @@ def test_a_key_of_another_client_loads_without_this_clients_mapping(make_key, pr
 
 
 def test_an_unknown_slug_gets_no_generation(api):
-    assert get(api, "no-such-bot", random_key()).status_code == 200
+    assert get(api, "no-such-bot", random_key()).status_code == 404
     assert caches["default"].get(generation_name("no-such-bot")) is None
     assert not get_decision_cache().held and not get_decision_cache().unknown_keys
 
@@ -357,7 +357,7 @@ def test_unknown_slugs_and_keys_write_nothing_to_redis_and_push_nothing_out(api,
     assert channel is not None
     keys_before, announced_before = pushed.client().dbsize(), channel.announcements
     for number in range(1000):
-        assert get(api, f"unknown-{number}", random_key()).status_code == 200
+        assert get(api, f"unknown-{number}", random_key()).status_code == 404
         assert get(api, "protected-bot", random_key()).status_code == 401
     assert pushed.client().dbsize() == keys_before
     channel.trusts("", "")  # reads whatever Redis has announced since

@@ -200,9 +200,12 @@ def expected(
     carried = credentials(authorization, api_key)
     if carried is MALFORMED:
         return "refused", None  # on any client
-    accepts = world.accepts.get(stored_slug(slug) or "")
+    stored = stored_slug(slug)
+    if stored is None:
+        return "not found", None  # no such client: the authentication class's 404
+    accepts = world.accepts.get(stored)
     if accepts is None:
-        return "anonymous", None  # public or unknown: not ours to refuse
+        return "anonymous", None  # public: not ours to refuse
     return ("accepted", accepts[carried]) if carried in accepts else ("refused", None)
 
 

@@ -74,8 +74,8 @@ def test_a_deployment_that_requires_a_key_refuses_without_one(api):
     assert_refused(get(api, "strict-bot"))
 
 
-def test_an_unknown_slug_is_left_to_the_view(api):
-    assert get(api, "no-such-bot").status_code == 200  # the echo view serves any slug
+def test_an_unknown_slug_is_not_found(api):
+    assert get(api, "no-such-bot").status_code == 404
 
 
 def test_a_view_that_finds_the_deployment_itself_is_protected(api, key):
