@@ -1,10 +1,12 @@
 """Admin for keys and clients: a new key's plaintext is shown once, digests never.
 
-Creating, rotating and revoking go through ``drf_llm_keys.keys``, like the command. The
-plaintext page is rendered straight into the response (never through ``messages``, which
-would put it in a cookie or the session) and is marked not to be cached. ``is_active`` is
-read-only on the form: revocation is an action, so the last-key guard cannot be bypassed,
-and only revoked keys can be deleted (deleting an active key would bypass it as well).
+Creating, rotating and revoking go through ``drf_llm_keys.keys``, like the command. A post
+that creates keys redirects to a page that shows their plaintexts once: they wait in the
+session (server-side with Django's default engine; the ``signed_cookies`` engine would put
+them in a cookie) and are removed from it as that page is rendered, never cached. So a
+reload neither creates a key again nor shows one. ``is_active`` is not on the form:
+revocation is an action, so the last-key guard cannot be bypassed, and only revoked keys
+can be deleted (deleting an active key would bypass it as well).
 
 A change whose invalidation has not reached the cache within ``PUBLISH_TIMEOUT`` is never
 reported as a success: the page shows an error saying what it may cost and what to run.
@@ -13,6 +15,7 @@ reported as a success: the page shows an error saying what it may cost and what 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -23,13 +26,15 @@ from django.contrib.admin.utils import display_for_value
 from django.contrib.auth import get_user_model
 from django.db import models, router, transaction
 from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, reverse
+from django.templatetags.static import static
+from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.text import capfirst, format_lazy
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from . import decisions, get_client_model, keys, usage
 from .conf import conf
@@ -55,6 +60,8 @@ else:
 
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
+# Where they wait, in the session, for the page that shows them once.
+_SHOW_ONCE = "drf_llm_keys_show_once"
 # The clients a form's save touched, for the message if their invalidation is pending.
 _CHANGED_CLIENTS = "_drf_llm_keys_changed_clients"
 
@@ -82,6 +89,60 @@ def name_list_field(model_field: str) -> NameListField:
         required=False,
         help_text=format_lazy("{} {}", field.help_text, _("One per line, or separated by commas.")),
     )
+
+
+_KEY_STATES = {
+    "active": (_("active"), "icon-yes.svg"),
+    "expired": (_("expired"), "icon-alert.svg"),
+    "revoked": (_("revoked"), "icon-no.svg"),
+}
+
+
+def key_state(api_key: APIKey) -> str:
+    """Active, expired (still keeping its clients protected, but refused) or revoked."""
+    state = "revoked" if not api_key.is_active else "expired" if keys.has_expired(api_key) else "active"
+    label, icon = _KEY_STATES[state]
+    return format_html('<img src="{}" alt=""> {}', static(f"admin/img/{icon}"), label)
+
+
+class KeyStateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, StrOrPromise]]:
+        return [(state, label) for state, (label, _icon) in _KEY_STATES.items()]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet[Any]) -> models.QuerySet[Any]:
+        filtered: models.QuerySet[Any] = queryset
+        if self.value() == "active":
+            filtered = queryset.filter(keys.unexpired(), is_active=True)
+        elif self.value() == "expired":
+            filtered = queryset.filter(is_active=True).exclude(keys.unexpired())
+        elif self.value() == "revoked":
+            filtered = queryset.filter(is_active=False)
+        return filtered
+
+
+class PicksUsersBySearch:
+    """The foreign keys to users named in ``user_fields`` are picked with a search of the
+    site's user admin (the autocomplete widget) where it has ``search_fields`` and the
+    request's user may view users; elsewhere by id (``raw_id_fields``), never from a list of
+    every user."""
+
+    user_fields: ClassVar[tuple[str, ...]]
+    admin_site: admin.AdminSite
+
+    def get_autocomplete_fields(self, request: HttpRequest) -> Any:
+        fields = tuple(super().get_autocomplete_fields(request))  # type: ignore[misc]
+        user_model = get_user_model()
+        if not self.admin_site.is_registered(user_model):
+            return fields
+        # AdminSite.get_model_admin() is Django 5.0+; 4.2 has only the registry it reads.
+        get_model_admin = getattr(self.admin_site, "get_model_admin", None)
+        user_admin = get_model_admin(user_model) if get_model_admin else self.admin_site._registry[user_model]
+        if user_admin.get_search_fields(request) and user_admin.has_view_permission(request):
+            return fields + self.user_fields
+        return fields
 
 
 class APIKeyForm(_APIKeyAddFormBase):
@@ -169,26 +230,26 @@ class ReportsUnpublished:
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
+class APIKeyAdmin(PicksUsersBySearch, ReportsUnpublished, _APIKeyAdminBase):
     form = APIKeyForm
     list_display = (
         "prefix",
         "name",
         "user",
         "client_list",
-        "is_active",
+        "state",
         "expires_at",
         "last_used_at",
         "scope_list",
         "model_list",
     )
-    list_filter = ("is_active",)
+    list_filter = (KeyStateFilter,)
     list_select_related = ("user",)
     ordering = ("-created_at",)
     actions = ("rotate_keys", "revoke_keys")
     readonly_fields: ClassVar[tuple[str, ...]] = (
         "prefix",
-        "is_active",
+        "state",
         "client_list",
         "last_used_at",
         "created_at",
@@ -202,7 +263,7 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
         "user",
         "client_list",
         "description",
-        "is_active",
+        "state",
         "expires_at",
         "scopes",
         "allowed_models",
@@ -212,7 +273,7 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
         "usage_7_days",
         "usage_30_days",
     )
-    raw_id_fields = ("user",)
+    user_fields = raw_id_fields = ("user",)
 
     def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
         return (
@@ -232,6 +293,10 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
         # A revoked key, one at a time. Without an object (the changelist's bulk
         # "delete selected" action) the answer is no: it would delete active keys too.
         return obj is not None and not obj.is_active and super().has_delete_permission(request, obj)
+
+    @admin.display(description=_("state"), ordering="is_active")
+    def state(self, api_key: APIKey) -> str:
+        return key_state(api_key)
 
     @admin.display(description=_("LLM clients"))
     def client_list(self, api_key: APIKey) -> str:
@@ -323,28 +388,55 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
         new_keys = getattr(request, _NEW_KEYS, None)
         if new_keys is None:
             return super().response_add(request, obj, post_url_continue)
-        return self.plaintext_response(request, _("API key created"), new_keys)
+        return self.show_once(request, _("API key created"), new_keys)
 
-    def plaintext_response(
+    def show_once(
         self, request: HttpRequest, title: StrOrPromise, new_keys: list[tuple[APIKey, str]]
-    ) -> HttpResponse:
+    ) -> HttpResponseRedirect:
+        """Redirect to the page that shows the new keys' plaintexts, once (Post/Redirect/Get)."""
+        waiting = request.session.get(_SHOW_ONCE, {"keys": []})
+        request.session[_SHOW_ONCE] = {
+            "title": str(title),
+            "keys": waiting["keys"] + [[str(api_key.pk), plaintext] for api_key, plaintext in new_keys],
+        }
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:drf_llm_keys_apikey_show_once"))
+
+    def show_once_view(self, request: HttpRequest) -> HttpResponse:
+        waiting = request.session.pop(_SHOW_ONCE, None)
+        if waiting is None:
+            message = _("A new key is shown once only: find it by its prefix in this list.")
+            self.message_user(request, message, messages.WARNING)
+            changelist = reverse(f"{self.admin_site.name}:drf_llm_keys_apikey_changelist")
+            return HttpResponseRedirect(changelist)
+        # Where the keys were written: a replica may not have them yet.
+        found = APIKey.objects.using(router.db_for_write(APIKey)).in_bulk([pk for pk, _ in waiting["keys"]])
+        by_pk = {str(pk): api_key for pk, api_key in found.items()}
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": title,
-            "new_keys": new_keys,
+            "title": waiting["title"],
+            "new_keys": [(by_pk[pk], plaintext) for pk, plaintext in waiting["keys"] if pk in by_pk],
         }
         response = TemplateResponse(request, "admin/drf_llm_keys/apikey/plaintext.html", context)
         add_never_cache_headers(response)
         return response
 
+    def get_urls(self) -> list[URLPattern]:
+        # Before the model admin's own: "<path:object_id>/" would take this path.
+        show_once = path(
+            "new/",
+            self.admin_site.admin_view(self.show_once_view),
+            name="drf_llm_keys_apikey_show_once",
+        )
+        return [show_once, *super().get_urls()]
+
     # --- actions -----------------------------------------------------------------------
 
-    @admin.action(description=_("Rotate selected API keys"), permissions=["change"])
+    @admin.action(description=_("Rotate selected API keys"), permissions=["rotate"])
     def rotate_keys(self, request: HttpRequest, queryset: models.QuerySet[APIKey]) -> HttpResponse | None:
         form = RotateForm(request.POST if "confirm" in request.POST else None)
         if not form.is_valid():
-            return self.confirm_response(request, queryset, form, "rotate_keys", _("Rotate API keys"))
+            return self.confirm_response(request, list(queryset), form, "rotate_keys", _("Rotate API keys"))
         new_keys = []
         for api_key in queryset:
             try:
@@ -355,34 +447,63 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
         self.report_unpublished(request, clients=[c for new, _ in new_keys for c in self.clients_of(new)])
         if not new_keys:
             return None
-        return self.plaintext_response(request, _("API keys rotated"), new_keys)
+        return self.show_once(request, _("API keys rotated"), new_keys)
+
+    def has_rotate_permission(self, request: HttpRequest) -> bool:
+        """Rotating issues a working key: it takes the add permission as well as change."""
+        return self.has_add_permission(request) and self.has_change_permission(request)
 
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: models.QuerySet[APIKey]) -> HttpResponse | None:
+        """Revoke the selection as one decision: all of it or, when the last-key guard
+        refuses any part, none of it."""
+        selected = list(queryset.order_by("pk"))
+        left_public = self.left_public(selected)
         form = RevokeForm(request.POST if "confirm" in request.POST else None)
         if not form.is_valid():
-            return self.confirm_response(request, queryset, form, "revoke_keys", _("Revoke API keys"))
+            return self.confirm_response(
+                request, selected, form, "revoke_keys", _("Revoke API keys"), left_public
+            )
+        allow_public = form.cleaned_data["allow_public"]
+        if left_public and not allow_public:
+            last = [k.prefix for k in selected if k.pk in left_public]
+            message = ngettext(
+                "Nothing was revoked: %(keys)s is the last active key of %(clients)s, and "
+                "revoking it would make that client public (served to anyone without a key). "
+                "Tick the box to revoke it anyway, or create another key first.",
+                "Nothing was revoked: together, %(keys)s are the last active keys of %(clients)s, "
+                "and revoking them would make that client public (served to anyone without a "
+                "key). Tick the box to revoke them anyway, or create another key first.",
+                len(last),
+            ) % {"keys": ", ".join(last), "clients": ", ".join(left_public_clients(left_public))}
+            self.message_user(request, message, messages.ERROR)
+            return None
+        revoked: list[APIKey] = []
         done: list[str] = []
-        clients: list[str] = []
-        for api_key in queryset:
-            try:
-                with self.own_transaction():
-                    made_public = keys.revoke_key(api_key, allow_public=form.cleaned_data["allow_public"])
-            except keys.AlreadyRevoked as exc:
-                self.message_user(request, str(exc), messages.WARNING)
-            except keys.KeyLifecycleError as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-            else:
-                public = ", ".join(keys.lookup_value(c) for c in made_public)
-                note = _(" Now public: %s.") % public if public else ""
-                done.append(_("Revoked %s.") % api_key.prefix + note)
-                clients += self.clients_of(api_key)
-        self.report_unpublished(request, done, clients)
+        notes: list[str] = []
+        try:
+            with self.own_transaction():
+                for api_key in selected:
+                    try:
+                        made_public = keys.revoke_key(api_key, allow_public=allow_public)
+                    except keys.AlreadyRevoked as exc:
+                        notes.append(str(exc))
+                        continue
+                    public = ", ".join(keys.lookup_value(c) for c in made_public)
+                    note = _(" Now public: %s.") % public if public else ""
+                    done.append(_("Revoked %s.") % api_key.prefix + note)
+                    revoked.append(api_key)
+        except keys.KeyLifecycleError as exc:  # the guard, on what changed since the confirmation
+            self.message_user(request, _("Nothing was revoked: %s") % exc, messages.ERROR)
+            return None
+        for note in notes:
+            self.message_user(request, note, messages.WARNING)
+        self.report_unpublished(request, done, [c for k in revoked for c in self.clients_of(k)])
         return None
 
     def own_transaction(self) -> transaction.Atomic:
-        # Each key in a transaction of its own, as keys.py would run it, but with the wait
-        # for its invalidation left to report_unpublished(): once for all the keys.
+        # keys.py's operations in a transaction of the admin's, with the wait for their
+        # invalidation left to report_unpublished(): once for all the keys.
         return transaction.atomic(using=router.db_for_write(APIKey))
 
     def clients_of(self, api_key: APIKey) -> list[str]:
@@ -391,27 +512,52 @@ class APIKeyAdmin(ReportsUnpublished, _APIKeyAdminBase):
     def confirm_response(
         self,
         request: HttpRequest,
-        queryset: models.QuerySet[APIKey],
+        selected: list[APIKey],
         form: forms.Form,
         action: str,
         title: StrOrPromise,
+        left_public: dict[Any, list[str]] | None = None,
     ) -> HttpResponse:
-        selected = list(queryset)
+        left_public = left_public or {}
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": title,
             "form": form,
             "action": action,
-            "selected": [(k, self.left_public(k)) for k in selected],
+            "selected": [(k, left_public.get(k.pk, [])) for k in selected],
+            "made_public": left_public_clients(left_public),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/drf_llm_keys/apikey/confirm_action.html", context)
 
-    def left_public(self, api_key: APIKey) -> list[str]:
-        if not api_key.is_active:
-            return []
-        return [keys.lookup_value(c) for c in keys.clients_left_public(api_key)]
+    def left_public(self, selected: list[APIKey]) -> dict[Any, list[str]]:
+        """For each selected key, the clients that revoking the whole selection would leave
+        with no active key (public). Read where keys are written, like the guard."""
+        using = router.db_for_write(APIKey)
+        links = list(
+            LLMClientAPIKey.objects.using(using)
+            .filter(api_key__in=[k.pk for k in selected], api_key__is_active=True)
+            .values_list("api_key", "llm_client")
+        )
+        revoked = Counter(client_pk for _key_pk, client_pk in links)
+        clients = keys.with_active_key_count(
+            get_client_model()._default_manager.using(using).filter(pk__in=revoked)
+        )
+        public = {
+            c.pk: keys.lookup_value(c)
+            for c in clients
+            if keys.is_public(c, c.active_key_count - revoked[c.pk])
+        }
+        left: dict[Any, list[str]] = {}
+        for key_pk, client_pk in links:
+            if client_pk in public:
+                left.setdefault(key_pk, []).append(public[client_pk])
+        return left
+
+
+def left_public_clients(left_public: dict[Any, list[str]]) -> list[str]:
+    return sorted({name for names in left_public.values() for name in names})
 
 
 class APIKeyLinkInline(_APIKeyLinkInlineBase):
@@ -419,7 +565,7 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
 
     model = LLMClientAPIKey
     fk_name = "llm_client"
-    fields = ("key", "key_name", "key_owner", "key_active", "key_expires_at", "key_last_used_at")
+    fields = ("key", "key_name", "key_owner", "key_state", "key_expires_at", "key_last_used_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -428,7 +574,7 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet[LLMClientAPIKey]:
         queryset: models.QuerySet[LLMClientAPIKey] = (
-            super().get_queryset(request).select_related("api_key__user")
+            super().get_queryset(request).select_related("api_key__user", "llm_client")
         )
         return queryset
 
@@ -448,9 +594,9 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
     def key_owner(self, link: LLMClientAPIKey) -> Any:
         return link.api_key.user
 
-    @admin.display(description=_("active"), boolean=True)
-    def key_active(self, link: LLMClientAPIKey) -> bool:
-        return link.api_key.is_active
+    @admin.display(description=_("state"))
+    def key_state(self, link: LLMClientAPIKey) -> str:
+        return key_state(link.api_key)
 
     @admin.display(description=_("expires at"))
     def key_expires_at(self, link: LLMClientAPIKey) -> str:
@@ -461,13 +607,25 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
         return display_for_value(link.api_key.last_used_at, self.get_empty_value_display())
 
 
-class LLMClientAdmin(ReportsUnpublished, _LLMClientAdminBase):
+class LLMClientAdmin(PicksUsersBySearch, ReportsUnpublished, _LLMClientAdminBase):
     """Usable for a swapped client model too: ``admin.site.register(MyClient, LLMClientAdmin)``."""
 
-    list_display = ("name", "slug", "owner", "require_api_key", "add_key")
+    list_display = ("name", "slug", "owner", "require_api_key", "active_keys", "state", "add_key")
     search_fields = ("name", "slug")
-    raw_id_fields = ("owner",)
+    user_fields = raw_id_fields = ("owner",)
     inlines = (APIKeyLinkInline,)
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet[Any]:
+        return keys.with_active_key_count(super().get_queryset(request))
+
+    @admin.display(description=_("active keys"), ordering="active_key_count")
+    def active_keys(self, llm_client: Any) -> int:
+        return int(llm_client.active_key_count)
+
+    @admin.display(description=_("state"))
+    def state(self, llm_client: Any) -> str:
+        """As ``llm_keys client list`` says it: public (served without a key) or protected."""
+        return str(_("public") if keys.is_public(llm_client, llm_client.active_key_count) else _("protected"))
 
     @admin.display(description=_("new key"))
     def add_key(self, llm_client: models.Model) -> str:

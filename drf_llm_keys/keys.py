@@ -21,7 +21,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, models, router, transaction
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -158,11 +159,37 @@ def active_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     return active
 
 
+def with_active_key_count(clients: models.QuerySet[Any]) -> models.QuerySet[Any]:
+    """``clients``, each with ``active_key_count``: its keys that keep it protected."""
+    counts = (
+        LLMClientAPIKey.objects.filter(llm_client=OuterRef("pk"), api_key__is_active=True)
+        .order_by()
+        .values("llm_client")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    annotated: models.QuerySet[Any] = clients.annotate(active_key_count=Coalesce(Subquery(counts), 0))
+    return annotated
+
+
+def is_public(llm_client: models.Model, active_key_count: int) -> bool:
+    """Served to anyone without a key: no active key, and not ``require_api_key``."""
+    return not active_key_count and not getattr(llm_client, "require_api_key", False)
+
+
+def has_expired(api_key: APIKey) -> bool:
+    """Refused for its age: still active (its clients stay protected), but past ``expires_at``."""
+    return api_key.expires_at is not None and api_key.expires_at <= timezone.now()
+
+
+def unexpired() -> Q:
+    """Keys not past their expiry, as a filter: the opposite of ``has_expired``."""
+    return Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+
+
 def working_keys(llm_client: models.Model) -> models.QuerySet[APIKey]:
     """Active keys that have not expired yet."""
-    working: models.QuerySet[APIKey] = active_keys(llm_client).filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
-    )
+    working: models.QuerySet[APIKey] = active_keys(llm_client).filter(unexpired())
     return working
 
 

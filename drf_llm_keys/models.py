@@ -354,7 +354,7 @@ class LLMClientAPIKey(models.Model):
         verbose_name_plural = _("client API keys")
 
     def __str__(self) -> str:
-        return f"{self.api_key_id} -> {self.llm_client_id}"
+        return f"{self.api_key} on {self.llm_client}"
 
     @classmethod
     def has_active_api_key(cls, llm_client: models.Model, invalidate: bool = False) -> bool:

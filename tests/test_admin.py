@@ -3,12 +3,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.admin import AdminSite
+from django.contrib.admin.widgets import ForeignKeyRawIdWidget
+from django.contrib.auth.admin import UserAdmin
 from django.test import TestCase
 from django.urls import reverse
 from django.utils import timezone
 from model_bakery import baker
 
 from drf_llm_keys import crypto
+from drf_llm_keys.admin import APIKeyAdmin
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 from tests.support import bearer
 
@@ -16,6 +20,8 @@ pytestmark = pytest.mark.django_db
 
 CHANGELIST = reverse("admin:drf_llm_keys_apikey_changelist")
 ADD = reverse("admin:drf_llm_keys_apikey_add")
+SHOW_ONCE = reverse("admin:drf_llm_keys_apikey_show_once")
+CLIENTS = reverse("admin:drf_llm_keys_llmclient_changelist")
 PLAINTEXT = re.compile(r"llmk_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}")
 
 
@@ -23,10 +29,10 @@ def change_url(api_key: APIKey) -> str:
     return reverse("admin:drf_llm_keys_apikey_change", args=[api_key.pk])
 
 
-def post(admin_client: Any, url: str, data: dict[str, Any]) -> Any:
+def post(admin_client: Any, url: str, data: dict[str, Any], follow: bool = False) -> Any:
     """POST as a committed request would be: the invalidations it queued run."""
     with TestCase.captureOnCommitCallbacks(execute=True):
-        return admin_client.post(url, data)
+        return admin_client.post(url, data, follow=follow)
 
 
 def add_data(owner: Any, *clients: Any, **fields: Any) -> dict[str, Any]:
@@ -41,9 +47,12 @@ def add_data(owner: Any, *clients: Any, **fields: Any) -> dict[str, Any]:
     }
 
 
-def action(admin_client: Any, name: str, *api_keys: APIKey, **data: Any) -> Any:
+def action(admin_client: Any, name: str, *api_keys: APIKey, follow: bool = False, **data: Any) -> Any:
     return post(
-        admin_client, CHANGELIST, {"action": name, "_selected_action": [k.pk for k in api_keys], **data}
+        admin_client,
+        CHANGELIST,
+        {"action": name, "_selected_action": [k.pk for k in api_keys], **data},
+        follow=follow,
     )
 
 
@@ -67,29 +76,46 @@ def shown_plaintexts(response: Any) -> list[str]:
 # --- adding -----------------------------------------------------------------------------
 
 
-def test_adding_a_key_shows_its_plaintext_once(admin_client, owner, protected_client):
+def test_adding_a_key_redirects_to_its_plaintext_shown_once(admin_client, owner, protected_client):
     response = post(admin_client, ADD, add_data(owner, protected_client))
-    assert response.status_code == 200
-    (plaintext,) = shown_plaintexts(response)
+    assert (response.status_code, response["Location"]) == (302, SHOW_ONCE)
+    assert not shown_plaintexts(response)
+    shown = admin_client.get(SHOW_ONCE)
+    (plaintext,) = shown_plaintexts(shown)
     api_key = APIKey.objects.get()
     assert api_key.digest == crypto.hash_key(plaintext)
-    assert "cannot be shown again" in response.content.decode()
+    assert "cannot be shown again" in shown.content.decode()
     page = admin_client.get(change_url(api_key)).content.decode()
     assert plaintext not in page and api_key.prefix in page
 
 
-def test_the_plaintext_page_is_never_cached_nor_put_in_a_cookie_or_session(
+def test_reloading_the_plaintext_page_shows_no_plaintext_and_creates_no_key(
+    admin_client, owner, protected_client
+):
+    post(admin_client, ADD, add_data(owner, protected_client))
+    assert shown_plaintexts(admin_client.get(SHOW_ONCE))
+    reloaded = admin_client.get(SHOW_ONCE, follow=True)
+    assert reloaded.redirect_chain == [(CHANGELIST, 302)]
+    assert not shown_plaintexts(reloaded)
+    assert "shown once only" in reloaded.content.decode()
+    assert APIKey.objects.count() == 1
+
+
+def test_the_plaintext_leaves_the_session_as_it_is_shown_and_is_never_cached(
     admin_client, owner, protected_client
 ):
     response = post(admin_client, ADD, add_data(owner, protected_client))
-    (plaintext,) = shown_plaintexts(response)
-    assert "no-store" in response["Cache-Control"]
-    assert plaintext not in str(response.cookies)
+    secret = str(APIKey.objects.get().prefix)
+    assert secret not in str(response.cookies)  # the session's data stays on the server
+    shown = admin_client.get(SHOW_ONCE)
+    (plaintext,) = shown_plaintexts(shown)
+    assert "no-store" in shown["Cache-Control"]
+    assert plaintext not in str(shown.cookies)
     assert plaintext.partition(".")[2] not in str(dict(admin_client.session))
 
 
 def test_an_added_key_is_mapped_and_works(admin_client, api, owner, protected_client, public_client):
-    response = post(admin_client, ADD, add_data(owner, protected_client, public_client))
+    response = post(admin_client, ADD, add_data(owner, protected_client, public_client), follow=True)
     (plaintext,) = shown_plaintexts(response)
     api_key = APIKey.objects.get()
     assert set(api_key.client_links.values_list("llm_client", flat=True)) == {
@@ -216,8 +242,11 @@ def test_rotate_asks_for_the_grace_period_first(admin_client, key):
 def test_rotate_shows_each_new_plaintext_once(admin_client, api, key):
     old, old_plaintext = key
     response = action(admin_client, "rotate_keys", old, confirm="yes", grace="1h")
-    (plaintext,) = shown_plaintexts(response)
-    assert "no-store" in response["Cache-Control"]
+    assert (response.status_code, response["Location"]) == (302, SHOW_ONCE)
+    shown = admin_client.get(SHOW_ONCE)
+    (plaintext,) = shown_plaintexts(shown)
+    assert "no-store" in shown["Cache-Control"]
+    assert not shown_plaintexts(admin_client.get(SHOW_ONCE, follow=True))
     new = APIKey.objects.get(digest=crypto.hash_key(plaintext))
     assert new.client_links.get().llm_client.slug == "protected-bot"
     old.refresh_from_db()
@@ -252,7 +281,7 @@ def test_rotate_of_a_revoked_key_is_reported(admin_client, make_key, protected_c
 def test_revoke_warns_about_a_clients_last_key_before_asking(admin_client, key):
     api_key, _ = key
     page = action(admin_client, "revoke_keys", api_key).content.decode()
-    assert "Last active key of" in page and "protected-bot" in page and "public" in page
+    assert "last active keys of protected-bot" in page and "makes that client public" in page
     api_key.refresh_from_db()
     assert api_key.is_active
 
@@ -265,7 +294,7 @@ def test_revoke_of_a_clients_last_key_is_refused_unless_allowed(admin_client, ke
             {"action": "revoke_keys", "_selected_action": [api_key.pk], "confirm": "yes"},
             follow=True,
         )
-    assert "last active key of protected-bot" in response.content.decode()
+    assert f"{api_key.prefix} is the last active key of protected-bot" in response.content.decode()
     api_key.refresh_from_db()
     assert api_key.is_active
 
@@ -290,12 +319,129 @@ def test_revoke_is_refused_at_once_when_another_key_remains(
     assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
 
 
-def test_actions_need_the_change_permission(client, key):
-    staff = baker.make("auth.User", username="viewer", is_staff=True, is_active=True)
-    staff.user_permissions.add(*staff.user_permissions.model.objects.filter(codename="view_apikey"))
+def staff_with(client: Any, *codenames: str) -> Any:
+    staff = baker.make("auth.User", username="staff", is_staff=True, is_active=True)
+    staff.user_permissions.add(*staff.user_permissions.model.objects.filter(codename__in=codenames))
     client.force_login(staff)
+    return staff
+
+
+def test_actions_need_the_change_permission(client, key):
+    staff_with(client, "view_apikey")
     page = client.get(CHANGELIST).content.decode()
     assert "revoke_keys" not in page and "rotate_keys" not in page
+
+
+def test_rotate_needs_the_add_permission_too(client, key):
+    api_key, _ = key
+    staff_with(client, "view_apikey", "change_apikey")
+    page = client.get(CHANGELIST).content.decode()
+    assert "revoke_keys" in page and "rotate_keys" not in page
+    data = {"action": "rotate_keys", "_selected_action": [api_key.pk], "confirm": "yes", "grace": "0"}
+    response = client.post(CHANGELIST, data, follow=True)
+    assert "No action selected" in response.content.decode()
+    assert APIKey.objects.count() == 1 and not shown_plaintexts(client.get(SHOW_ONCE, follow=True))
+
+
+def test_rotate_is_offered_with_the_add_and_change_permissions(client, key):
+    staff_with(client, "view_apikey", "change_apikey", "add_apikey")
+    assert "rotate_keys" in client.get(CHANGELIST).content.decode()
+
+
+def test_revoking_a_clients_last_keys_together_is_refused_as_a_whole(
+    admin_client, api, key, make_key, protected_client, public_client
+):
+    first, plaintext = key
+    second, _ = make_key(protected_client)
+    other, _ = make_key(public_client)  # its client would keep no key either
+    page = action(admin_client, "revoke_keys", first, second).content.decode()
+    assert page.count("Among the last active keys of protected-bot") == 2
+    response = action(admin_client, "revoke_keys", first, second, other, confirm="yes", follow=True)
+    refusal = f"together, {first.prefix}, {second.prefix}, {other.prefix} are the last active keys of "
+    assert refusal + "protected-bot, public-bot" in response.content.decode()
+    assert APIKey.objects.filter(is_active=True).count() == 3
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+
+
+def test_revoking_a_clients_last_keys_together_when_allowed_revokes_them_all(
+    admin_client, api, key, make_key, protected_client
+):
+    first, _ = key
+    second, _ = make_key(protected_client)
+    response = action(
+        admin_client, "revoke_keys", first, second, confirm="yes", allow_public="on", follow=True
+    )
+    assert "Now public: protected-bot" in response.content.decode()
+    assert not APIKey.objects.filter(is_active=True).exists()
+    assert api.get("/clients/protected-bot/echo/").status_code == 200
+
+
+def test_the_selection_guard_counts_only_the_keys_left_out(admin_client, key, make_key, protected_client):
+    first, _ = key
+    second, _ = make_key(protected_client)
+    make_key(protected_client)  # not selected: the client stays protected
+    page = action(admin_client, "revoke_keys", first, second).content.decode()
+    assert "last active keys" not in page
+    action(admin_client, "revoke_keys", first, second, confirm="yes")
+    assert APIKey.objects.filter(is_active=True).count() == 1
+
+
+def test_a_guard_refusal_after_the_confirmation_revokes_nothing(
+    admin_client, key, make_key, protected_client, monkeypatch
+):
+    first, _ = key
+    second, _ = make_key(protected_client)
+    # As if the last other key had been revoked between the confirmation and this post.
+    monkeypatch.setattr("drf_llm_keys.admin.APIKeyAdmin.left_public", lambda self, selected: {})
+    response = action(admin_client, "revoke_keys", first, second, confirm="yes", follow=True)
+    assert "Nothing was revoked" in response.content.decode()
+    assert APIKey.objects.filter(is_active=True).count() == 2
+
+
+# --- what the lists say --------------------------------------------------------------------
+
+
+def test_the_client_list_says_public_or_protected(admin_client, key, public_client, make_key):
+    required = baker.make_recipe("tests.llm_client", slug="required-bot", require_api_key=True)
+    page = admin_client.get(CLIENTS).content.decode()
+    rows = {
+        slug: re.search(rf"{slug}.*?field-active_keys\">(\d+)<.*?field-state\">(\w+)<", page, re.S).groups()
+        for slug in ("protected-bot", "public-bot", "required-bot")
+    }
+    assert rows == {
+        "protected-bot": ("1", "protected"),
+        "public-bot": ("0", "public"),
+        "required-bot": ("0", "protected"),
+    }
+    assert required.require_api_key
+
+
+def test_the_key_list_marks_expired_and_revoked_keys(admin_client, make_key, protected_client):
+    working, _ = make_key(protected_client)
+    expired, _ = make_key(protected_client)
+    APIKey.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    revoked, _ = make_key(protected_client, is_active=False)
+    page = admin_client.get(CHANGELIST).content.decode()
+    states = dict(re.findall(r"(llmk_[0-9a-f]{12})</a>.*?field-state\"><img[^>]*> (\w+)<", page, re.S))
+    assert states == {working.prefix: "active", expired.prefix: "expired", revoked.prefix: "revoked"}
+    for state, wanted in (("active", working), ("expired", expired), ("revoked", revoked)):
+        listed = admin_client.get(CHANGELIST, {"state": state}).content.decode()
+        assert set(re.findall(r"llmk_[0-9a-f]{12}(?=</a>)", listed)) == {wanted.prefix}
+
+
+def test_the_change_form_shows_the_state_without_a_revoke_hint(admin_client, key):
+    api_key, _ = key
+    page = admin_client.get(change_url(api_key)).content.decode()
+    assert "Unset to revoke" not in page
+    assert re.search(r"field-state.*?<img[^>]*> active", page, re.S)
+
+
+def test_a_clients_key_rows_are_captioned_by_name_and_prefix(admin_client, key, protected_client):
+    api_key, _ = key
+    url = reverse("admin:drf_llm_keys_llmclient_change", args=[protected_client.pk])
+    page = admin_client.get(url).content.decode()
+    assert f"test key ({api_key.prefix}) on " in page
+    assert f"{api_key.pk} -&gt; {protected_client.pk}" not in page
 
 
 def test_saving_a_client_keeps_its_keys(admin_client, api, key, protected_client):
@@ -326,7 +472,7 @@ def test_saving_a_client_keeps_its_keys(admin_client, api, key, protected_client
 
 def test_adding_a_key_sets_its_scopes_and_models(admin_client, owner, protected_client):
     data = add_data(owner, protected_client, scopes="chat, files\nchat\n\n", allowed_models="gpt-4o*")
-    assert post(admin_client, ADD, data).status_code == 200
+    assert post(admin_client, ADD, data).status_code == 302
     api_key = APIKey.objects.get()
     assert (api_key.scopes, api_key.allowed_models) == (["chat", "files"], ["gpt-4o*"])
 
@@ -421,7 +567,7 @@ def test_a_revoke_the_cache_takes_is_a_success(admin_client, key, make_key, prot
 def test_an_added_key_whose_invalidation_is_pending_is_shown_with_the_error(
     admin_client, owner, protected_client, cache_down
 ):
-    response = admin_client.post(ADD, add_data(owner, protected_client))
+    response = admin_client.post(ADD, add_data(owner, protected_client), follow=True)
     (plaintext,) = shown_plaintexts(response)
     assert APIKey.objects.get().digest == crypto.hash_key(plaintext)
     content = response.content.decode()
@@ -437,3 +583,48 @@ def test_a_change_form_save_the_cache_does_not_take_shows_the_error(admin_client
         level == "error" and "committed in the database" in text for level, text in shown_messages(response)
     )
     assert APIKey.objects.get(pk=api_key.pk).expires_at is not None
+
+
+# --- picking the owner ----------------------------------------------------------------------
+
+
+def autocomplete(client: Any, term: str, model_name: str = "apikey", field_name: str = "user") -> Any:
+    query = {"term": term, "app_label": "drf_llm_keys", "model_name": model_name, "field_name": field_name}
+    return client.get(reverse("admin:autocomplete"), query)
+
+
+def test_the_owner_is_picked_by_a_search_of_the_users(admin_client, owner):
+    baker.make("auth.User", username="someone-else")
+    page = admin_client.get(ADD).content.decode()
+    assert re.search(r'<select name="user"[^>]*class="admin-autocomplete', page)
+    found = autocomplete(admin_client, "own").json()["results"]
+    assert [result["text"] for result in found] == ["owner"]
+
+
+def test_a_clients_owner_is_picked_by_a_search_too(admin_client, owner):
+    page = admin_client.get(reverse("admin:drf_llm_keys_llmclient_add")).content.decode()
+    assert re.search(r'<select name="owner"[^>]*class="admin-autocomplete', page)
+    found = autocomplete(admin_client, "own", "llmclient", "owner").json()["results"]
+    assert [result["text"] for result in found] == ["owner"]
+
+
+def test_the_owner_is_picked_by_id_where_the_user_admin_cannot_search(admin_client, monkeypatch):
+    monkeypatch.setattr(UserAdmin, "search_fields", ())
+    page = admin_client.get(ADD).content.decode()
+    assert re.search(r'<input[^>]*name="user"[^>]*class="vForeignKeyRawIdAdminField"', page)
+
+
+def test_the_owner_is_picked_by_id_by_staff_who_may_not_view_users(client):
+    staff_with(client, "view_apikey", "add_apikey")
+    page = client.get(ADD).content.decode()
+    assert re.search(r'<input[^>]*name="user"[^>]*class="vForeignKeyRawIdAdminField"', page)
+
+
+def test_the_owner_is_picked_by_id_on_a_site_without_a_user_admin(rf, admin_user):
+    site = AdminSite(name="keys_only")
+    model_admin = APIKeyAdmin(APIKey, site)
+    request = rf.get("/")
+    request.user = admin_user
+    assert model_admin.get_autocomplete_fields(request) == ()
+    field = model_admin.formfield_for_dbfield(APIKey._meta.get_field("user"), request)
+    assert isinstance(field.widget, ForeignKeyRawIdWidget)

@@ -170,17 +170,19 @@ def test_the_admin_adds_a_key_for_a_deployment(admin_client, api, owner, protect
         "expires_at_1": "",
     }
     with TestCase.captureOnCommitCallbacks(execute=True):
-        response = admin_client.post(APIKEY_ADD, data)
+        response = admin_client.post(APIKEY_ADD, data, follow=True)
     (plaintext,) = PLAINTEXT.findall(response.content.decode())
     assert status(api) == 401
     assert status(api, plaintext) == 200
 
 
-def test_the_deployment_admin_lists_its_keys(admin_client, key, protected_client):
+def test_the_deployment_admin_lists_its_keys(admin_client, key, protected_client, public_client):
     api_key, _ = key
     changelist = admin_client.get(reverse("admin:swapped_app_deployment_changelist"))
     assert changelist.status_code == 200
-    assert f"{APIKEY_ADD}?llm_clients={protected_client.pk}" in changelist.content.decode()
+    listed = changelist.content.decode()
+    assert f"{APIKEY_ADD}?llm_clients={protected_client.pk}" in listed
+    assert re.search(r'field-state">protected<', listed) and re.search(r'field-state">public<', listed)
     page = admin_client.get(reverse("admin:swapped_app_deployment_change", args=[protected_client.pk]))
     assert page.status_code == 200
     assert api_key.prefix in page.content.decode()

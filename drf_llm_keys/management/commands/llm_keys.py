@@ -26,13 +26,12 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, IntegrityError, models, router, transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from drf_llm_keys import crypto, decisions, get_client_model, keys, usage
 from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import invalidation
-from drf_llm_keys.models import APIKey, KeyUsage, LLMClientAPIKey, decision_db
+from drf_llm_keys.models import APIKey, KeyUsage, decision_db
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
 USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens")
@@ -246,7 +245,7 @@ class Command(BaseCommand):
         else:
             old, new, plaintext = self.committed(keys.rotate_client_key, target, grace, expires_at=expires_at)
         old.refresh_from_db()
-        if old.expires_at is not None and old.expires_at <= timezone.now():
+        if keys.has_expired(old):
             until = "no longer works"
         else:
             until = f"keeps working until {self.when(old.expires_at)}"
@@ -508,14 +507,13 @@ class Command(BaseCommand):
 
     def record(self, api_key: APIKey) -> dict[str, Any]:
         """What may be shown of a key: never its digest or its plaintext."""
-        now = timezone.now()
         return {
             "prefix": api_key.prefix,
             "name": api_key.name,
             "owner": api_key.user.get_username() if api_key.user else None,
             "clients": sorted(keys.lookup_value(link.llm_client) for link in api_key.client_links.all()),
             "is_active": api_key.is_active,
-            "expired": api_key.expires_at is not None and api_key.expires_at <= now,
+            "expired": keys.has_expired(api_key),
             "expires_at": self.iso(api_key.expires_at),
             "last_used_at": self.iso(api_key.last_used_at),
             "created_at": self.iso(api_key.created_at),
@@ -625,17 +623,11 @@ class Command(BaseCommand):
 
     def handle_client_list(self, options: dict[str, Any]) -> None:
         client_model = get_client_model()
-        rows = client_model._default_manager.all()
+        rows = keys.with_active_key_count(client_model._default_manager.all())
         if self.has_field(client_model, "owner"):
             rows = rows.select_related("owner")
-        active = dict(
-            LLMClientAPIKey.objects.filter(api_key__is_active=True)
-            .values_list("llm_client")
-            .annotate(count=Count("pk"))
-            .values_list("llm_client", "count")
-        )
         records = [
-            self.client_record(c, active.get(c.pk, 0)) for c in rows.order_by(conf.CLIENT_LOOKUP_FIELD, "pk")
+            self.client_record(c, c.active_key_count) for c in rows.order_by(conf.CLIENT_LOOKUP_FIELD, "pk")
         ]
         if options["json"]:
             self.stdout.write(json.dumps(records, indent=2))
@@ -670,7 +662,7 @@ class Command(BaseCommand):
             "owner": owner.get_username() if owner is not None else None,
             "require_api_key": require,
             "active_keys": active_keys,
-            "public": not require and not active_keys,
+            "public": keys.is_public(llm_client, active_keys),
         }
 
     def has_field(self, model: type[models.Model], name: str) -> bool:
