@@ -40,8 +40,6 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_KEYWORDS": ("Bearer", "Token"),
     "HEADER": "X-API-Key",
     "KEY_PREFIX": "llmk_",
-    # Deprecated, no effect: last_used_at is written with the usage counts (usage.py).
-    "LAST_USED_RESOLUTION": 60,
     "REALM": "api",
     # APIKeyRateThrottle: "N/second|minute|hour|day", None for no limit. Per API key:
     "THROTTLE_RATE": None,
@@ -156,10 +154,6 @@ class Settings:
     @functools.cached_property
     def KEY_PREFIX(self) -> str:
         return str(self._get("KEY_PREFIX"))
-
-    @functools.cached_property
-    def LAST_USED_RESOLUTION(self) -> int:
-        return int(self._get("LAST_USED_RESOLUTION"))
 
     @functools.cached_property
     def REALM(self) -> str:

@@ -67,6 +67,13 @@ def test_unknown_setting_is_an_error():
         assert ids(checks.check_settings()) == ["drf_llm_keys.E002"]
 
 
+def test_the_removed_last_used_resolution_is_an_unknown_setting():
+    with override_settings(DRF_LLM_KEYS={"LAST_USED_RESOLUTION": 60}):
+        messages = checks.check_settings()
+    assert ids(messages) == ["drf_llm_keys.E002"]
+    assert "'LAST_USED_RESOLUTION'" in messages[0].msg
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
