@@ -515,14 +515,29 @@ def test_revoke_yes_and_keep_protected_together_are_refused(key):
 # --- input that a user gets wrong --------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "action", [["revoke"], ["rotate"], ["list"], ["create", "--user", "owner", "--name", "x"]]
-)
+@pytest.mark.parametrize("action", [["revoke"], ["rotate"], ["usage"]])
 def test_a_whole_key_where_a_prefix_is_expected_is_refused_without_echoing_the_secret(key, action):
     api_key, plaintext = key
     name, *options = action
     message = refused(name, plaintext, *options)
     assert "pass only the part before the dot (the prefix)" in message
+    assert api_key.prefix in message
+    assert plaintext.split(".", 1)[1] not in message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "KEY"],
+        ["create", "KEY", "--user", "owner", "--name", "x"],
+        ["client", "create", "KEY", "--name", "x"],
+    ],
+)
+def test_a_whole_key_where_a_client_is_expected_asks_for_the_client(key, args):
+    api_key, plaintext = key
+    message = refused(*(plaintext if arg == "KEY" else arg for arg in args))
+    assert "where a client is expected: pass the client's slug, e.g. support-bot." in message
+    assert "part before the dot" not in message
     assert api_key.prefix in message
     assert plaintext.split(".", 1)[1] not in message
 

@@ -28,6 +28,7 @@ def defaults_env(var_dir: Path) -> dict[str, str]:
         "DATABASE_URL": "",
         "REDIS_URL": "",
         "LLM_UPSTREAM_URL": "",
+        "VIRTUAL_ENV": "",
     }
 
 
@@ -68,8 +69,10 @@ def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
     assert "after the grace period: 401" in output
     assert "revoked key llmk_" in output and '401  error: "API key has been revoked."' in output
     assert "All 10 steps behaved as expected." in output
-    assert "create your login with  python example_project/manage.py createsuperuser" in output
-    assert "python example_project/manage.py runserver  and open http://127.0.0.1:8000/admin/" in output
+    # The venv's python (not activated here), which a plain "python" may not be.
+    command = f"{os.path.relpath(sys.executable)} example_project/manage.py"
+    assert f"create your login with  {command} createsuperuser" in output
+    assert f"{command} runserver  and open http://127.0.0.1:8000/admin/" in output
     # The server stopped as Ctrl+C stops it, so it wrote the usage it counted at exit.
     report = json.loads(manage(fresh_env, "llm_keys", "usage", "--json").stdout)
     served = sorted((row["client"], row["name"], row["requests"]) for row in report["usage"])

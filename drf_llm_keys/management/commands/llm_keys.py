@@ -41,6 +41,12 @@ ParsedT = TypeVar("ParsedT")
 ResultT = TypeVar("ResultT")
 
 
+RESTRICTION_HELP = {
+    "scope": "Give the key this scope, for views' required_scopes; repeat for more.",
+    "model": 'Restrict the key to this model; repeat to allow more ("gpt-4o*": every name that starts so).',
+}
+
+
 class Command(BaseCommand):
     help = (
         "Create, list, update, rotate and revoke the API keys of LLM clients, report their usage; "
@@ -158,8 +164,7 @@ class Command(BaseCommand):
                 dest=dest,
                 action="append",
                 metavar=what.upper(),
-                help=f"A {what} the key holds; repeat for more"
-                + (' (a model may end with "*": a prefix).' if what == "model" else ".")
+                help=RESTRICTION_HELP[what]
                 + (" Replaces the key's list." if clear else " None: unrestricted."),
             )
             if clear:
@@ -414,7 +419,7 @@ class Command(BaseCommand):
     # --- input --------------------------------------------------------------------------
 
     def get_client(self, value: str) -> models.Model:
-        self.refuse_whole_key(value)
+        self.refuse_whole_key(value, client=True)
         found = self.find_client(value)
         if found is None:
             raise CommandError(f"No LLM client with {conf.CLIENT_LOOKUP_FIELD} {value!r}.")
@@ -478,12 +483,18 @@ class Command(BaseCommand):
             return self.parse(keys.parse_expiry, options["expires_at"])
         return None
 
-    def refuse_whole_key(self, value: str, expected_prefix: bool = False) -> None:
+    def refuse_whole_key(self, value: str, expected_prefix: bool = False, client: bool = False) -> None:
         """Refuse a pasted key (or, where a prefix is expected, anything with a dot) without
-        echoing its secret: the message names the part before the dot only."""
+        echoing its secret: the message names the part before the dot only. ``client``: the
+        argument names a client, never a key."""
         prefix, dot, _secret = value.partition(".")
         if not (crypto.split_key(value) or (expected_prefix and dot)):
             return
+        if client:
+            raise CommandError(
+                f"That looks like a whole API key (prefix {prefix}), secret included, where a client "
+                f"is expected: pass the client's {conf.CLIENT_LOOKUP_FIELD}, e.g. support-bot."
+            )
         raise CommandError(
             "That looks like a whole API key, secret included: pass only the part before the "
             f"dot (the prefix), e.g. {prefix or conf.KEY_PREFIX + '3f9a2c1b7d4e'}."
@@ -578,7 +589,7 @@ class Command(BaseCommand):
         listing.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
     def handle_client_create(self, options: dict[str, Any]) -> None:
-        self.refuse_whole_key(options["slug"])
+        self.refuse_whole_key(options["slug"], client=True)
         client_model = get_client_model()
         lookup = conf.CLIENT_LOOKUP_FIELD
         wanted = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,11 +20,10 @@ from django.utils import timezone
 
 from drf_llm_keys import get_client_model, keys
 from drf_llm_keys.models import APIKey
-from example_project.llm.server import running_server
+from example_project.llm.server import MANAGE_PY, running_server
 
 USERNAME = "demo"
 PUBLIC, PROTECTED, OTHER = "demo-public", "demo-protected", "demo-other"
-MANAGE = "python example_project/manage.py"
 ADMIN_URL = "http://127.0.0.1:8000/admin/"
 
 
@@ -139,14 +140,15 @@ class Command(BaseCommand):
     def say_admin_login(self, url: str | None) -> None:
         """Where to see the demo's clients and keys next; the demo itself makes no login."""
         self.heading("The admin")
+        manage = manage_command()
         superuser = (
             get_user_model()._default_manager.filter(is_superuser=True, is_active=True).order_by("pk").first()
         )
         if superuser is None:
-            self.say(f"  No superuser yet: create your login with  {MANAGE} createsuperuser")
+            self.say(f"  No superuser yet: create your login with  {manage} createsuperuser")
         else:
             self.say(f"  Log in as {superuser.get_username()} (a superuser of this database).")
-        where = f"open {url.rstrip('/')}/admin/" if url else f"run  {MANAGE} runserver  and open {ADMIN_URL}"
+        where = f"open {url.rstrip('/')}/admin/" if url else f"run  {manage} runserver  and open {ADMIN_URL}"
         self.say(
             f"  Then {where}: the demo's clients and keys are under LLM clients and API keys, "
             "and what each key served under Key usage."
@@ -190,3 +192,10 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot reach {self.base_url}: {error.reason}") from error
         except ValueError as error:  # a reply that is not JSON: not the example's server
             raise CommandError(f"{self.base_url} did not answer with JSON: is it the example?") from error
+
+
+def manage_command() -> str:
+    """manage.py as this process was started: with the virtual environment's python, named
+    ``python`` only when that environment is the active one."""
+    active = os.environ.get("VIRTUAL_ENV") == sys.prefix
+    return f"{'python' if active else os.path.relpath(sys.executable)} {os.path.relpath(MANAGE_PY)}"
