@@ -29,12 +29,21 @@ class HasScopes(BasePermission):
         api_key = request.auth
         if not isinstance(api_key, APIKey):
             return True
-        missing = [scope for scope in required if not api_key.has_scopes(scope)]
+        missing = missing_scopes(api_key, required)
         if missing:
             # DRF builds the permission for each request: this message is this request's.
-            self.message = f"API key lacks scope(s): {', '.join(missing)}."
+            self.message = lacks_scopes_message(missing)
             return False
         return True
+
+
+def missing_scopes(api_key: APIKey, required: list[str] | tuple[str, ...]) -> list[str]:
+    """Those of the ``required`` scopes the key does not hold."""
+    return [scope for scope in required if not api_key.has_scopes(scope)]
+
+
+def lacks_scopes_message(missing: list[str]) -> str:
+    return f"API key lacks scope(s): {', '.join(missing)}."
 
 
 def required_scopes(view: Any) -> list[str]:

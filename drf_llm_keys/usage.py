@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
+from django.http import HttpRequest
 from rest_framework.request import Request
 
 from . import get_client_model, windows
@@ -71,20 +72,22 @@ class Subject(NamedTuple):
     prefix: str
 
 
-def count_request(request: Request, api_key: APIKey, client: Entry) -> None:
+def count_request(request: HttpRequest | Request, api_key: APIKey, client: Entry) -> None:
     """Count a request authenticated by ``api_key``: in the process only, no I/O."""
     subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.prefix)
     setattr(request, SUBJECT_ATTRIBUTE, subject)
     counter.add(subject, requests=1)
 
 
-def subject_of(request: Request) -> Subject | None:
+def subject_of(request: HttpRequest | Request) -> Subject | None:
     """The request's key and client; None unless one of our keys authenticated it."""
     subject: Subject | None = getattr(request, SUBJECT_ATTRIBUTE, None)
     return subject
 
 
-def record_tokens(request: Request, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+def record_tokens(
+    request: HttpRequest | Request, *, prompt_tokens: int = 0, completion_tokens: int = 0
+) -> None:
     """Count a completion's tokens for the request's key; also after the view has returned
     (at the end of a streamed response). Requests not authenticated by one of our keys
     (a public client's) are not counted."""

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from . import views
+from . import async_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -14,4 +14,17 @@ urlpatterns = [
     path("models/<str:llm_client>/echo/", views.ModelEcho.as_view()),
     path("clients/<str:llm_client>/tokens/", views.TokenEcho.as_view()),
     path("clients/<str:llm_client>/tokens/stream/", views.StreamedTokenEcho.as_view()),
+]
+
+# The async front doors over the same decision (tests/async_views.py).
+urlpatterns += [
+    path("adrf/clients/<str:llm_client>/echo/", async_views.AdrfEcho.as_view()),
+    path("async/clients/<str:llm_client>/echo/", async_views.AsyncEcho.as_view()),
+    path("async/scoped/<str:llm_client>/echo/", async_views.AsyncScopedEcho.as_view()),
+    path("async/models/<str:llm_client>/echo/", async_views.AsyncModelEcho.as_view()),
+    path("async/limited/<str:llm_client>/echo/", async_views.AsyncLimitedEcho.as_view()),
+    path("async/tokens/<str:llm_client>/echo/", async_views.AsyncTokenEcho.as_view()),
+    path("ninja/", async_views.api.urls),
+    path("ninja-routed/", async_views.routed_api.urls),
+    path("ninja-bare/", async_views.bare_api.urls),
 ]

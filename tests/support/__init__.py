@@ -18,6 +18,11 @@ def bearer(plaintext: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
 
 
+def as_headers(meta: dict[str, str]) -> dict[str, str]:
+    """``HTTP_X_API_KEY``-style names (Django's test client) as headers (``X-Api-Key``)."""
+    return {name.removeprefix("HTTP_").replace("_", "-").title(): value for name, value in meta.items()}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
