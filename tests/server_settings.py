@@ -20,6 +20,12 @@ if "DRF_LLM_KEYS_TEST_REDIS_TIMEOUT" in os.environ and "OPTIONS" in CACHES["defa
     timeout = float(os.environ["DRF_LLM_KEYS_TEST_REDIS_TIMEOUT"])
     CACHES["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=timeout, SOCKET_TIMEOUT=timeout)  # noqa: F405
 
+# The library's settings a test gives its servers, as JSON (tests/test_asgi_servers.py).
+if "DRF_LLM_KEYS_TEST_SETTINGS" in os.environ:
+    import json
+
+    DRF_LLM_KEYS = json.loads(os.environ["DRF_LLM_KEYS_TEST_SETTINGS"])
+
 # Warnings (cache fallbacks, failed invalidations) go to stderr, where the harness keeps them.
 LOGGING = {
     "version": 1,

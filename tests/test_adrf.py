@@ -83,7 +83,7 @@ def test_a_view_that_finds_its_client_decides_in_a_thread(key, lookups):
     request = Request(
         APIRequestFactory().get("/", **bearer(plaintext)), parser_context={"view": View(), "kwargs": {}}
     )
-    user, found = async_to_sync(LLMClientAPIKeyAuthentication().aauthenticate)(request)
+    _, found = async_to_sync(LLMClientAPIKeyAuthentication().aauthenticate)(request)
     assert found.prefix == api_key.prefix
     assert [on_loop for _, on_loop in lookups] == [False]
 

@@ -299,40 +299,31 @@ def worker_environment(settings: Any, cache_dir: str, **extra: str) -> dict[str,
 
 
 class Servers:
-    """One gunicorn master with ``workers`` worker processes on a loopback port."""
+    """One gunicorn master with ``workers`` worker processes on a loopback port; with
+    ``asgi``, uvicorn serving Django's ASGI application instead (async views on its loop)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 2, asgi: bool = False) -> None:
         self.port = free_port()
+        self.name = "uvicorn" if asgi else "gunicorn"
         self.log = tempfile.TemporaryFile()
+        if asgi:
+            serve = ["uvicorn", "--factory", "django.core.asgi:get_asgi_application", "--no-access-log"]
+            serve += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        else:
+            serve = ["gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
+            serve += ["--timeout", "60", "--graceful-timeout", "5", "django.core.wsgi:get_wsgi_application()"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--workers",
-                str(workers),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--timeout",
-                "60",
-                "--graceful-timeout",
-                "5",
-                "django.core.wsgi:get_wsgi_application()",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=self.log,
+            [sys.executable, "-m", *serve], env=env, cwd=ROOT, stdout=self.log, stderr=self.log
         )
         try:
-            wait_until(self._answers, 60, "gunicorn did not answer")
+            wait_until(self._answers, 60, f"{self.name} did not answer")
         except TimeoutError:
             self.stop()
             raise
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{self.output()}")
+            raise RuntimeError(f"{self.name} exited:\n{self.output()}")
         try:
             return request(self.port, "/whoami/").status > 0
         except OSError:
@@ -357,6 +348,7 @@ class Reply:
     status: int
     body: bytes
     served_by: str | None
+    headers: dict[str, str] = field(default_factory=dict)  # by lower-case name
 
 
 def request(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
@@ -364,7 +356,13 @@ def request(port: int, path: str, headers: dict[str, str] | None = None, timeout
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
-        return Reply(response.status, response.read(), response.getheader("X-Served-By"))
+        body = response.read()
+        return Reply(
+            response.status,
+            body,
+            response.getheader("X-Served-By"),
+            {name.lower(): value for name, value in response.getheaders()},
+        )
     finally:
         connection.close()
 
