@@ -163,7 +163,7 @@ class ClientKeyCheck:
 
     def get_credentials(self, request: AnyRequest) -> str | None:
         """The key the request carries, None for none; malformed headers of ours raise."""
-        meta = getattr(request, "_request", request).META  # not through Request.__getattr__
+        meta = self.request_meta(request)
         from_authorization = self._from_authorization(meta)
         from_header = meta.get(_meta_name(conf.HEADER))
         if from_header is not None:
@@ -173,6 +173,11 @@ class ClientKeyCheck:
         if from_authorization and from_header and from_authorization != from_header:
             self.refuse(_("Conflicting API keys in Authorization and {header}.").format(header=conf.HEADER))
         return from_authorization or from_header
+
+    def request_meta(self, request: AnyRequest) -> dict[str, Any]:
+        """Where the headers are read from: Django's ``META``."""
+        meta: dict[str, Any] = getattr(request, "_request", request).META  # not through Request.__getattr__
+        return meta
 
     # --- parsing ------------------------------------------------------------------
 

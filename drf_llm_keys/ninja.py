@@ -135,6 +135,14 @@ class LLMClientAPIKeyAuth(ClientKeyCheck, AuthBase):
         unauthenticated = isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed))
         return Refused(exc, self.authenticate_header(request) if unauthenticated else None)
 
+    def request_meta(self, request: Any) -> dict[str, Any]:
+        meta: dict[str, Any] = request.META
+        # Ninja's TestClient writes a header as HTTP_Authorization, where servers (and Django's
+        # test client) write HTTP_AUTHORIZATION: both are read.
+        if any(name.startswith("HTTP_") and not name.isupper() for name in meta):
+            return {name.upper() if name.startswith("HTTP_") else name: value for name, value in meta.items()}
+        return meta
+
     def get_client_lookup_value(self, request: HttpRequest) -> str | None:
         """The request's client as its lookup value, or None when there is none."""
         if callable(self.client):
