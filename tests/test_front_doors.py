@@ -105,3 +105,11 @@ def test_the_x_api_key_header_works_the_same(door, key):
     api_key, plaintext = key
     response = over_asgi(door.format("protected-bot"), HTTP_X_API_KEY=plaintext)
     assert response.json()["key"] == api_key.prefix
+
+
+@EACH_DOOR
+def test_an_unknown_client_is_the_same_404(door, db):
+    drf = Client().get(DRF.format("nope"))
+    assert (drf.status_code, drf.json()) == (404, {"detail": "No LLM client 'nope'."})
+    response = over_asgi(door.format("nope"))
+    assert (response.status_code, response.json()) == (drf.status_code, drf.json())
