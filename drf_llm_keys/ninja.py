@@ -63,11 +63,12 @@ Answer = APIKey | Anonymous | None
 
 
 class Refused(HttpError):
-    """A refusal (a DRF ``APIException``) as Ninja raises errors: its status, its message as
-    the body's ``detail``, and the headers DRF would send with it."""
+    """A refusal (a DRF ``APIException``, kept as ``refusal``) as Ninja raises errors: its
+    status, its message as the body's ``detail``, and the headers DRF would send with it."""
 
     def __init__(self, exc: exceptions.APIException, auth_header: str | None = None) -> None:
         super().__init__(exc.status_code, str(exc.detail))
+        self.refusal = exc
         self.headers: dict[str, str] = {}
         if auth_header is not None:
             self.headers["WWW-Authenticate"] = auth_header

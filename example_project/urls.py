@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.staticfiles.views import serve
 from django.urls import include, path
 
-from example_project.llm import anthropic, views
+from example_project.llm import anthropic, ninja_api, views
 
 # Each client's base URL, for the openai package: http://HOST/v1/clients/<slug>
 client_urls = [
@@ -13,6 +13,8 @@ client_urls = [
 urlpatterns = [
     # The kwarg is DRF_LLM_KEYS["CLIENT_URL_KWARG"]: the authentication class reads it.
     path("v1/clients/<slug:llm_client>/", include(client_urls)),
+    # The same endpoints through Django Ninja, async: http://HOST/ninja/v1/clients/<slug>
+    path("ninja/v1/", ninja_api.api.urls),
     # Anthropic's Messages API; the anthropic package's base_url is http://HOST/anthropic/clients/<slug>
     path(
         "anthropic/clients/<slug:llm_client>/v1/messages", anthropic.MessagesView.as_view(), name="messages"

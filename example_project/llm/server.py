@@ -35,15 +35,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(env: Mapping[str, str] | None = None, timeout: float = 60.0) -> Iterator[str]:
+def running_server(
+    env: Mapping[str, str] | None = None, timeout: float = 60.0, asgi: bool = False
+) -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) of a running server; stop it after.
+    With ``asgi``, uvicorn serves ``example_project.asgi``: the async endpoints run on its
+    event loop and stream as they go.
 
     ``env`` is added to this process's environment; ``DJANGO_SETTINGS_MODULE`` defaults to
     the example's settings.
     """
     environ = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings", **(env or {})}
     with tempfile.TemporaryFile() as log:
-        process, url = _start(environ, log, timeout)
+        process, url = _start(environ, log, timeout, asgi)
         try:
             yield url
         finally:
@@ -65,24 +69,31 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _start(environ: dict[str, str], log: IO[bytes], timeout: float) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    environ: dict[str, str], log: IO[bytes], timeout: float, asgi: bool
+) -> tuple[subprocess.Popen[bytes], str]:
     for _attempt in range(ATTEMPTS - 1):
         try:
-            return _start_once(environ, log, timeout)
+            return _start_once(environ, log, timeout, asgi)
         except PortTaken:
             continue
-    return _start_once(environ, log, timeout)
+    return _start_once(environ, log, timeout, asgi)
 
 
 def _start_once(
-    environ: dict[str, str], log: IO[bytes], timeout: float
+    environ: dict[str, str], log: IO[bytes], timeout: float, asgi: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
     # Free a moment ago: another program may take it first, and then runserver exits early.
     port = free_port()
     log.seek(0)
     log.truncate()
     command = [sys.executable, str(MANAGE_PY), "runserver", "--noreload", f"{HOST}:{port}"]
-    process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    if asgi:
+        command = [sys.executable, "-m", "uvicorn", "example_project.asgi:application", "--no-access-log"]
+        command += ["--host", HOST, "--port", str(port)]
+    # uvicorn imports the project from the working directory: the repository's root.
+    cwd = MANAGE_PY.parent.parent if asgi else None
+    process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -100,4 +111,4 @@ def _start_once(
     output = log.read().decode(errors="replace")
     if exited and "already in use" in output:
         raise PortTaken(output)
-    raise ServerError(f"runserver did not start on {HOST}:{port}:\n{output}")
+    raise ServerError(f"{'uvicorn' if asgi else 'runserver'} did not start on {HOST}:{port}:\n{output}")
