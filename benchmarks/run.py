@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -376,6 +377,24 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), load average {load}"
 
 
+def run_steps(args: argparse.Namespace, creds: seed.Credentials, server_step: Callable[..., None]) -> None:
+    """The whole run: in process, scale, the server steps (sync and async views), revocation."""
+    driver = Driver()
+    run_main(driver, creds, args.rounds, args.per_round)
+    print(f"Floor by itself, outside a request: {floor_by_itself(creds):.1f} µs")
+    breakdown(creds)
+    cold_breakdown(creds)
+    scales = [int(s) for s in args.scales.split(",") if s]
+    if scales:
+        run_scale(driver, scales, max(args.rounds // 4, 2), args.per_round, args.sample)
+    if not args.no_server:
+        connection.close()  # the workers open their own
+        server_step()
+        server_step(async_views=True)
+        if args.revocation_trials:
+            revocation.run(workers=args.workers, trials=args.revocation_trials)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=20)
@@ -389,6 +408,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="per gthread worker")
     parser.add_argument("--concurrency", type=int, default=4, help="wrk connections")
     parser.add_argument("--revocation-trials", type=int, default=100)
+    parser.add_argument(
+        "--async-only", action="store_true", help="only the server step's async views (adrf, Ninja)"
+    )
     args = parser.parse_args()
 
     try:
@@ -403,26 +425,20 @@ def main() -> None:
     seed.reset_cache()
     try:
         creds = seed.create_credentials()
-        driver = Driver()
-        run_main(driver, creds, args.rounds, args.per_round)
-        print(f"Floor by itself, outside a request: {floor_by_itself(creds):.1f} µs")
-        breakdown(creds)
-        cold_breakdown(creds)
-        scales = [int(s) for s in args.scales.split(",") if s]
-        if scales:
-            run_scale(driver, scales, max(args.rounds // 4, 2), args.per_round, args.sample)
-        if not args.no_server:
+        server_step = functools.partial(
+            server.run,
+            creds,
+            workers=args.workers,
+            threads=args.threads,
+            connections=args.concurrency,
+            rounds=args.server_rounds,
+            seconds=args.server_seconds,
+        )
+        if args.async_only:
             connection.close()  # the workers open their own
-            server.run(
-                creds,
-                workers=args.workers,
-                threads=args.threads,
-                connections=args.concurrency,
-                rounds=args.server_rounds,
-                seconds=args.server_seconds,
-            )
-            if args.revocation_trials:
-                revocation.run(workers=args.workers, trials=args.revocation_trials)
+            server_step(async_views=True)
+        else:
+            run_steps(args, creds, server_step)
     finally:
         seed.reset_cache()
     print(f"\nMachine at the end: {machine()}")

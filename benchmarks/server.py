@@ -37,10 +37,13 @@ class Scenario:
     path: str
     headers: dict[str, str]
     expect: int
+    baseline: str = "unauthenticated view"  # the open view its "x none" ratio is against
 
 
 NONE = "unauthenticated view"
 OURS = "drf-llm-keys, valid key (warm)"
+ADRF_NONE = "adrf: open async view"
+NINJA_NONE = "Ninja: open async operation"
 
 
 def scenarios(creds: Credentials) -> list[Scenario]:
@@ -53,6 +56,18 @@ def scenarios(creds: Credentials) -> list[Scenario]:
         Scenario("DRF TokenAuthentication", "/drf-token/", auth(f"Token {creds.drf_token}"), 200),
         Scenario("djangorestframework-api-key", "/api-key/", auth(f"Api-Key {creds.api_key}"), 200),
         Scenario("django-rest-knox", "/knox/", auth(f"Token {creds.knox}"), 200),
+    ]
+
+
+def async_scenarios(creds: Credentials) -> list[Scenario]:
+    """The async rows: each keyed view against the same open async view."""
+    auth = {"Authorization": f"Bearer {creds.ours}"}
+    return [
+        Scenario(ADRF_NONE, "/async/none/", {}, 200, ADRF_NONE),
+        Scenario("adrf: ours, decided on the loop", f"/async/ours/{PROTECTED}/", auth, 200, ADRF_NONE),
+        Scenario("adrf: ours, in adrf's thread", f"/async/ours-in-thread/{PROTECTED}/", auth, 200, ADRF_NONE),
+        Scenario(NINJA_NONE, "/ninja/none/", {}, 200, NINJA_NONE),
+        Scenario("Ninja: ours, valid key (warm)", f"/ninja/ours/{PROTECTED}/", auth, 200, NINJA_NONE),
     ]
 
 
@@ -191,21 +206,34 @@ def wrk(port: int, case: Scenario, *, connections: int, threads: int, seconds: i
 
 
 def run(
-    creds: Credentials, *, workers: int, threads: int, connections: int, rounds: int, seconds: int
+    creds: Credentials,
+    *,
+    workers: int,
+    threads: int,
+    connections: int,
+    rounds: int,
+    seconds: int,
+    async_views: bool = False,
 ) -> None:
+    """The sync views under each worker class; with ``async_views``, the async views (adrf,
+    Ninja) under the ASGI worker instead."""
     if shutil.which("wrk") is None:
         print(
             "\nThrough gunicorn: skipped, wrk is not installed (scripts/services.sh bench, "
             "apt-get install wrk, brew install wrk)."
         )
         return
-    cases = scenarios(creds)
+    cases = async_scenarios(creds) if async_views else scenarios(creds)
+    classes = worker_classes(threads)
+    if async_views:
+        classes = [worker_class for worker_class in classes if worker_class.env]  # the ASGI one
+    what = "async views, " if async_views else ""
     print(
-        f"\nThrough gunicorn ({workers} workers) on loopback, loaded by wrk: {connections} connections "
+        f"\nThrough gunicorn ({what}{workers} workers) on loopback, loaded by wrk: {connections} connections "
         f"from one wrk thread, Connection: close; {rounds} interleaved rounds of {seconds} s "
         "per scenario; medians over the rounds"
     )
-    for worker_class in worker_classes(threads):
+    for worker_class in classes:
         runs: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
         with gunicorn(worker_class.application, worker_class.options, workers, worker_class.env) as port:
             keeps_alive = get(port, "/none/", {}).keeps_alive
@@ -240,10 +268,12 @@ def report(cases: Sequence[Scenario], runs: dict[str, list[WrkRun]]) -> None:
             checked += f", {unexpected} other statuses!"
         if errors:
             checked += f", {errors} socket errors!"
-        ours_vs = "-" if case.label in (NONE, OURS) else f"{rate[OURS] / rate[case.label]:.2f}"
+        ours_vs = (
+            "-" if case.label in (NONE, OURS) or OURS not in rate else f"{rate[OURS] / rate[case.label]:.2f}"
+        )
         p50 = statistics.median(r.p50_ms for r in found)
         p99 = statistics.median(r.p99_ms for r in found)
         print(
             f"{case.label:<34}{rate[case.label]:>8.0f}{p50:>8.2f}{p99:>8.2f}"
-            f"{rate[case.label] / rate[NONE]:>8.2f}{ours_vs:>8}  {checked}"
+            f"{rate[case.label] / rate[case.baseline]:>8.2f}{ours_vs:>8}  {checked}"
         )

@@ -10,4 +10,8 @@ urlpatterns = [
     path("drf-token/", views.DrfToken.as_view()),
     path("knox/", views.Knox.as_view()),
     path("api-key/", views.ApiKey.as_view()),
+    path("async/none/", views.AsyncTrivial.as_view()),
+    path("async/ours/<str:llm_client>/", views.AsyncOurs.as_view()),
+    path("async/ours-in-thread/<str:llm_client>/", views.AsyncOursInAdrfThread.as_view()),
+    path("ninja/", views.ninja_api.urls),
 ]

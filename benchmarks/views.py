@@ -6,9 +6,11 @@ import hashlib
 import os
 from typing import Any
 
+from adrf.views import APIView as AsyncAPIView
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from knox.auth import TokenAuthentication as KnoxTokenAuthentication  # type: ignore[import-untyped]
+from ninja import NinjaAPI
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, TokenAuthentication, get_authorization_header
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -17,7 +19,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_api_key.permissions import HasAPIKey
 
+from drf_llm_keys.adrf import DecideOnEventLoop
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
+from drf_llm_keys.ninja import LLMClientAPIKeyAuth
 
 FLOOR_KEYWORD = b"floor"
 
@@ -85,3 +89,39 @@ class Knox(Trivial):
 
 class ApiKey(Trivial):
     permission_classes = [HasAPIKey]
+
+
+# --- async views: adrf, and a Django Ninja API ---------------------------------------------
+
+
+class AsyncTrivial(AsyncAPIView):
+    authentication_classes: list[type[BaseAuthentication]] = []
+    permission_classes = [AllowAny]
+
+    async def get(self, request: Request, **kwargs: Any) -> Response:
+        return Response({"ok": True})
+
+
+class AsyncOurs(DecideOnEventLoop, AsyncTrivial):
+    """The key decided on the event loop, before adrf's dispatch."""
+
+    authentication_classes = [LLMClientAPIKeyAuthentication]
+
+
+class AsyncOursInAdrfThread(AsyncTrivial):
+    """adrf as it is: our authentication in the thread adrf runs initial() in."""
+
+    authentication_classes = [LLMClientAPIKeyAuthentication]
+
+
+ninja_api = NinjaAPI(urls_namespace="benchmarks-ninja", docs_url=None)
+
+
+@ninja_api.get("/none/")
+async def ninja_none(request: Any) -> dict[str, bool]:
+    return {"ok": True}
+
+
+@ninja_api.get("/ours/{llm_client}/", auth=LLMClientAPIKeyAuth())
+async def ninja_ours(request: Any, llm_client: str) -> dict[str, bool]:
+    return {"ok": True}
