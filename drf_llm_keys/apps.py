@@ -8,8 +8,11 @@ class DrfLlmKeysConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, signals  # noqa: F401  (checks register on import)
+        from . import checks, decisions, signals  # noqa: F401  (checks register on import)
 
+        # The models ask the decision cache through here (has_active_api_key): they are
+        # what it loads its entries from, so they cannot import it.
+        self.decisions = decisions
         signals.connect()
         if apps.is_installed("drf_spectacular"):  # optional: the "spectacular" extra
             from .contrib import spectacular  # noqa: F401  (the extension registers on import)

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     # a ping sent within this time; also the worst delay of an announcement on a silent link.
     "PUSH_HEARTBEAT": 1.0,
     # Replicas that must acknowledge each new generation (Redis WAIT) before an invalidation
-    # counts as written; 0: the master's reply is enough (drf_llm_keys.decisions.topology).
+    # counts as written; 0: the master's reply is enough (drf_llm_keys.decisions.redis).
     "INVALIDATION_REPLICAS": 0,
     # Seconds the command, the admin and drf_llm_keys.keys wait for a change's invalidation
     # to reach the cache before they report it as not done (keys.InvalidationPending).

@@ -4,19 +4,25 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
+from django.dispatch import Signal
 from django.utils.translation import gettext_lazy as _
 
 from . import crypto, get_client_model
 from .conf import conf, install_defaults
-from .decisions import invalidation
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 install_defaults()
+
+# Sent by the library's querysets when a bulk write changes decisions, inside its
+# transaction; ``signals`` connects the decision cache's invalidation to it.
+# Arguments: client_values (set of client lookup values), using (database alias).
+decisions_changed = Signal()
 
 # The key's restrictions, held in its cache entry so that checking them costs nothing.
 RESTRICTION_FIELDS = ("scopes", "allowed_models")
@@ -87,7 +93,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             before = self.affected_clients(pks)
             count = super().update(**kwargs)
             # After too: an update can move a row to another client or lookup value.
-            invalidation.invalidate(before | self.affected_clients(pks), using=self.db)
+            self.changed(before | self.affected_clients(pks))
         return count
 
     update.alters_data = True  # type: ignore[attr-defined]
@@ -105,7 +111,7 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
         self._for_write = True
         with transaction.atomic(using=self.db, savepoint=False):
             created = super().bulk_create(objs, *args, **kwargs)
-            invalidation.invalidate(self.affected_clients_of(created), using=self.db)
+            self.changed(self.affected_clients_of(created))
         return created
 
     def bulk_update(  # type: ignore[override]  # fields is read twice: a Sequence, not any Iterable
@@ -119,8 +125,11 @@ class InvalidatingQuerySet(models.QuerySet[Any]):
             pks = [o.pk for o in objs]
             before = self.affected_clients(pks)
             count = super().bulk_update(objs, fields, **kwargs)
-            invalidation.invalidate(before | self.affected_clients(pks), using=self.db)
+            self.changed(before | self.affected_clients(pks))
         return count
+
+    def changed(self, client_values: set[Any]) -> None:
+        decisions_changed.send(sender=self.model, client_values=client_values, using=self.db)
 
 
 class LLMClientQuerySet(InvalidatingQuerySet):
@@ -362,10 +371,9 @@ class LLMClientAPIKey(models.Model):
 
         ``invalidate=True`` reloads the answer from the database and refreshes the cache.
         """
-        # Imported here: the entries are loaded from these models.
-        from .decisions.entries import client_entry
-
-        entry = client_entry(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD), refresh=invalidate)
+        # The decision cache loads its entries from these models: reached through the app.
+        decisions = apps.get_app_config("drf_llm_keys").decisions  # type: ignore[attr-defined]
+        entry = decisions.client_entry(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD), refresh=invalidate)
         return bool(entry["has_active_key"])
 
     @classmethod

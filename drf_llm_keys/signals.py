@@ -18,7 +18,7 @@ from django.dispatch import Signal
 from . import decisions, get_client_model
 from .conf import CLIENT_MODEL_SETTING, conf
 from .decisions.entries import owner_activity_is_computed, user_cache_fields
-from .models import APIKey, APIKeyQuerySet, LLMClientAPIKey, client_lookup_values
+from .models import APIKey, APIKeyQuerySet, LLMClientAPIKey, client_lookup_values, decisions_changed
 
 # --- public signals -------------------------------------------------------------------
 # The lifecycle signals are sent by ``drf_llm_keys.keys`` (the command and the admin both go
@@ -134,6 +134,10 @@ def user_pre_delete(sender: type[models.Model], instance: models.Model, using: s
     _invalidate_keys_of(instance, using)
 
 
+def bulk_changed(sender: Any, client_values: set[Any], using: str, **kwargs: Any) -> None:
+    decisions.invalidate(client_values, using)
+
+
 def _invalidate_keys_of(user: models.Model, using: str) -> None:
     links = LLMClientAPIKey._base_manager.using(using).filter(api_key__user=user)
     decisions.invalidate(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True), using)
@@ -162,4 +166,5 @@ def connect() -> None:
     pre_delete.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_delete")
     post_save.connect(user_post_save, sender=user_model, dispatch_uid=f"{uid}.user_post_save")
     pre_delete.connect(user_pre_delete, sender=user_model, dispatch_uid=f"{uid}.user_pre_delete")
+    decisions_changed.connect(bulk_changed, dispatch_uid=f"{uid}.bulk_changed")
     setting_changed.connect(reset_process_state, dispatch_uid=f"{uid}.reset_process_state")

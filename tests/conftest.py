@@ -13,7 +13,7 @@ from model_bakery import baker
 from rest_framework.test import APIClient
 
 from drf_llm_keys import decisions, usage
-from drf_llm_keys.decisions import state
+from drf_llm_keys.decisions.backends import CacheBackend
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 from tests.support.caches import FlakyCache
 from tests.support.harness import Worker
@@ -43,7 +43,7 @@ def empty_cache() -> Iterator[None]:
 def flaky(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FlakyCache]]:
     """The library's cache, failing every call while ``FlakyCache.down`` is set."""
     proxy = FlakyCache()
-    monkeypatch.setattr(state, "get_cache", lambda: proxy)
+    monkeypatch.setattr(CacheBackend, "cache", property(lambda backend: proxy))
     yield FlakyCache
     FlakyCache.down = False
 

@@ -50,10 +50,12 @@ def test_revoke_rolled_back_keeps_the_cached_key_working(api, key):
         api_key.save()
         raise Rollback
     assert APIKey.objects.get(pk=api_key.pk).is_active
+    # The write retired the client's entries before it rolled back (an in-flight
+    # generation): the decision comes from the database until that generation expires.
     with CaptureQueriesContext(connections["default"]) as queries:
         response = api.get(URL.format("protected-bot"), **bearer(plaintext))
     assert response.status_code == 200, response.content
-    assert len(queries) == 0, "a rollback published nothing: the cached entries stay current"
+    assert len(queries) == 1
 
 
 def test_bulk_revoke_rolled_back_keeps_the_key_working(api, key):

@@ -13,6 +13,7 @@ from rest_framework.test import APIRequestFactory
 
 from drf_llm_keys import get_client_model
 from drf_llm_keys.conf import conf
+from drf_llm_keys.decisions import get_decision_cache
 from drf_llm_keys.decisions.store import _fill_is_safe
 
 from .views import PerViewEcho
@@ -58,4 +59,4 @@ def test_fills_inside_a_transaction_are_safe_under_the_default_isolation_level()
     # READ, under which cache.lookup would stop filling inside transactions).
     with transaction.atomic():
         connection.ensure_connection()
-        assert _fill_is_safe(connection.alias)
+        assert _fill_is_safe(get_decision_cache(), connection.alias)

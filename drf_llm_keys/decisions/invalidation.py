@@ -1,39 +1,48 @@
-"""Invalidation: after a write commits, a new generation for each client it touched; one
-that cannot be written is kept and retried, by the next lookup or by a timer.
+"""Invalidation: a write that changes a decision gives each client it touched a new generation.
 
-The clients are also stored in the write's transaction (``outbox``), so that a process that
-dies before its cache write, or gives up on it, loses nothing: ``republish_pending()``
-publishes what the outbox still holds, run by any process after one of its own publishes
-(at most every ``SWEEP_INTERVAL`` seconds) and by ``llm_keys invalidate --pending``.
-Publishing a client twice is harmless: a new generation only costs one reload.
+Three moments (docs/design.md, "An invalidation"):
+1. In the write's transaction: the clients are stored in the outbox, and each generation is
+   set to an *in-flight* value (``backends.IN_FLIGHT``) under which nothing is ever filled
+   or trusted. Whatever a reader loads while the change is uncommitted answers its own
+   request only, and a writer that dies after its commit has already retired every entry.
+2. After the commit: a fresh token per generation, written to the master (and, behind
+   Sentinel, to every server it lists); the outbox rows are deleted. A write that fails is
+   kept and retried, by a timer and by the next write.
+3. ``wait_published()``: the code that reports a change as done (``drf_llm_keys.keys``, the
+   command, the admin) waits until the tokens are written and, with push, one heartbeat
+   more, after which no process can still trust an entry of the old generation.
+
+Rows left in the outbox (a process that died, or could not reach the cache) are published
+by any process after its own publish, at most every ``SWEEP_INTERVAL`` seconds, and by every
+``llm_keys`` command; publishing a client twice only costs one reload.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from ..conf import conf
-from . import outbox, state
+from . import outbox
+from .backends import IN_FLIGHT, log_fault
 from .names import generation_name
 from .state import DecisionCache, get_decision_cache
-
-logger = logging.getLogger("drf_llm_keys")
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # A process looks for rows that others left in the outbox at most this often (seconds)...
 SWEEP_INTERVAL = 10.0
 # ...and leaves rows younger than this (seconds) to the process that wrote them.
 SWEEP_AGE = 5.0
+# Seconds an in-flight generation lives if its writer never replaces it (a rollback, a crash).
+IN_FLIGHT_TIMEOUT = 60
 
 
 class CacheUnreachable(Exception):
@@ -49,33 +58,40 @@ class _Invalidation:
 
     def __call__(self) -> None:
         self.published = True
-        if not publish(self.names):
-            return  # the rows stay in the outbox, for republish_pending()
+        local = get_decision_cache()
+        local.backend.step("committed")
+        if not _publish(local, self.names, 0):
+            return  # the rows stay in the outbox
         with outbox.quiet(self.using, "clear"):
             outbox.clear(self.rows, self.using)
-        _sweep(get_decision_cache(), self.using)
+        _sweep(local, self.using)
 
 
 def invalidate(client_values: Iterable[Any], using: str) -> None:
     """Make every cached decision of these clients unusable, in every process, once the
     transaction on ``using`` commits (at once outside a transaction)."""
     values = {str(value) for value in client_values if value is not None}
-    if values:
-        rows = outbox.record(values, using)
-        names = {generation_name(value) for value in values}
-        transaction.on_commit(_Invalidation(names, rows, using), using=using)
+    if not values:
+        return
+    local = get_decision_cache()
+    rows = outbox.record(values, using)
+    names = {generation_name(value) for value in values}
+    callback = _Invalidation(names, rows, using)
+    if connections[using].in_atomic_block:
+        in_flight = {name: IN_FLIGHT + uuid.uuid4().hex for name in names}
+        try:
+            local.backend.write(in_flight, IN_FLIGHT_TIMEOUT)
+        except Exception as exc:  # the commit's write and the outbox still stand
+            log_fault("invalidation", exc)
+        local.backend.forget(names)
+        unpublished = local.per_thread.__dict__.setdefault("unpublished", {})
+        unpublished.setdefault(using, []).append(callback)
+    transaction.on_commit(callback, using=using)
 
 
-def has_unpublished_writes(connection: Any) -> bool:
-    # Django drops the callbacks of a rolled-back transaction or savepoint from this list.
-    return any(
-        isinstance(entry[1], _Invalidation) and not entry[1].published for entry in connection.run_on_commit
-    )
-
-
-def publish(names: Iterable[str], attempt: int = 0) -> bool:
+def publish(names: Iterable[str]) -> bool:
     """Write fresh generation tokens now; on failure keep them and retry later."""
-    return _publish(get_decision_cache(), names, attempt)
+    return _publish(get_decision_cache(), names, 0)
 
 
 def _publish(local: DecisionCache, names: Iterable[str], attempt: int) -> bool:
@@ -89,14 +105,18 @@ def _publish(local: DecisionCache, names: Iterable[str], attempt: int) -> bool:
         local.publishing += bool(failed_at)
     if not failed_at:
         return True
-    tokens = {name: uuid.uuid4().hex for name in failed_at}
-    # With INVALIDATION_REPLICAS, not written until that many replicas have it (topology).
-    written = quietly(lambda: local.push.write(state.get_cache(), tokens), "invalidation")
-    # Not left to Redis's announcement, which a failed write never sends.
-    local.push.forget(set(failed_at))
+    written = True
+    try:
+        local.backend.write({name: uuid.uuid4().hex for name in failed_at}, conf.CACHE_TIMEOUT)
+    except Exception as exc:
+        log_fault("invalidation", exc)
+        written = False
+    local.backend.forget(set(failed_at))
     with local.pending_lock:
         local.publishing -= 1
-        if not written:
+        if written:
+            local.written_at = time.monotonic()
+        else:
             local.pending.update(failed_at)
     if not written:
         _schedule_retry(local, attempt)
@@ -104,11 +124,12 @@ def _publish(local: DecisionCache, names: Iterable[str], attempt: int) -> bool:
 
 
 def wait_published(timeout: float | None = None) -> bool:
-    """Whether every invalidation of this process has reached the cache, retrying for up to
-    ``timeout`` seconds (default ``PUBLISH_TIMEOUT``); at once when none is waiting.
+    """Whether every invalidation of this process has taken effect in every process,
+    retrying for up to ``timeout`` seconds (default ``PUBLISH_TIMEOUT``).
 
-    For code that must not report a change as done while other processes may still decide
-    as before it: ``drf_llm_keys.keys``, the ``llm_keys`` command and the admin call it.
+    Written, and with push one ``PUSH_HEARTBEAT`` later: the moment from which no process
+    can trust the old generation. For code that must not report a change as done before:
+    ``drf_llm_keys.keys``, the ``llm_keys`` command and the admin call it.
     """
     local = get_decision_cache()
     deadline = time.monotonic() + (conf.PUBLISH_TIMEOUT if timeout is None else timeout)
@@ -116,34 +137,31 @@ def wait_published(timeout: float | None = None) -> bool:
         if local.pending:
             _publish(local, (), attempt)
         with local.pending_lock:
-            if not local.pending and not local.publishing:
-                return True
+            done = not local.pending and not local.publishing
+        if done:
+            settled = local.written_at + local.backend.settle_seconds - time.monotonic()
+            if settled > 0:
+                time.sleep(settled)
+            return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            break
+            return False
         time.sleep(min(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)], remaining))
-    return False
+    return False  # pragma: no cover  # the loop returns
 
 
 def publish_clients(client_values: Iterable[str]) -> int:
     """New generations for these clients now, in batches; returns how many. Raises
     ``CacheUnreachable`` at the first batch that cannot be written (it is kept and retried)."""
     count = 0
-    batch: list[str] = []
-    for value in client_values:
-        batch.append(str(value))
-        if len(batch) == outbox.BATCH:
-            count += _publish_batch(batch)
-            batch = []
-    return count + (_publish_batch(batch) if batch else 0)
-
-
-def _publish_batch(values: list[str]) -> int:
-    if not publish({generation_name(value) for value in values}):
-        raise CacheUnreachable(
-            f"The cache {conf.CACHE_ALIAS!r} could not be reached to write new generations."
-        )
-    return len(values)
+    values = iter(client_values)
+    while batch := list(itertools.islice(values, outbox.BATCH)):
+        if not publish({generation_name(str(value)) for value in batch}):
+            raise CacheUnreachable(
+                f"The cache {conf.CACHE_ALIAS!r} could not be reached to write new generations."
+            )
+        count += len(batch)
+    return count
 
 
 def republish_pending(using: str, older_than: float = 0.0, batches: int | None = None) -> int:
@@ -177,15 +195,10 @@ def _sweep(local: DecisionCache, using: str) -> None:
 
 
 def pending_invalidations() -> frozenset[str]:
-    """Generation keys whose invalidation has not reached the cache yet."""
+    """Generation names whose invalidation has not reached the cache yet."""
     local = get_decision_cache()
     with local.pending_lock:
         return frozenset(local.pending)
-
-
-def flush_pending(local: DecisionCache) -> None:
-    if local.pending:
-        _publish(local, (), 0)
 
 
 def _schedule_retry(local: DecisionCache, attempt: int) -> None:
@@ -202,12 +215,3 @@ def _retry(local: DecisionCache, attempt: int) -> None:
     with local.pending_lock:
         local.retry_timer = None
     _publish(local, (), attempt)
-
-
-def quietly(operation: Callable[[], Any], what: str) -> bool:
-    try:
-        operation()
-    except Exception:
-        logger.warning("drf_llm_keys: cache %s failed", what, exc_info=True)
-        return False
-    return True

@@ -16,8 +16,9 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from django.apps import apps
 from django.db import DatabaseError, connections, models, transaction
+
+from ..models import PendingInvalidation
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -25,12 +26,8 @@ logger = logging.getLogger("drf_llm_keys")
 BATCH = 500
 
 
-def _rows(using: str) -> models.QuerySet[Any]:
-    # Looked up at call time: the models import the decision cache.
-    rows: models.QuerySet[Any] = apps.get_model("drf_llm_keys", "PendingInvalidation")._base_manager.using(
-        using
-    )
-    return rows
+def _rows(using: str) -> models.QuerySet[PendingInvalidation]:
+    return PendingInvalidation._base_manager.using(using)
 
 
 def record(client_values: Collection[str], using: str) -> list[Any]:

@@ -1,5 +1,5 @@
-"""What one process keeps of the decision cache: one object per cache alias, built on first
-use, renewed in a forked child and dropped by ``reset()``."""
+"""What one process keeps of the decision cache: one ``DecisionCache`` per cache alias, built
+on first use, renewed in a forked child and dropped by ``reset()``."""
 
 from __future__ import annotations
 
@@ -11,26 +11,50 @@ from typing import Any
 from django.core.cache import BaseCache, caches
 
 from ..conf import conf
-from .push import Push
+from .backends import CacheBackend, Tag
+from .push import PushBackend
+from .redis import RedisBackend
 
 Entry = dict[str, Any]
+Held = tuple[Tag, Entry]
+
+# Entries of presented keys that no row has, held apart and never shared: a flood of random
+# keys cannot push out the entries of real ones.
+UNKNOWN_KEY_ENTRIES = 1024
 
 
-def get_cache() -> BaseCache:
-    """The shared cache the library uses (``CACHE_ALIAS``).
+def backend_for(alias: str) -> CacheBackend:
+    """The most the cache ``alias`` can do: chosen once, for the life of its DecisionCache."""
+    cache = caches[alias]
+    if not RedisBackend.handles(cache):
+        return CacheBackend(alias)
+    return PushBackend(alias) if conf.PUSH_INVALIDATION else RedisBackend(alias)
 
-    Every use goes through ``state.get_cache()``: one place to put a double (a counting or
-    failing cache) in front of it.
-    """
-    # caches[alias] goes through asgiref's Local on every call, which costs a warm request
-    # more than its decision; the same backend instance, kept per thread (as Django's own
-    # handler does for sync code) until reset() or a change of CACHES drops this object.
-    per_thread = get_decision_cache().per_thread
-    try:
-        cache: BaseCache = per_thread.cache
-    except AttributeError:
-        cache = per_thread.cache = caches[conf.CACHE_ALIAS]
-    return cache
+
+class HeldEntries:
+    """Entries this process has used, by name, with the tag they were loaded under; least
+    recently used dropped first. A held entry saves a transfer, never a check."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, Held] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, name: str) -> Held | None:
+        held = self.entries.get(name)
+        if held is not None:
+            try:
+                self.entries.move_to_end(name)
+            except KeyError:  # dropped by another thread since
+                pass
+        return held
+
+    def put(self, name: str, held: Held) -> None:
+        with self.lock:
+            self.entries[name] = held
+            self.entries.move_to_end(name)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
 
 
 class DecisionCache:
@@ -38,37 +62,30 @@ class DecisionCache:
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
-        # Entries this process has seen, by name, with their generation: checked against the
-        # shared generation on every use, so they save the entry's transfer, never a round
-        # trip or a revocation. Least recently used first.
-        self.held: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
-        # The same for keys no row has, which are never written to the shared cache:
-        # bounded apart, so that a flood of random keys cannot push out the entries above.
-        self.unknown_keys: OrderedDict[str, tuple[str, Entry]] = OrderedDict()
-        self.held_lock = threading.Lock()
-        # Equal parts of held entries as one object (store.shared): an owner's fields, a
-        # client's state; and the shapes of parts. Emptied when it outgrows LOCAL_ENTRIES.
+        self.backend = backend_for(alias)
+        self.held = HeldEntries(conf.LOCAL_ENTRIES)
+        self.unknown_keys = HeldEntries(UNKNOWN_KEY_ENTRIES)
+        # Equal parts of held entries as one object (store.shared), emptied at LOCAL_ENTRIES.
         self.shared_parts: dict[Any, Any] = {}
-        # What entries.load_decision builds once per database: its statement and converters.
+        # What entries.load_decision builds once per database.
         self.queries: dict[Any, Any] = {}
-        # Generation keys whose new token could not be written, with when that first failed.
+        # Generation names whose new token could not be written, with when that first failed.
         self.pending: dict[str, float] = {}
         self.pending_lock = threading.Lock()
         self.publishing = 0  # writes of new generations under way (invalidation.wait_published)
-        self.last_sweep: dict[str, float] = {}  # by database alias (invalidation._sweep)
+        self.written_at = 0.0  # when the last write of generations was acknowledged
+        self.last_sweep: dict[str, float] = {}  # by database alias (invalidation.sweep)
         self.retry_timer: threading.Timer | None = None
-        self.push = Push()
-        # The master's epoch (topology) and when it was read, for lookups without a channel.
-        self.epoch: tuple[str, float] | None = None
+        # Per thread, as database connections are: the invalidations of open transactions.
         self.per_thread = threading.local()
 
     def close(self) -> None:
-        """Stop the retry timer and close the push channel."""
+        """Stop the retry timer and close the backend's own connections."""
         with self.pending_lock:
             if self.retry_timer is not None:
                 self.retry_timer.cancel()
                 self.retry_timer = None
-        self.push.close()
+        self.backend.close()
 
 
 class _Registry:
@@ -99,8 +116,13 @@ def get_decision_cache(alias: str | None = None) -> DecisionCache:
     return found
 
 
+def get_cache() -> BaseCache:
+    """The shared cache the library uses (``CACHE_ALIAS``), as this thread's backend sees it."""
+    return get_decision_cache().backend.cache
+
+
 def reset() -> None:
-    """Forget what this process keeps: held entries, pending invalidations, push channels.
+    """Forget what this process keeps: held entries, pending invalidations, connections.
 
     Run when a setting it depends on changes (``override_settings``) and between tests; the
     shared cache is left alone.
