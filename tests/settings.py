@@ -115,6 +115,10 @@ elif cache_dir:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+if os.environ.get("DRF_LLM_KEYS_TEST_SETTINGS"):
+    # A worker process started by a test: the library's settings it was given, as JSON.
+    DRF_LLM_KEYS = json.loads(os.environ["DRF_LLM_KEYS_TEST_SETTINGS"])
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "drf_llm_keys.authentication.LLMClientAPIKeyAuthentication",

@@ -38,6 +38,7 @@ def log_fault(what: str, exc: BaseException) -> None:
         logger.warning("drf_llm_keys: cache %s failed (%s: %s)", what, type(exc).__name__, exc)
     logger.debug("drf_llm_keys: cache %s failed", what, exc_info=exc)
 
+
 # Starts a generation a writer sets before its commit: no entry is ever filled or trusted
 # under it, so nothing read while the change is in flight outlives it (invalidation.invalidate).
 IN_FLIGHT = "~"
@@ -106,10 +107,11 @@ class CacheBackend:
         may be filled under it, and a change written since replaces it."""
         self.cache.add(gen_name, token, conf.CACHE_TIMEOUT)
 
-    def write(self, tokens: dict[str, str], timeout: int) -> None:
-        """New generations; raises when they are not all written."""
+    def write(self, tokens: dict[str, str], timeout: int, step: str = "generations written") -> None:
+        """New generations; raises when they are not all written. ``step`` names the moment
+        after the write (before WAIT, on Redis) for the test seam."""
         self.cache.set_many(tokens, timeout)
-        self.step("generations written")
+        self.step(step)
 
     def forget(self, gen_names: set[str]) -> None:
         """This process replaced these generations: trust nothing held under them."""

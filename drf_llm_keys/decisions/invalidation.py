@@ -80,7 +80,7 @@ def invalidate(client_values: Iterable[Any], using: str) -> None:
     if connections[using].in_atomic_block:
         in_flight = {name: IN_FLIGHT + uuid.uuid4().hex for name in names}
         try:
-            local.backend.write(in_flight, IN_FLIGHT_TIMEOUT)
+            local.backend.write(in_flight, IN_FLIGHT_TIMEOUT, step="in flight written")
         except Exception as exc:  # the commit's write and the outbox still stand
             log_fault("invalidation", exc)
         local.backend.forget(names)

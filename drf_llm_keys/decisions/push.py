@@ -234,7 +234,12 @@ class PushBackend(RedisBackend):
 
     def fill(self, entry_name: str, tag: Tag, entry: Any) -> None:
         channel = self.channel()
-        command = ("SET", *self.encode(entry_name, (tag.generation, tag.epoch, entry)), "EX", conf.CACHE_TIMEOUT)
+        command = (
+            "SET",
+            *self.encode(entry_name, (tag.generation, tag.epoch, entry)),
+            "EX",
+            conf.CACHE_TIMEOUT,
+        )
         if channel is None or not channel.fill(command):
             super().fill(entry_name, tag, entry)
 

@@ -89,7 +89,7 @@ class RedisBackend(CacheBackend):
         self.epoch_read = (current, now)
         return current
 
-    def write(self, tokens: dict[str, str], timeout: int) -> None:
+    def write(self, tokens: dict[str, str], timeout: int, step: str = "generations written") -> None:
         """New generations on the master, acknowledged by ``INVALIDATION_REPLICAS`` replicas
         (a master cut off from them would lose the write in the failover); then, behind
         Sentinel, on every other server it lists, where some readers may still be."""
@@ -98,13 +98,13 @@ class RedisBackend(CacheBackend):
         sentinel = pool if isinstance(pool, SentinelConnectionPool) else None
         master = self.master() if sentinel is None else self.server(sentinel, self.named_master(sentinel))
         replicas = conf.INVALIDATION_REPLICAS
-        acknowledged = set_all(master, encoded, timeout, replicas, self.step)
+        acknowledged = set_all(master, encoded, timeout, replicas, lambda: self.step(step))
         if replicas > 0 and acknowledged < replicas:
             raise ConnectionError(f"{acknowledged} of {replicas} replicas acknowledged the invalidation")
         if sentinel is not None:
             for address in self.listed_replicas(sentinel):
                 try:
-                    set_all(self.server(sentinel, address), encoded, timeout, 0, lambda name: None)
+                    set_all(self.server(sentinel, address), encoded, timeout, 0, lambda: None)
                 except redis.ReadOnlyError:
                     pass  # a replica: it takes the master's writes
                 except redis.RedisError as exc:
@@ -137,11 +137,17 @@ class RedisBackend(CacheBackend):
     def server(self, pool: SentinelConnectionPool, address: tuple[str, int]) -> redis.Redis:
         found = self.servers.get(address)
         if found is None:
-            kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("host", "port")}
+            # Not its Sentinel-managed connections: these reach one address, whatever its role.
+            ignored = ("host", "port", "connection_pool")
+            kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ignored}
             kwargs["connection_class"] = (
-                redis.SSLConnection if issubclass(pool.connection_class, redis.SSLConnection) else redis.Connection
+                redis.SSLConnection
+                if issubclass(pool.connection_class, redis.SSLConnection)
+                else redis.Connection
             )
-            found = redis.Redis(connection_pool=redis.ConnectionPool(host=address[0], port=address[1], **kwargs))
+            found = redis.Redis(
+                connection_pool=redis.ConnectionPool(host=address[0], port=address[1], **kwargs)
+            )
             self.servers[address] = found
         return found
 
@@ -152,7 +158,7 @@ class RedisBackend(CacheBackend):
 
 
 def set_all(
-    server: Any, encoded: list[tuple[Any, Any]], timeout: int, replicas: int, step: Callable[[str], None]
+    server: Any, encoded: list[tuple[Any, Any]], timeout: int, replicas: int, written: Callable[[], None]
 ) -> int:
     """SET each pair on ``server``, sent at once; then, with ``replicas``, WAIT for them on
     the same connection (WAIT counts that connection's writes). Returns how many acknowledged."""
@@ -164,7 +170,7 @@ def set_all(
         )
         for _ in encoded:
             client.parse_response(connection, "SET")
-        step("generations written")
+        written()
         if replicas <= 0:
             return 0
         return int(client.execute_command("WAIT", replicas, REPLICA_WAIT_MS))
