@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -8,7 +7,6 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db import connection
 from model_bakery import baker
 from rest_framework.test import APIClient
 
@@ -16,7 +14,7 @@ from drf_llm_keys import decisions, usage
 from drf_llm_keys.decisions.backends import CacheBackend
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 from tests.support.caches import FlakyCache
-from tests.support.harness import Worker
+from tests.support.harness import Worker, worker_env
 from tests.support.redis import DJANGO_REDIS, HEARTBEAT, RedisServer, cache_config, running_redis
 from tests.support.world import World
 
@@ -146,15 +144,6 @@ def start_worker() -> Iterator[StartWorker]:
     yield start
     for process in started:
         process.stop()
-
-
-def worker_env(config: dict[str, Any]) -> dict[str, str]:
-    """The environment of a ``Worker`` on this test's database, its default cache ``config``."""
-    return {
-        **os.environ,
-        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "DRF_LLM_KEYS_TEST_CACHE": json.dumps(config),
-    }
 
 
 @pytest.fixture

@@ -21,14 +21,11 @@ database, real processes; the step hooks only inject the events. The matrix is p
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from django.db import connection
 from model_bakery import baker
 
 from drf_llm_keys import keys as key_operations
@@ -36,7 +33,7 @@ from drf_llm_keys.decisions import get_decision_cache, publish
 from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import APIKey
 from tests.support import bearer, wait_until
-from tests.support.harness import Worker
+from tests.support.harness import Worker, worker_env
 from tests.support.proxy import Proxy
 from tests.support.redis import (
     HEARTBEAT,
@@ -119,6 +116,7 @@ class Cell:
     other_key: str
     revoked: list[str] = field(default_factory=list)  # plaintexts whose revoke returned
     proxy: Proxy | None = None
+    sentinel: Any = None
     snapshot_taken: bool = False
 
     def here(self, plaintext: str, url: str = URL) -> int:
@@ -142,7 +140,9 @@ def inject(cell: Cell, event: str, victim: tuple[APIKey, str]) -> None:
     elif event == "scope change":
         assert cell.writer.manage("llm_keys", "update", api_key.prefix, "--scope", "chat") == "ok"
     elif event == "writer killed after commit":
-        dying = Worker({**worker_env(cell.config), "DRF_LLM_KEYS_TEST_DIE_AT": "committed"})
+        dying = Worker(
+            {**worker_env(cell.config, library_settings()), "DRF_LLM_KEYS_TEST_DIE_AT": "committed"}
+        )
         dying.ask(f"manage llm_keys revoke {api_key.prefix}")  # no answer: it died
         assert dying.process.wait(10) == -9
         assert not APIKey.objects.get(pk=api_key.pk).is_active, "killed after its commit"
@@ -193,7 +193,7 @@ def evict_generations(server: RedisServer) -> None:
 
 def failover(cell: Cell) -> None:
     old = cell.server()
-    sentinel = cell.config["sentinel"]
+    sentinel = cell.sentinel
     sentinel.client.execute_command("SENTINEL", "FAILOVER", sentinel.service)
     wait_until(lambda: sentinel.master_port() not in (None, old.port), 30, "Sentinel names the new master")
     # The old master stays up and a master for a while: the readers' connections are there.
@@ -201,15 +201,6 @@ def failover(cell: Cell) -> None:
 
 def library_settings(push: bool = True) -> dict[str, Any]:
     return {"PUSH_HEARTBEAT": HEARTBEAT, "PUSH_INVALIDATION": push}
-
-
-def worker_env(config: dict[str, Any]) -> dict[str, str]:
-    plain = {k: v for k, v in config.items() if k != "sentinel"}
-    return {
-        **os.environ,
-        "DRF_LLM_KEYS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "DRF_LLM_KEYS_TEST_CACHE": json.dumps(plain),
-    }
 
 
 def run_cell(cell: Cell, path: str, step: str, event: str) -> None:
@@ -295,10 +286,7 @@ class Workers:
 
     def started(self) -> tuple[Worker, Worker]:
         if not self.processes:
-            env = {
-                **worker_env(self.config),
-                "DRF_LLM_KEYS_TEST_SETTINGS": json.dumps(library_settings(self.push)),
-            }
+            env = worker_env(self.config, library_settings(self.push))
             self.processes = [Worker(env), Worker(env)]
         reader, writer = self.processes
         return reader, writer
@@ -339,8 +327,7 @@ def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
 @pytest.fixture(scope="module")
 def sentinel_workers(sentinel_topology: tuple[Any, list[RedisServer]]) -> Iterator[dict[bool, Workers]]:
-    config = {**sentinel_topology[0].cache_config(), "sentinel": sentinel_topology[0]}
-    found = {push: Workers(config, push) for push in (True, False)}
+    found = {push: Workers(sentinel_topology[0].cache_config(), push) for push in (True, False)}
     yield found
     for workers in found.values():
         workers.stop()
@@ -362,7 +349,8 @@ def test_protocol_through_a_failover(
     settings.CACHES = {"default": sentinel.cache_config()}
     settings.DRF_LLM_KEYS = library_settings(push)
     event = FAILOVER if push else f"{FAILOVER}, push off"
-    run_cell(make_cell(make_key, api, sentinel_workers[push], current), path, step, event)
+    cell = make_cell(make_key, api, sentinel_workers[push], current, sentinel=sentinel)
+    run_cell(cell, path, step, event)
 
 
 def in_role(server: RedisServer) -> bool:

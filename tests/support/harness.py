@@ -276,6 +276,19 @@ class Worker:
         self.process.wait(timeout=10)
 
 
+def worker_env(config: dict[str, Any], library_settings: dict[str, Any] | None = None) -> dict[str, str]:
+    """The environment of a ``Worker`` on this test's database, its default cache ``config``
+    (and, given, its ``DRF_LLM_KEYS``)."""
+    env = {
+        **os.environ,
+        "DRF_LLM_KEYS_TEST_DB_NAME": str(connections["default"].settings_dict["NAME"]),
+        "DRF_LLM_KEYS_TEST_CACHE": json.dumps(config),
+    }
+    if library_settings is not None:
+        env["DRF_LLM_KEYS_TEST_SETTINGS"] = json.dumps(library_settings)
+    return env
+
+
 def worker_environment(settings: Any, cache_dir: str, **extra: str) -> dict[str, str]:
     """The environment of a ``Worker`` sharing this process's test database and cache.
 
