@@ -223,6 +223,7 @@ def run_cell(cell: Cell, path: str, step: str, event: str) -> None:
         publish({gen})
     elif path == "first":  # no generation at all
         evict_generations(cell.server())
+        time.sleep(HEARTBEAT)  # as a writer settles: every channel has the announcement
     local.backend.on_step = on_step
     try:
         if path == "writer":
