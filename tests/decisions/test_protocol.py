@@ -21,6 +21,7 @@ database, real processes; the step hooks only inject the events. The matrix is p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
