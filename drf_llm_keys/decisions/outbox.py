@@ -27,7 +27,8 @@ BATCH = 500
 
 
 def _rows(using: str) -> models.QuerySet[PendingInvalidation]:
-    return PendingInvalidation._base_manager.using(using)
+    rows: models.QuerySet[PendingInvalidation] = PendingInvalidation._base_manager.using(using)
+    return rows
 
 
 def record(client_values: Collection[str], using: str) -> list[Any]:

@@ -105,8 +105,9 @@ class Channel:
             for name in gen_names:
                 self.current.pop(name, None)
 
-    def fill(self, command: tuple[Any, ...]) -> bool:
-        """Send a fill on the tracking connection, its reply read later; False if not sent."""
+    def send(self, command: tuple[Any, ...]) -> bool:
+        """Send a write (a fill, a lease) on the tracking connection, its reply read later;
+        False if not sent."""
         with self.lock:
             if not self.alive:
                 return False
@@ -129,9 +130,10 @@ class Channel:
                 except ResponseError:  # a fill refused (out of memory, say): only that is lost
                     logger.warning("drf_llm_keys: cache write failed", exc_info=True)
                     continue
-                if _text(reply).upper() == "PONG":
+                # A fill's OK, a lease's OK or nil (a generation there already), a PONG.
+                if reply is not None and _text(reply).upper() == "PONG":
                     self._answered("tracker")
-                elif _text(reply).upper() != "OK":
+                elif reply is not None and _text(reply).upper() != "OK":
                     raise ConnectionError("unexpected reply on the tracking connection")
             while self.subscriber.can_read(0):
                 self._apply(self.subscriber.read_response())
@@ -233,15 +235,18 @@ class PushBackend(RedisBackend):
         return tag, None if entry_name is None else found.get(entry_name)
 
     def fill(self, entry_name: str, tag: Tag, entry: Any) -> None:
-        channel = self.channel()
-        command = (
-            "SET",
-            *self.encode(entry_name, (tag.generation, tag.epoch, entry)),
-            "EX",
-            conf.CACHE_TIMEOUT,
-        )
-        if channel is None or not channel.fill(command):
+        value = (tag.generation, tag.epoch, entry)
+        if not self._send(("SET", *self.encode(entry_name, value), "EX", conf.CACHE_TIMEOUT)):
             super().fill(entry_name, tag, entry)
+
+    def lease(self, gen_name: str, token: str) -> None:
+        if not self._send(("SET", *self.encode(gen_name, token), "EX", conf.CACHE_TIMEOUT, "NX")):
+            super().lease(gen_name, token)
+
+    def _send(self, command: tuple[Any, ...]) -> bool:
+        # A cold request waits for neither reply: the tag decides whether a late write is used.
+        channel = self.channel()
+        return channel is not None and channel.send(command)
 
     def forget(self, gen_names: set[str]) -> None:
         if self.opened is not None:

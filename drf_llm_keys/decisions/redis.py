@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.core.cache import BaseCache
-from django.core.cache.backends.redis import RedisCacheClient
+from django.core.cache.backends.redis import RedisCache, RedisSerializer
+from django.utils.functional import cached_property
+from django.utils.module_loading import import_string
+from django_redis.cache import RedisCache as DjangoRedisCache
+from django_redis.client import ShardClient
 from redis.sentinel import SentinelConnectionPool
 
 from ..conf import conf
@@ -47,18 +53,36 @@ class RedisBackend(CacheBackend):
     @staticmethod
     def handles(cache: BaseCache) -> bool:
         """django-redis with one master (not its ShardClient), or Django's RedisCache."""
-        client = getattr(cache, "client", None)
-        if hasattr(client, "get_client"):
-            return not type(client).__name__.startswith("Shard")
-        return isinstance(getattr(cache, "_cache", None), RedisCacheClient)
+        if isinstance(cache, DjangoRedisCache):
+            return not isinstance(cache.client, ShardClient)
+        return isinstance(cache, RedisCache)
 
     def master(self) -> Any:
         """The redis-py client of the cache's master."""
         cache = self.cache
-        client = getattr(cache, "client", None)
-        if client is not None and hasattr(client, "get_client"):
-            return client.get_client(write=True)
-        return cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        if isinstance(cache, RedisCache):  # Django's own: its clients are its own business
+            return self.own_master
+        return cache.client.get_client(write=True)  # type: ignore[attr-defined]
+
+    @cached_property
+    def own_master(self) -> redis.Redis:
+        """For Django's RedisCache: a client of the first LOCATION (the master), with the
+        cache's OPTIONS, as the cache builds its own pools."""
+        config = settings.CACHES[self.alias]
+        location = config["LOCATION"]
+        first = location[0] if isinstance(location, (list, tuple)) else re.split("[;,]", location)[0]
+        options = dict(config.get("OPTIONS", {}))
+        for name in ("serializer", "pool_class"):
+            options.pop(name, None)
+        if "parser" in options:
+            options["parser_class"] = import_string(options.pop("parser"))
+        return redis.Redis(connection_pool=redis.ConnectionPool.from_url(first, **options))
+
+    @cached_property
+    def serializer(self) -> Any:
+        """For Django's RedisCache: the cache's serializer (its ``serializer`` option)."""
+        chosen = settings.CACHES[self.alias].get("OPTIONS", {}).get("serializer", RedisSerializer)
+        return (import_string(chosen) if isinstance(chosen, str) else chosen)()
 
     def read(self, gen_name: str, entry_name: str | None) -> tuple[Tag | None, Any]:
         names = [gen_name] if entry_name is None else [gen_name, entry_name]
@@ -69,11 +93,10 @@ class RedisBackend(CacheBackend):
 
     def read_master(self, names: list[str]) -> dict[str, Any]:
         cache, master = self.cache, self.master()
-        inner = getattr(cache, "_cache", None)
-        if not isinstance(inner, RedisCacheClient):  # django-redis takes the client to use
+        if not isinstance(cache, RedisCache):  # django-redis takes the client to use
             return cache.get_many(names, client=master)  # type: ignore[call-arg]
         # Django's RedisCache reads a replica when LOCATION lists several servers.
-        loads = inner._serializer.loads
+        loads = self.serializer.loads
         values = master.mget([cache.make_and_validate_key(name) for name in names])
         return {name: loads(value) for name, value in zip(names, values, strict=True) if value is not None}
 
@@ -112,9 +135,8 @@ class RedisBackend(CacheBackend):
 
     def encode(self, name: str, value: Any) -> tuple[Any, Any]:
         cache = self.cache
-        inner = getattr(cache, "_cache", None)
-        if isinstance(inner, RedisCacheClient):
-            return cache.make_and_validate_key(name), inner._serializer.dumps(value)
+        if isinstance(cache, RedisCache):
+            return cache.make_and_validate_key(name), self.serializer.dumps(value)
         client = cache.client  # type: ignore[attr-defined]
         return client.make_key(name), client.encode(value)
 
@@ -155,6 +177,8 @@ class RedisBackend(CacheBackend):
         for server in self.servers.values():
             server.close()
         self.servers.clear()
+        if "own_master" in self.__dict__:
+            self.own_master.close()
 
 
 def set_all(
