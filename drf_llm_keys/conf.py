@@ -21,7 +21,8 @@ DEFAULTS: dict[str, Any] = {
     # drf_llm_keys.decisions.push): a warm request then makes no round trip at all.
     "PUSH_INVALIDATION": True,
     # Seconds: held entries are trusted only while the announcement channel has answered
-    # a ping sent within this time; also the worst delay of an announcement on a silent link.
+    # a ping sent within this time, and a change is reported done this long after its
+    # write (decisions.wait_published). The same in every process.
     "PUSH_HEARTBEAT": 1.0,
     # Replicas that must acknowledge each new generation (Redis WAIT) before an invalidation
     # counts as written; 0: the master's reply is enough (drf_llm_keys.decisions.redis).
