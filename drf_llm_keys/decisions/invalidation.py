@@ -77,14 +77,16 @@ def invalidate(client_values: Iterable[Any], using: str) -> None:
     rows = outbox.record(values, using)
     names = {generation_name(value) for value in values}
     callback = _Invalidation(names, rows, using)
-    if connections[using].in_atomic_block:
+    unpublished = local.per_thread.__dict__.setdefault("unpublished", {})
+    if not connections[using].in_atomic_block:
+        unpublished.pop(using, None)  # every transaction that wrote has ended
+    else:
         in_flight = {name: IN_FLIGHT + uuid.uuid4().hex for name in names}
         try:
             local.backend.write(in_flight, IN_FLIGHT_TIMEOUT, step="in flight written")
         except Exception as exc:  # the commit's write and the outbox still stand
             log_fault("invalidation", exc)
         local.backend.forget(names)
-        unpublished = local.per_thread.__dict__.setdefault("unpublished", {})
         unpublished.setdefault(using, []).append(callback)
     transaction.on_commit(callback, using=using)
 

@@ -134,10 +134,11 @@ def _fill_is_safe(local: DecisionCache, using: str) -> bool:
     transaction can return rows from before an invalidation that the reader already saw.
     """
     connection = connections[using]
+    unpublished: dict[str, Any] = local.per_thread.__dict__.setdefault("unpublished", {})
     if not connection.in_atomic_block:
+        unpublished.pop(using, None)  # every transaction that wrote has ended
         return True
     # Its own uncommitted writes may be in the rows, and a rollback publishes nothing.
-    unpublished: dict[str, Any] = getattr(local.per_thread, "unpublished", {})
     if any(not invalidation.published for invalidation in unpublished.get(using, ())):
         return False
     level = getattr(connection, "isolation_level", None)
