@@ -12,9 +12,11 @@ from drf_llm_keys import decisions
 from drf_llm_keys.decisions import Tag, invalidation
 from drf_llm_keys.decisions.state import HeldEntries
 
+LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
+
 
 def test_one_object_per_cache_alias(settings):
-    other = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "other"}
+    other = {"BACKEND": LOCMEM, "LOCATION": "other"}
     settings.CACHES = {**settings.CACHES, "other": other}
     assert decisions.get_decision_cache() is decisions.get_decision_cache("default")
     assert decisions.get_decision_cache("other") is not decisions.get_decision_cache("default")
@@ -35,7 +37,11 @@ def test_reset_forgets_held_entries_and_pending_invalidations():
     "setting",
     [
         {"DRF_LLM_KEYS": {"LOCAL_ENTRIES": 7}},
-        {"CACHES": {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "x"}}},
+        {
+            "CACHES": {
+                "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "x"}
+            }
+        },
         {"DRF_LLM_KEYS_CLIENT_MODEL": "x.Y"},
     ],
 )

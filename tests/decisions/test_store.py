@@ -178,7 +178,9 @@ def test_a_reader_that_finds_no_generation_cannot_fill_a_stale_entry(make_key, p
     assert fresh["key"]["is_active"] is False
 
 
-def test_a_lookup_that_finds_no_generation_leases_one_and_the_next_lookup_fills(key, django_assert_num_queries):
+def test_a_lookup_that_finds_no_generation_leases_one_and_the_next_lookup_fills(
+    key, django_assert_num_queries
+):
     """With no generation, the rows read may predate a change whose generation was lost: they
     answer this request only, and a new generation is leased (SET NX) for the next lookup."""
     cache, prefix = caches["default"], key[0].prefix
