@@ -192,9 +192,14 @@ def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
         keys = Keys(make_key, protected_client)
         asks = askers(api, [])
         warm_up(asks, keys)
-        before = commands(redis_server)
-        assert asks[0](keys.valid_key) == 200
-        assert commands(redis_server) == before, "trusted through the channel"
+
+        def trusted() -> bool:
+            before = commands(redis_server)
+            assert asks[0](keys.valid_key) == 200
+            return commands(redis_server) == before
+
+        # A ping answered late on a loaded machine costs a read: trusted again at the next answer.
+        wait_until(trusted, 10 * HEARTBEAT, "trusted through the channel")
         (port,) = channel_ports(redis_server, which)
         proxy.link_of(port).cut_server_side()
         # Redis drops the connection (and with it the tracking, or where it sends it); this
