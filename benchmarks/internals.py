@@ -10,8 +10,10 @@ from django.core.cache import cache
 from django.db import connection
 
 from drf_llm_keys import decisions
+from drf_llm_keys.decisions import Tag
 from drf_llm_keys.decisions.entries import _prepared, _prepares, _queries, api_key_from_entry, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
+from drf_llm_keys.decisions.push import PushBackend
 
 __all__ = [
     "api_key_from_entry",
@@ -19,6 +21,7 @@ __all__ = [
     "decision_name",
     "decision_statements",
     "evict",
+    "fill_entry",
     "generation_name",
     "held_token",
     "invalidate",
@@ -32,12 +35,22 @@ lookup = decisions.lookup
 
 def channel() -> Any:
     """This process's push channel, or None (then: one GET per warm request)."""
-    return decisions.get_decision_cache().push.channel()
+    backend = decisions.get_decision_cache().backend
+    return backend.channel() if isinstance(backend, PushBackend) else None
 
 
-def held_token(entry_name: str) -> str:
-    """The generation this process holds its entry under."""
-    return str(decisions.get_decision_cache().held[entry_name][0])
+def held_token(entry_name: str) -> Tag:
+    """The tag this process holds its entry under."""
+    held = decisions.get_decision_cache().held.get(entry_name)
+    assert held is not None, f"{entry_name} is not held"
+    return held[0]
+
+
+def fill_entry(entry_name: str, shared: Any) -> None:
+    """Fill the entry again as a lookup does (with push: sent on the channel, its reply read
+    later); ``shared`` is the cache's value, ``(generation, epoch, entry)``."""
+    generation, epoch, entry = shared
+    decisions.get_decision_cache().backend.fill(entry_name, Tag(generation, epoch), entry)
 
 
 def decision_statements(slug: str, prefix: str) -> list[tuple[str, str, list[Any]]]:
@@ -60,9 +73,8 @@ def invalidate(slug: str) -> None:
 
 
 def invalidate_unpublished(slug: str) -> None:
-    """A new generation for the client that is announced but not published: what the second
-    entry of a client needs after a change, or any entry when Redis refuses the script
-    that publishes. The lookup reads the new generation."""
+    """A new generation for the client written by another process: this one hears of it by
+    the announcement (with push) or by its read. The lookup reads the new generation."""
     cache.set(generation_name(slug), uuid.uuid4().hex)
 
 
@@ -70,4 +82,4 @@ def evict(slug: str, prefix: str) -> None:
     """An empty cache for this client and key, in the cache and in this process."""
     entry = decision_name(slug, prefix)
     cache.delete_many([generation_name(slug), entry])
-    decisions.get_decision_cache().held.pop(entry, None)
+    decisions.get_decision_cache().held.entries.pop(entry, None)

@@ -42,6 +42,7 @@ from .internals import (  # noqa: E402
     decision_name,
     decision_statements,
     evict,
+    fill_entry,
     generation_name,
     held_token,
     invalidate,
@@ -207,7 +208,7 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
         ("  cache get (1 name, 1 round trip)", lambda: cache.get(floor_name)),
     ]  # fmt: skip
     if push_channel is not None:  # django-redis on Redis 6+: what replaces the GET
-        trusted = ("  push: announcements read, entry trusted", lambda: push_channel.trusts(gen_name, token))
+        trusted = ("  push: announcements read, entry trusted", lambda: push_channel.known(gen_name) == token)
         steps.insert(4, trusted)
     print("\nWhere the warm time goes (back to back, best of 5, µs per call):")
     for label, step in steps:
@@ -218,11 +219,10 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
 def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
     """Where a cold decision's time goes, against DRF Token's whole check and its query.
 
-    A cold lookup is the query and the entry's write (with push, sent without waiting for
-    its reply), after the generation and entry read unless the process learned the new
-    generation from its writer (push: the first entry after a change). Each runs back to
-    back here (best of 5 x ``number``), the lookups after an untimed invalidation each
-    time: published, and not. The statements run alone through a cursor (ours also
+    A cold lookup is the generation and entry read, the query and the entry's write (with
+    push, sent without waiting for its reply). Each runs back to back here (best of 5 x
+    ``number``), the lookups after an untimed invalidation each time: this process's own,
+    and another process's. The statements run alone through a cursor (ours also
     prepared, where lookups prepare it).
     """
     drf_token = TokenAuthentication()
@@ -259,7 +259,7 @@ def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
     ]
     pushed = channel()
     fill: tuple[str, Callable[[], Any]] = (
-        ("  the fill, sent on the push channel", lambda: pushed.fill(cache, entry_name, filled))
+        ("  the fill, sent on the push channel", lambda: fill_entry(entry_name, filled))
         if pushed is not None  # its reply is read by a later call, as in a request
         else ("  cache set of the entry (the fill)", lambda: cache.set(entry_name, filled))
     )

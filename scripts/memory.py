@@ -107,12 +107,12 @@ def run(working: int, distinct: int) -> None:
     steady, local = resident_mib(), get_decision_cache()
     print(
         f"steady ({working:,} keys in use): resident {steady:.1f} MiB; held entries "
-        f"{len(local.held):,}, held refusals {len(local.unknown_keys):,}"
+        f"{len(local.held.entries):,}, held refusals {len(local.unknown_keys.entries):,}"
     )
     # What one held entry costs: its name, table slot, generation tag and entry, the parts it
     # shares with others (an owner's fields) and the table that finds them counted once, as
     # sys.getsizeof sees them.
-    held = deep_size((local.held, local.shared_parts)) / max(len(local.held), 1)
+    held = deep_size((local.held.entries, local.shared_parts)) / max(len(local.held.entries), 1)
     print(f"held entry: {held:,.0f} bytes each")
     started = time.monotonic()
     for number in range(distinct):
@@ -124,8 +124,8 @@ def run(working: int, distinct: int) -> None:
     after = resident_mib()
     print(
         f"after {distinct:,} distinct unknown keys and slugs ({time.monotonic() - started:.0f} s): "
-        f"resident {after:.1f} MiB, {after - steady:+.1f} MiB; held entries {len(local.held):,}, "
-        f"held refusals {len(local.unknown_keys):,}"
+        f"resident {after:.1f} MiB, {after - steady:+.1f} MiB; held entries {len(local.held.entries):,}, "
+        f"held refusals {len(local.unknown_keys.entries):,}"
     )
 
 

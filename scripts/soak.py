@@ -263,7 +263,7 @@ def soak(args: argparse.Namespace, work: Path, redis: dict[str, Any]) -> int:
     if sampler is not None:
         print("soak:", sampler.summary())
     if faults is not None:
-        fallbacks = verdict.server_log.count("cache read failed, using the database")
+        fallbacks = verdict.server_log.count("cache read failed")
         print(f"soak: {faults.count} {args.fault} faults, {fallbacks} cache-read fallbacks logged")
         if faults.lost:  # what the server came back without: the faults really lost writes
             what = {

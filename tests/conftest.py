@@ -11,6 +11,7 @@ from model_bakery import baker
 from rest_framework.test import APIClient
 
 from drf_llm_keys import decisions, usage
+from drf_llm_keys.decisions import backends
 from drf_llm_keys.decisions.backends import CacheBackend
 from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
 from tests.support.caches import FlakyCache
@@ -32,6 +33,7 @@ def empty_cache() -> Iterator[None]:
     cache.clear()
     decisions.reset()
     usage.counter.reset()
+    backends._fault_logged.clear()  # each test sees its own first fault logged
     yield
     decisions.reset()
     usage.counter.reset()

@@ -199,6 +199,8 @@ class PushBackend(RedisBackend):
     """Redis, with a channel that lets held entries be trusted without a round trip; opened
     on first use, reopened after a failure (at most every ``RETRY_DELAY`` seconds)."""
 
+    announces = True
+
     def __init__(self, alias: str) -> None:
         super().__init__(alias)
         self.opened: Channel | None = None

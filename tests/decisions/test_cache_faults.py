@@ -79,7 +79,7 @@ def test_redis_stopped_decisions_come_from_the_database(api, private_redis, worl
     private_redis.stop()
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         world.assert_decisions(api)
-    assert "cache read failed, using the database" in caplog.text
+    assert "cache read failed" in caplog.text
     assert warm_queries(api, world) > 0
 
 
@@ -175,7 +175,7 @@ def test_redis_flushed_between_a_revoke_and_the_next_request(api, private_redis,
 def test_raising_cache_decisions_come_from_the_database(api, world, broken_cache, caplog):
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         world.assert_decisions(api)
-    assert "cache read failed, using the database" in caplog.text
+    assert "cache read failed" in caplog.text
 
 
 def test_raising_cache_revoke_takes_effect_and_is_kept_for_retry(api, world, broken_cache):
@@ -224,4 +224,4 @@ def test_server_processes_keep_the_invariants_through_redis_faults(redis_server,
     assert verdict.server_errors == [], verdict.server_log[-3000:]
     assert verdict.after_retirement >= 20
     if fault != "flush":
-        assert "cache read failed, using the database" in verdict.server_log
+        assert "cache read failed" in verdict.server_log

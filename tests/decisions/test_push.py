@@ -20,12 +20,14 @@ from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
 from drf_llm_keys import decisions
-from drf_llm_keys.decisions import get_decision_cache, state, topology
+from drf_llm_keys.decisions import Tag, get_decision_cache
+from drf_llm_keys.decisions.backends import CacheBackend
 from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
-from drf_llm_keys.decisions.push import LEARNED
+from drf_llm_keys.decisions.push import Channel, PushBackend
+from drf_llm_keys.decisions.redis import RedisBackend
 from drf_llm_keys.models import APIKey
-from tests.support import bearer
+from tests.support import bearer, wait_until
 from tests.support.caches import CountingCache
 from tests.support.redis import (
     DJANGO,
@@ -51,6 +53,15 @@ def settle(api: Any, world: World) -> None:
         world.assert_decisions(api)
 
 
+def channel() -> Channel:
+    """This process's push channel, opened if it is not yet; fails if there is none."""
+    backend = get_decision_cache().backend
+    assert isinstance(backend, PushBackend), backend
+    opened = backend.channel()
+    assert opened is not None and opened.alive
+    return opened
+
+
 # --- the warm path -----------------------------------------------------------------------
 
 
@@ -70,7 +81,7 @@ def test_without_push_a_warm_request_makes_one_round_trip(api, pushed, world, se
     before = commands(pushed)
     api.get(URL.format("protected-bot"), **bearer(world.valid_key))
     assert commands(pushed) == before + 1
-    assert get_decision_cache().push.channel() is None
+    assert type(get_decision_cache().backend) is RedisBackend
 
 
 # --- what retires a trusted generation ---------------------------------------------------
@@ -100,16 +111,18 @@ def test_a_flush_retires_every_generation(api, pushed, world):
 
 def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pushed, world):
     settle(api, world)
-    channel = get_decision_cache().push.channel()
-    assert channel is not None
+    opened = channel()
     name = generation_name("protected-bot")
-    mark = channel.mark()
+    tag = Tag("read-token", opened.epoch)
+    mark = opened.mark()
     # Another client's write lands after our read of "read-token": Redis announces it.
     pushed.client().set(f"drf-llm-keys-tests:1:{name}", "written-after-the-read")
-    channel.confirm(name, "read-token", mark)
-    assert not channel.trusts(name, "read-token")
-    channel.confirm(name, "read-token", channel.mark())
-    assert channel.trusts(name, "read-token")
+    wait_until(lambda: opened.mark() != mark, 5, "the announcement never came")
+    opened.confirm(name, tag, mark)
+    assert opened.known(name) is None
+    opened.confirm(name, tag, opened.mark())
+    assert opened.known(name) == tag
+    assert get_decision_cache().backend.trusts(name, tag)
 
 
 # --- the fill: sent on the tracking connection, its reply read later ---------------------
@@ -118,7 +131,11 @@ def test_a_generation_announced_between_read_and_confirm_is_not_trusted(api, pus
 def changed_elsewhere() -> str:
     """A new generation for protected-bot, written by another client: its next request loads
     the decision and fills the shared entry."""
-    caches["default"].set(generation_name("protected-bot"), "changed-elsewhere")  # not the channel's
+    name = generation_name("protected-bot")
+    caches["default"].set(name, "changed-elsewhere")  # not the channel's
+    opened = get_decision_cache().backend.opened
+    if opened is not None:  # the announcement read: the next lookup does not trust its entry
+        wait_until(lambda: opened.known(name) is None, 5, "the change was never announced")
     return "changed-elsewhere"
 
 
@@ -144,7 +161,7 @@ def test_a_fill_goes_out_on_the_tracking_connection_and_lands(api, pushed, world
         world.assert_decisions(api)
     assert len(queries) > 0
     deadline = time.monotonic() + 5
-    while (shared_entry(world) or ("",))[0].split("@")[0] != token:
+    while (shared_entry(world) or ("",))[0] != token:
         assert time.monotonic() < deadline, "the fill never reached Redis"
         time.sleep(0.01)
     # On the channel's connection, whose replies no request waits for.
@@ -153,7 +170,7 @@ def test_a_fill_goes_out_on_the_tracking_connection_and_lands(api, pushed, world
     before = commands(pushed)
     world.assert_decisions(api)
     assert commands(pushed) == before
-    assert get_decision_cache().push.channel() is not None
+    assert get_decision_cache().backend.opened is not None
 
 
 def test_a_fill_on_the_channel_is_encoded_as_the_cache_encodes(api, pushed, world, settings):
@@ -166,7 +183,7 @@ def test_a_fill_on_the_channel_is_encoded_as_the_cache_encodes(api, pushed, worl
     # Read back by the cache as a process that has not loaded them: once they land, no SQL.
     deadline = time.monotonic() + 5
     while True:
-        get_decision_cache().held.clear()
+        get_decision_cache().held.entries.clear()
         with CaptureQueriesContext(connection) as queries:
             world.assert_decisions(api)
         if not queries:
@@ -192,7 +209,7 @@ def test_a_refused_fill_is_logged_and_the_channel_stays(api, pushed, world, capl
                 time.sleep(0.01)
         assert "maxmemory" in caplog.text
         assert "channel lost" not in caplog.text
-        assert shared_entry(world)[0].split("@")[0] != "changed-elsewhere"
+        assert (shared_entry(world) or ("",))[0] != "changed-elsewhere"
         # This process holds what it loaded: warm, no round trip, no SQL.
         before = commands(pushed)
         with CaptureQueriesContext(connection) as queries:
@@ -204,32 +221,37 @@ def test_a_refused_fill_is_logged_and_the_channel_stays(api, pushed, world, capl
 
 
 @both_backends
-def test_a_first_generation_goes_out_with_the_fill_and_lands(api, pushed, world, settings, monkeypatch):
+def test_no_generation_leases_one_and_the_next_lookup_fills(api, pushed, world, settings, monkeypatch):
+    """Redis came back empty: the rows read answer that request only (a change whose generation
+    was lost may postdate them); a generation is leased with the cache's own SET NX, and the
+    next lookup fills under it."""
     settings.DRF_LLM_KEYS = QUIET
     settle(api, world)
-    pushed.flush()  # Redis came back empty: no client has a generation
-    counting = CountingCache(state.get_cache())
-    monkeypatch.setattr(state, "get_cache", lambda: counting)
+    pushed.flush()  # no client has a generation
+    counting = CountingCache(caches["default"])
+    monkeypatch.setattr(CacheBackend, "cache", property(lambda backend: counting))
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
+    assert len(queries) > 0
+    assert counting.calls["add"] == 1 and counting.calls["set"] == 0, counting.calls
+    leased = caches["default"].get(generation_name("protected-bot"))
+    assert isinstance(leased, str) and not leased.startswith("~")
+    assert shared_entry(world) is None, "rows read before the lease must not be filled"
+    # The next lookup loads again and fills under the lease, on the channel.
     assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
-    # The read alone waited: the new generation and the fill went out on the channel.
-    assert not {"add", "set"} & set(counting.calls), counting.calls
-    held = get_decision_cache().held[decision_name("protected-bot", world.valid.prefix)][0]
-    deadline = time.monotonic() + 5
-    while (shared_entry(world) or ("",))[0] != held:
-        assert time.monotonic() < deadline, "the fill never reached Redis"
-        time.sleep(0.01)
-    assert caches["default"].get(generation_name("protected-bot")) == held.split("@")[0]
-    # Found by the next read: warm from then on, no SQL.
+    wait_until(lambda: (shared_entry(world) or ("",))[0] == leased, 5, "the fill never reached Redis")
+    assert caches["default"].get(generation_name("protected-bot")) == leased
+    # Warm from then on: no SQL (a process that holds nothing takes the shared entry).
+    get_decision_cache().held.entries.clear()
     with CaptureQueriesContext(connection) as queries:
         for _ in range(3):
             assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
     assert len(queries) == 0, [q["sql"] for q in queries]
 
 
-def test_a_first_generation_that_loses_the_race_leaves_its_fill_unused(pushed, world, caplog):
-    """The reader finds no generation and loads the key (active); a revoke commits and
-    writes the generation first; the reader's SET NX then fails and its fill, sent on the
-    channel, carries a token that is not the generation."""
+def test_a_lease_that_loses_the_race_fills_nothing(pushed, world, caplog):
+    """The reader finds no generation and loads the key (active); a revoke commits and writes
+    the generation first; the reader's lease (SET NX) then fails and nothing is filled."""
     pushed.flush()
     api_key = world.valid
 
@@ -239,46 +261,42 @@ def test_a_first_generation_that_loses_the_race_leaves_its_fill_unused(pushed, w
         api_key.save()  # commits, writes a new generation (not on the channel)
         return entry
 
-    channel = get_decision_cache().push.channel()
+    opened = channel()
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         stale = decisions.lookup("protected-bot", api_key.prefix, load_then_revoke, using="default")
-        assert stale["key"]["is_active"] is True  # what the slow reader saw
-        deadline = time.monotonic() + 5
-        while (shared_entry(world) or ("",))[0] == "":
-            assert time.monotonic() < deadline, "the fill never reached Redis"
-            time.sleep(0.01)
-        get_decision_cache().held.clear()  # as another process: only Redis to go by
+        assert stale["key"]["is_active"] is True  # what the slow reader saw: its request only
+        written = caches["default"].get(generation_name("protected-bot"))
+        assert written is not None and not written.startswith("~")
+        assert shared_entry(world) is None
+        get_decision_cache().held.entries.clear()  # as another process: only Redis to go by
         fresh = decisions.lookup("protected-bot", api_key.prefix, load_decision, using="default")
     assert fresh["key"]["is_active"] is False
-    # The refused SET NX (a nil reply) is read like any other: the channel stays.
-    assert get_decision_cache().push.channel() is channel and channel.alive
+    assert caches["default"].get(generation_name("protected-bot")) == written
+    assert get_decision_cache().backend.opened is opened and opened.alive
     assert "channel lost" not in caplog.text
 
 
 @both_backends
 def test_a_fill_that_cannot_be_sent_is_written_plainly_and_the_channel_dropped(api, pushed, world, caplog):
     """The tracking connection breaks between the read and the fill (its socket shut for
-    writing while the entry loads): the new generation and the entry are written with the
-    cache's own calls instead, before the lookup returns, and the channel is closed."""
+    writing while the entry loads): the entry is written with the cache's own call instead,
+    before the lookup returns, and the channel is closed."""
     settle(api, world)
-    pushed.flush()  # no generation: the fill carries a new one (SET NX) before the entry
-    channel = get_decision_cache().push.channel()
-    assert channel is not None and channel.alive
+    token = changed_elsewhere()
+    opened = channel()
 
     def load_then_break(client_value: str, prefix: str | None) -> dict[str, Any]:
         entry = load_decision(client_value, prefix)
-        channel.tracker._sock.shutdown(socket.SHUT_WR)  # a real send error: EPIPE
+        opened.tracker._sock.shutdown(socket.SHUT_WR)  # a real send error: EPIPE
         return entry
 
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         entry = decisions.lookup("protected-bot", world.valid.prefix, load_then_break, using="default")
     assert entry["key"]["is_active"] is True
     assert "invalidation channel lost" in caplog.text
-    assert not channel.alive
-    # Written before the lookup returned: the generation first, then the entry under it.
-    generation = caches["default"].get(generation_name("protected-bot"))
-    assert generation is not None
-    assert shared_entry(world)[0].split("@")[0] == generation
+    assert not opened.alive
+    # Written before the lookup returned, under the generation read.
+    assert shared_entry(world)[0] == token
 
 
 def test_without_a_live_channel_the_fill_is_a_plain_write(api, pushed, world, caplog):
@@ -289,10 +307,10 @@ def test_without_a_live_channel_the_fill_is_a_plain_write(api, pushed, world, ca
         api.get(URL.format("protected-bot"), **bearer(world.valid_key))
     assert "invalidation channel lost" in caplog.text
     # Written and acknowledged before the response: there when the request returns.
-    assert shared_entry(world)[0].split("@")[0] == token
+    assert shared_entry(world)[0] == token
 
 
-# --- a new generation learned from its writer's message ----------------------------------
+# --- a change made by another process ----------------------------------------------------
 
 
 def reads(server: RedisServer) -> int:
@@ -307,91 +325,56 @@ def revoke_elsewhere(world: World) -> None:
 
 
 @both_backends
-def test_a_change_made_elsewhere_is_reloaded_without_reading_redis(api, pushed, world):
+def test_a_change_made_elsewhere_is_reloaded_and_shared(api, pushed, world):
     settle(api, world)
     revoke_elsewhere(world)
-    # The other process's invalidation: its new generation, published (as decisions.publish does).
-    topology.write(caches["default"], {generation_name("protected-bot"): "from-elsewhere"}, 60, publish=True)
+    # The other process's invalidation: its new generation, written as the backend writes it.
+    RedisBackend("default").write({generation_name("protected-bot"): "from-elsewhere"}, 60)
+    opened = channel()
+    wait_until(lambda: opened.known(generation_name("protected-bot")) is None, 5, "never announced")
     before = reads(pushed)
     with CaptureQueriesContext(connection) as queries:
         world.assert_valid_refused(api)
-    assert reads(pushed) == before, "the new generation came with the announcement"
+    assert reads(pushed) > before, "the new generation is read from Redis"
     assert len(queries) == 1, [q["sql"] for q in queries]
-    held = get_decision_cache().held[decision_name("protected-bot", world.valid.prefix)][0]
-    assert held.startswith("from-elsewhere") and held.endswith(LEARNED)
-    # Shared under the token's plain tag: a process that holds nothing takes it, no SQL.
-    deadline = time.monotonic() + 5
-    while (shared_entry(world) or ("",))[0] != held.removesuffix(LEARNED):
-        assert time.monotonic() < deadline, "the fill never reached Redis"
-        time.sleep(0.01)
-    get_decision_cache().held.clear()
+    entry_name = decision_name("protected-bot", world.valid.prefix)
+    held = get_decision_cache().held.get(entry_name)
+    assert held is not None and held[0] == Tag("from-elsewhere", opened.epoch)
+    # Shared under that tag: a process that holds nothing takes it, no SQL.
+    wait_until(
+        lambda: (shared_entry(world) or ("",))[0] == "from-elsewhere", 5, "the fill never reached Redis"
+    )
+    get_decision_cache().held.entries.clear()
     with CaptureQueriesContext(connection) as queries:
         world.assert_valid_refused(api)
     assert len(queries) == 0, [q["sql"] for q in queries]
-    # Warm again under the token read back: no round trip.
+    # Warm again: no round trip.
+    world.assert_valid_refused(api)
     before = commands(pushed)
     world.assert_valid_refused(api)
     assert commands(pushed) == before
 
 
-def test_a_revoke_here_is_learned_too(api, pushed, world):
+@both_backends
+def test_wait_published_returns_a_heartbeat_after_the_write(api, pushed, world):
+    """From then on no process can trust an entry of the old generation (push.py)."""
     settle(api, world)
-    world.revoke_valid()  # this process replaced the generation: it learns the new one
-    before = reads(pushed)
-    world.assert_valid_refused(api)
-    assert reads(pushed) == before
-    world.assert_valid_refused(api)
-
-
-def test_a_learned_generation_admits_no_entry_held_from_before(api, pushed, world):
-    """A write by something that does not publish (an older version of this library, say)
-    lands just after a publishing one, in the same announcement: the token learned is not
-    the generation. An entry held under that token from before (read between the two
-    writes, say) must not be used: it may predate the second write."""
-    settle(api, world)
-    cache, name = caches["default"], generation_name("protected-bot")
     local = get_decision_cache()
-    channel = local.push.channel()
-    assert channel is not None
-    entry_name = decision_name("protected-bot", world.valid.prefix)
-    local.held[entry_name] = (topology.tagged("published", channel.epoch), local.held[entry_name][1])
-    revoke_elsewhere(world)
-    key, published = topology.encode(cache, name, "published")
-    with pushed.client().pipeline(transaction=True) as both:  # one announcement for both writes
-        both.set(key, published)
-        both.publish(topology.tokens_channel(cache), f"{key} published")
-        both.set(key, topology.encode(cache, name, "not-published")[1])
-        both.execute()
-    with CaptureQueriesContext(connection) as queries:
-        world.assert_valid_refused(api)
-    assert len(queries) == 1, "loaded again, not taken from the entry held before"
-    assert local.held[entry_name][0] == topology.tagged("published", channel.epoch) + LEARNED
+    world.revoke_valid()
+    assert local.written_at > 0
+    assert decisions.wait_published()
+    assert time.monotonic() >= local.written_at + HEARTBEAT
     world.assert_valid_refused(api)
 
 
-def test_a_redis_that_refuses_the_script_invalidates_all_the_same(api, pushed, world, settings, caplog):
-    admin = pushed.client()
-    admin.acl_setuser(
-        "noscript",
-        enabled=True,
-        passwords=["+secret"],
-        keys=["*"],
-        channels=["*"],
-        categories=["+@all", "-@scripting"],
-    )
-    try:
-        config = cache_config(f"redis://noscript:secret@127.0.0.1:{pushed.port}/4")
-        settings.CACHES = {"default": config}
-        settle(api, world)
-        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
-            world.revoke_valid()
-        assert "refused the script that publishes new generations" in caplog.text
-        assert get_decision_cache().push.publishes is False
-        before = reads(pushed)
-        world.assert_valid_refused(api)
-        assert reads(pushed) > before, "without the token, the new generation is read"
-    finally:
-        admin.acl_deluser("noscript")
+def test_without_push_wait_published_does_not_wait(api, pushed, world, settings):
+    settings.DRF_LLM_KEYS = {"PUSH_INVALIDATION": False, "PUSH_HEARTBEAT": 30}
+    settle(api, world)
+    world.revoke_valid()
+    started = time.monotonic()
+    assert decisions.wait_published()
+    assert time.monotonic() - started < 5, "no heartbeat to wait for without push"
+    world.assert_valid_refused(api)
 
 
 # --- doubt about the channel: back to one GET per request --------------------------------
@@ -422,18 +405,22 @@ def test_a_lost_connection_falls_back_then_reconnects(api, pushed, world, which,
     assert commands(pushed) == before
 
 
-def test_a_silent_channel_is_trusted_for_the_heartbeat_only(api, pushed, world, caplog):
+def test_a_silent_channel_is_trusted_for_the_heartbeat_only(api, pushed, world, settings, caplog):
+    # A heartbeat long against the machine's load: the first requests run well within it.
+    heartbeat = 8 * SOCKET_TIMEOUT
+    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": heartbeat}
     settle(api, world)
+    wait_until(lambda: get_decision_cache().backend.opened.proven(), 5, "the channel proven")
     pushed.pause()
     started = time.monotonic()
     world.assert_decisions(api)
     assert time.monotonic() - started < SOCKET_TIMEOUT, "within the heartbeat, no request waits for Redis"
-    time.sleep(HEARTBEAT)
+    time.sleep(heartbeat)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         world.assert_decisions(api)
     assert time.monotonic() - started >= SOCKET_TIMEOUT, "past the heartbeat, requests should ask Redis"
-    assert "cache read failed, using the database" in caplog.text
+    assert "cache read failed" in caplog.text
     pushed.resume()
     settle(api, world)
     before = commands(pushed)
@@ -447,7 +434,7 @@ def test_a_channel_silent_for_ten_heartbeats_is_dropped(api, pushed, world, sett
     pushed.pause()
     with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
         api.get(URL.format("protected-bot"), **bearer(world.valid_key))  # sends the ping
-        time.sleep(0.6)
+        time.sleep(20 * 0.05)  # twice the ten heartbeats
         world.assert_decisions(api)  # from the database: Redis does not answer
     assert "invalidation channel silent, reconnecting" in caplog.text
     pushed.resume()
@@ -457,14 +444,13 @@ def test_a_channel_silent_for_ten_heartbeats_is_dropped(api, pushed, world, sett
 
 def test_an_idle_spell_longer_than_the_heartbeat_logs_no_warning(api, pushed, world, caplog):
     settle(api, world)
-    channel = get_decision_cache().push.channel()
-    assert channel is not None
+    opened = channel()
     time.sleep(3 * HEARTBEAT)  # nothing asks: no ping is sent, none can be answered
     pushed.pause()  # the ping the next use sends stays unanswered for a while
     try:
         with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
-            assert not channel.trusts("any", "token")  # sends the ping
-            assert not channel.trusts("any", "token")  # asked again at once: no answer yet
+            assert not opened.proven()  # sends the ping
+            assert not opened.proven()  # asked again at once: no answer yet
     finally:
         pushed.resume()
     assert "no answer from the invalidation channel" not in caplog.text
@@ -475,8 +461,7 @@ def test_an_idle_spell_longer_than_the_heartbeat_logs_no_warning(api, pushed, wo
 def test_the_trusted_generations_are_bounded_by_local_entries(api, pushed, world, settings):
     settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": HEARTBEAT, "LOCAL_ENTRIES": 2}
     settle(api, world)
-    channel = get_decision_cache().push.channel()
-    assert channel is not None and 0 < len(channel.current) <= 2
+    assert 0 < len(channel().current) <= 2
     world.revoke_valid()
     world.assert_valid_refused(api)
 
@@ -542,7 +527,7 @@ def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings
     config["OPTIONS"].update(options)
     settings.CACHES = {"default": config}
     settle(api, world)
-    assert get_decision_cache().push.channel() is not None
+    channel()
     before = commands(pushed)
     world.assert_decisions(api)
     assert commands(pushed) == before
@@ -552,11 +537,11 @@ def test_the_channel_works_whatever_the_pool_speaks(api, pushed, world, settings
 def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
     settle(api, world)
     parent = get_decision_cache()
-    assert parent.push.opened is not None
+    assert parent.backend.opened is not None
     pid = os.fork()
     if pid == 0:  # the child: its sockets are the parent's
         child = get_decision_cache()
-        os._exit(0 if child is not parent and child.push.opened is None else 1)
+        os._exit(0 if child is not parent and child.backend.opened is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     before = commands(pushed)
@@ -567,13 +552,12 @@ def test_a_forked_child_does_not_use_its_parents_channel(api, pushed, world):
 def test_a_new_cache_configuration_gets_a_channel_on_its_own_server(api, pushed, world, settings, tmp_path):
     # channel() checks no configuration: the settings change must drop the old channel.
     settle(api, world)
-    first = get_decision_cache().push.channel()
-    assert first is not None and first.alive
+    first = channel()
     with running_redis(tmp_path) as other:
         settings.CACHES = {"default": cache_config(other)}
         assert not first.alive
-        second = get_decision_cache().push.channel()
-        assert second is not None and second.epoch != first.epoch
+        second = channel()
+        assert second.epoch != first.epoch
         settle(api, world)
         world.revoke_valid()
         world.assert_valid_refused(api)
@@ -582,11 +566,13 @@ def test_a_new_cache_configuration_gets_a_channel_on_its_own_server(api, pushed,
 # --- caches that cannot announce ---------------------------------------------------------
 
 
-def test_no_channel_on_a_cache_that_is_not_redis(settings, caplog):
+def test_no_channel_on_a_cache_that_is_not_redis(api, world, settings):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
-        assert get_decision_cache().push.channel() is None
-    assert "is not Redis" in caplog.text
+    backend = get_decision_cache().backend
+    assert type(backend) is CacheBackend and not backend.announces and backend.settle_seconds == 0
+    world.assert_decisions(api)
+    world.revoke_valid()
+    world.assert_valid_refused(api)
 
 
 def hashed_key(key: str, key_prefix: str, version: int) -> str:
@@ -598,7 +584,7 @@ def hashed_key(key: str, key_prefix: str, version: int) -> str:
 def test_no_channel_when_the_key_function_keeps_no_common_prefix(pushed, settings, caplog):
     settings.CACHES = {"default": {**cache_config(pushed), "KEY_FUNCTION": hashed_key}}
     with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
-        assert get_decision_cache().push.channel() is None
+        assert get_decision_cache().backend.channel() is None
     assert "KEY_FUNCTION" in caplog.text
 
 
@@ -607,7 +593,7 @@ def test_no_channel_when_redis_refuses_tracking(api, world, settings, tmp_path, 
         settings.CACHES = {"default": cache_config(server)}
         with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
             world.assert_decisions(api)
-            assert get_decision_cache().push.channel() is None
+            assert get_decision_cache().backend.channel() is None
         assert "Redis refused client tracking" in caplog.text
         world.revoke_valid()
         world.assert_valid_refused(api)
@@ -633,24 +619,30 @@ def test_a_revoke_here_is_refused_there_at_once_every_time(pushed_worker, pushed
         api_key.save()
 
 
-def test_after_a_change_each_process_reloads_one_entry_and_takes_the_others_fills(
+def test_after_a_change_one_process_reloads_and_the_other_takes_its_fills(
     api, pushed_worker, pushed, make_key, protected_client
 ):
     first, first_key = make_key(protected_client)
-    _, second_key = make_key(protected_client)
+    second, second_key = make_key(protected_client)
     for _ in range(3):  # both processes hold both entries, trusted
         for plaintext in (first_key, second_key):
             assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
             assert pushed_worker.status("protected-bot", plaintext) == 200
-    first.name = "renamed"  # a change that keeps the keys valid: a new generation, learned
+    first.name = "renamed"  # a change that keeps the keys valid: a new generation
     first.save()
-    assert pushed_worker.status("protected-bot", first_key) == 200  # reloads, on the learned token
-    assert pushed_worker.status("protected-bot", second_key) == 200  # reads, loads, fills
+    generation = caches["default"].get(generation_name("protected-bot"))
+    for plaintext in (first_key, second_key):  # the worker reads, loads and fills each
+        assert pushed_worker.status("protected-bot", plaintext) == 200
+    for api_key in (first, second):
+        name = decision_name("protected-bot", api_key.prefix)
+        wait_until(
+            lambda name=name: (caches["default"].get(name) or ("",))[0] == generation,
+            5,
+            "the worker's fill never reached Redis",
+        )
     with CaptureQueriesContext(connection) as queries:
-        assert api.get(URL.format("protected-bot"), **bearer(first_key)).status_code == 200
-    assert len(queries) == 1, "the first entry after a change is reloaded without reading Redis"
-    with CaptureQueriesContext(connection) as queries:
-        assert api.get(URL.format("protected-bot"), **bearer(second_key)).status_code == 200
+        for plaintext in (first_key, second_key):
+            assert api.get(URL.format("protected-bot"), **bearer(plaintext)).status_code == 200
     assert len(queries) == 0, [q["sql"] for q in queries]
 
 

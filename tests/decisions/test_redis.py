@@ -1,6 +1,6 @@
-"""Redis topologies (drf_llm_keys.decisions.topology): generations come from the master, an
-entry is used only under the epoch it was filled in, and the channel needs both of its
-connections to answer.
+"""Redis topologies (drf_llm_keys.decisions.redis and push): generations come from the
+master, an entry is used only under the epoch it was filled in, writes wait for replicas when
+asked to, and the channel needs both of its connections to answer.
 
 Every server here is a real redis-server of the test's own: a replica made with
 ``--replicaof``, a restart from a real RDB file, a failover by promoting a real replica.
@@ -20,6 +20,7 @@ import pytest
 
 from drf_llm_keys import decisions
 from drf_llm_keys.decisions import get_decision_cache, push
+from drf_llm_keys.decisions.backends import CacheBackend
 from drf_llm_keys.decisions.names import generation_name
 from drf_llm_keys.models import APIKey
 from tests.support import bearer, wait_until
@@ -191,9 +192,14 @@ def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
         keys = Keys(make_key, protected_client)
         asks = askers(api, [])
         warm_up(asks, keys)
-        before = commands(redis_server)
-        assert asks[0](keys.valid_key) == 200
-        assert commands(redis_server) == before, "trusted through the channel"
+
+        def trusted() -> bool:
+            before = commands(redis_server)
+            assert asks[0](keys.valid_key) == 200
+            return commands(redis_server) == before
+
+        # A ping answered late on a loaded machine costs a read: trusted again at the next answer.
+        wait_until(trusted, 10 * HEARTBEAT, "trusted through the channel")
         (port,) = channel_ports(redis_server, which)
         proxy.link_of(port).cut_server_side()
         # Redis drops the connection (and with it the tracking, or where it sends it); this
@@ -226,14 +232,13 @@ def test_a_silently_lost_channel_connection_ends_trust_within_the_heartbeat(
 # --- caches the channel cannot serve -----------------------------------------------------
 
 
-def test_a_sharded_cache_says_so_once_at_info_and_runs_one_get_per_request(
-    api, redis_server, settings, world, monkeypatch, caplog
-):
+def test_a_sharded_cache_is_a_plain_cache_one_get_per_request(api, redis_server, settings, world, caplog):
     redis_server.flush()
     config = cache_config([redis_server.url])
     config["OPTIONS"]["CLIENT_CLASS"] = "django_redis.client.ShardClient"
     settings.CACHES = {"default": config}
-    monkeypatch.setattr(push, "RETRY_DELAY", 0.0)  # a retried failure would show at once
+    # Shards keys over several servers: no master to read, no channel (state.backend_for).
+    assert type(get_decision_cache().backend) is CacheBackend
     with caplog.at_level(logging.INFO, logger="drf_llm_keys"):
         for _ in range(3):
             world.assert_decisions(api)
@@ -242,11 +247,7 @@ def test_a_sharded_cache_says_so_once_at_info_and_runs_one_get_per_request(
         assert commands(redis_server) == before + 1
         world.revoke_valid()
         world.assert_valid_refused(api)
-    assert get_decision_cache().push.channel() is None
-    said = [(r.levelno, r.getMessage()) for r in caplog.records if "channel" in r.getMessage()]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "drf_llm_keys"]
-    assert len(said) == 1 and said[0][0] == logging.INFO, said
-    assert "ShardClient shards keys over several servers" in said[0][1]
 
 
 # --- Sentinel ----------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def test_a_sentinel_failover_to_a_replica_that_missed_the_revoke_and_the_channel
         assert_clean(tally(asks, keys), asks)
         # This process's channel reopened on the new master: a warm request asks nothing
         # there, and a revoke by another process is refused here at once.
-        wait_until(lambda: get_decision_cache().push.channel() is not None, 10, "the channel reopened")
+        wait_until(lambda: get_decision_cache().backend.channel() is not None, 10, "the channel reopened")
         for _ in range(3):
             assert asks[0](extra_key) == 200
         calls = commands(replica)
