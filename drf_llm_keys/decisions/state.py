@@ -40,6 +40,12 @@ class HeldEntries:
         self.entries: OrderedDict[str, Held] = OrderedDict()
         self.lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
     def get(self, name: str) -> Held | None:
         held = self.entries.get(name)
         if held is not None:
