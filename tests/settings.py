@@ -16,6 +16,8 @@ SECRET_KEY = "drf-llm-keys-tests-only"
 USE_TZ = True
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The admin's scripts and styles, served by the live server of tests/test_admin_browser.py.
+STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 INSTALLED_APPS = [
