@@ -1,5 +1,5 @@
 """Test settings: SQLite and the local-memory cache by default; environment variables switch
-to real servers (see README, "Running the tests").
+to real servers (see docs/development.md).
 
 DRF_LLM_KEYS_TEST_DATABASE_URL  postgres://USER@HOST:PORT/NAME   (PostgreSQL)
                                 mysql://USER@HOST:PORT/NAME      (MariaDB or MySQL, mysqlclient)
