@@ -4,6 +4,8 @@ docs/ is the root."""
 
 from __future__ import annotations
 
+import functools
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -14,15 +16,17 @@ LINK = re.compile(r"\]\((?!https?://|#)([^)#\s]+)(#[^)\s]*)?\)")
 PAGES = {"README.md": "index.md", "CHANGELOG.md": "changelog.md", "example_project/README.md": "example.md"}
 
 
-def site_link(match: re.Match[str]) -> str:
-    path, anchor = match.group(1), match.group(2) or ""
+def site_link(included: str, match: re.Match[str]) -> str:
+    """A link of the file ``included``, as the site's pages (all in docs/) reach it."""
+    path = posixpath.normpath(posixpath.join(posixpath.dirname(included), match.group(1)))
     path = path.removeprefix("docs/") if path.startswith("docs/") else PAGES.get(path, path)
-    return f"]({path}{anchor})"
+    return f"]({path}{match.group(2) or ''})"
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, **kwargs: Any) -> str:
     included = INCLUDE.match(markdown.strip())
     if included is None:
         return markdown
-    text = (Path(config.config_file_path).parent / included.group(1)).read_text()
-    return LINK.sub(site_link, text)
+    path = included.group(1)
+    text = (Path(config.config_file_path).parent / path).read_text()
+    return LINK.sub(functools.partial(site_link, path), text)
