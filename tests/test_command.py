@@ -1,6 +1,7 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -934,6 +935,32 @@ def test_revoke_with_redis_unreachable_fails_then_invalidate_closes_the_window(
     assert pushed_worker.status("protected-bot", plaintext) == 200
     call_command("llm_keys", "invalidate", "protected-bot", stdout=StringIO())
     assert pushed_worker.status("protected-bot", plaintext) == 401
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_revoke_run_again_after_its_writer_died_before_publishing_is_refused_there_at_once(
+    pushed_env, make_key, protected_client
+):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    server, writer = Worker(pushed_env), Worker(pushed_env)
+    try:
+        assert server.status("protected-bot", plaintext) == 200  # held there
+        assert writer.ask("die-after-commit") == "armed"
+        assert writer.manage("llm_keys", "revoke", api_key.prefix) == ""  # no answer: killed
+        assert writer.process.wait(timeout=10) == -signal.SIGKILL
+        # Committed, not published: the outbox holds the client.
+        assert revoked_in_the_database(api_key)
+        assert PendingInvalidation.objects.filter(client_value="protected-bot").exists()
+        # The operator runs it again.
+        out, _ = run("revoke", api_key.prefix)
+        assert "already revoked; its clients' cached decisions were invalidated again" in out
+        assert server.status("protected-bot", plaintext) == 401
+        assert not PendingInvalidation.objects.exists()
+    finally:
+        server.stop()
+        writer.stop()
 
 
 @pytest.mark.slow

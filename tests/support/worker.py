@@ -3,12 +3,16 @@
 Reads lines ``SLUG [KEY]`` on stdin and answers each with the status code of a request to
 that client's endpoint, made in this process against the shared database and cache (a
 ``SLUG`` starting with ``/`` is the path to request instead); and lines
-``manage COMMAND ARGS...``, answered "ok" or "CommandError: MESSAGE" on one line.
+``manage COMMAND ARGS...``, answered "ok" or "CommandError: MESSAGE" on one line. After
+the line ``die-after-commit`` (answered "armed"), the next transaction that saves a row
+kills this process (SIGKILL) once it has committed, before any of its on-commit work runs:
+a writer that dies between its commit and its publish.
 """
 
 import io
 import os
 import shlex
+import signal
 import sys
 
 import django
@@ -17,13 +21,26 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
 from django.core.management import CommandError, call_command  # noqa: E402
+from django.db import transaction  # noqa: E402
+from django.db.models.signals import pre_save  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
 setup_test_environment()
 client = Client()
+
+
+def die_after_commit(using, **kwargs):
+    # Registered before the save's own on-commit work (its post_save receivers'): runs first.
+    transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL), using=using)
+
+
 print("ready", flush=True)
 for line in sys.stdin:
+    if line.strip() == "die-after-commit":
+        pre_save.connect(die_after_commit)
+        print("armed", flush=True)
+        continue
     if line.startswith("manage "):
         try:
             call_command(*shlex.split(line)[1:], stdout=io.StringIO(), stderr=io.StringIO())
