@@ -6,10 +6,13 @@ that client's endpoint, made in this process against the shared database and cac
 ``manage COMMAND ARGS...``, answered "ok" or "CommandError: MESSAGE" on one line. After
 the line ``die-after-commit`` (answered "armed"), the next transaction that saves a row
 kills this process (SIGKILL) once it has committed, before any of its on-commit work runs:
-a writer that dies between its commit and its publish.
+a writer that dies between its commit and its publish. ``login USERNAME`` logs the
+requests that follow in ("ok"); ``post PATH JSON`` posts that form data, answered with the
+status code.
 """
 
 import io
+import json
 import os
 import shlex
 import signal
@@ -20,6 +23,7 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
+from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import CommandError, call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django.db.models.signals import pre_save  # noqa: E402
@@ -40,6 +44,14 @@ for line in sys.stdin:
     if line.strip() == "die-after-commit":
         pre_save.connect(die_after_commit)
         print("armed", flush=True)
+        continue
+    if line.startswith("login "):
+        client.force_login(get_user_model()._default_manager.get_by_natural_key(line.split()[1]))
+        print("ok", flush=True)
+        continue
+    if line.startswith("post "):
+        _, path, data = line.split(" ", 2)
+        print(client.post(path, json.loads(data)).status_code, flush=True)
         continue
     if line.startswith("manage "):
         try:
