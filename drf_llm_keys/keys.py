@@ -367,7 +367,8 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
         llm_clients=clients,
         made_public=made_public,
     )
-    api_key.is_active = False  # the caller's instance now tells the truth too
+    # The caller's instance tells the truth too, and its next save() compares with it.
+    api_key.refresh_from_db(using=using, fields=["is_active", "updated_at"])
     return _published(using, clients, made_public)
 
 
@@ -439,8 +440,8 @@ def update_restrictions(
         ),
         using=using,
     )
-    for field, value in changes.items():
-        setattr(api_key, field, value)  # the caller's instance tells the truth too
+    # The caller's instance tells the truth too, and its next save() compares with it.
+    api_key.refresh_from_db(using=using, fields=[*changes, "updated_at"])
     return _published(using, clients, locked)
 
 
