@@ -27,7 +27,8 @@ README_URL = "http://127.0.0.1:8000"
 README_REDIS = "redis://127.0.0.1:6379/0"
 README_PREFIX = "llmk_3f9a2c1b7d4e"  # the example key prefix the README's answers show
 # What a user's shell carries between two blocks: where it is, and the key it exported.
-SHELL_STATE = '\nprintf "\\n%s\\n%s\\n" "$PWD" "${KEY:-}"\n'
+# The status first: set -e lets a failure inside an "a && b" list pass.
+SHELL_STATE = '\nstatus=$?\nprintf "\\n%s\\n%s\\n%s\\n" "$status" "$PWD" "${KEY:-}"\n'
 
 
 def steps(heading: str) -> list[tuple[str, str, str]]:
@@ -74,8 +75,10 @@ class Shell:
             timeout=timeout,
             check=False,
         )
-        assert result.returncode == 0, f"{code}\n{result.stdout}\n{result.stderr}"
-        output, cwd, key = result.stdout.rsplit("\n", 3)[:3]
+        failed = f"{code}\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, failed
+        output, status, cwd, key = result.stdout.rsplit("\n", 4)[:4]
+        assert status == "0", failed
         self.cwd = Path(cwd)
         if key:
             self.env["KEY"] = key
