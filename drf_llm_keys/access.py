@@ -80,7 +80,8 @@ def _loader(db: str) -> store.Loader:
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_name(header: str) -> str:
+def meta_name(header: str) -> str:
+    """The ``META`` name of a request header."""
     return "HTTP_" + header.upper().replace("-", "_")
 
 
@@ -165,7 +166,7 @@ class ClientKeyCheck:
         """The key the request carries, None for none; malformed headers of ours raise."""
         meta = self.request_meta(request)
         from_authorization = self._from_authorization(meta)
-        from_header = meta.get(_meta_name(conf.HEADER))
+        from_header = meta.get(meta_name(conf.HEADER))
         if from_header is not None:
             from_header = from_header.strip()
             if not _printable(from_header):

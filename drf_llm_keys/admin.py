@@ -24,6 +24,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import display_for_value
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -229,8 +230,25 @@ class ReportsUnpublished:
             messages.add_message(request, messages.ERROR, message, fail_silently=True)
 
 
+class ReadsWhereItWrites:
+    """For a model admin: a change or delete page reads its object from the database that
+    its save writes to, never from a read replica that may lag behind a change (a
+    revocation) and so build the form on what was there before it."""
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        # ModelAdmin.get_object(), on the write database.
+        admin_: Any = self  # a ModelAdmin: its model and get_queryset()
+        model = admin_.model
+        queryset = admin_.get_queryset(request).using(router.db_for_write(model))
+        field = model._meta.pk if from_field is None else model._meta.get_field(from_field)
+        try:
+            return queryset.get(**{field.name: field.to_python(object_id)})
+        except (model.DoesNotExist, ValidationError, ValueError):
+            return None
+
+
 @admin.register(APIKey)
-class APIKeyAdmin(PicksUsersBySearch, ReportsUnpublished, _APIKeyAdminBase):
+class APIKeyAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _APIKeyAdminBase):
     form = APIKeyForm
     list_display = (
         "prefix",
@@ -574,7 +592,11 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet[LLMClientAPIKey]:
         queryset: models.QuerySet[LLMClientAPIKey] = (
-            super().get_queryset(request).select_related("api_key__user", "llm_client")
+            # Read where the client's save writes: its POST checks these rows.
+            super()
+            .get_queryset(request)
+            .using(router.db_for_write(self.model))
+            .select_related("api_key__user", "llm_client")
         )
         return queryset
 
@@ -607,7 +629,7 @@ class APIKeyLinkInline(_APIKeyLinkInlineBase):
         return display_for_value(link.api_key.last_used_at, self.get_empty_value_display())
 
 
-class LLMClientAdmin(PicksUsersBySearch, ReportsUnpublished, _LLMClientAdminBase):
+class LLMClientAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _LLMClientAdminBase):
     """Usable for a swapped client model too: ``admin.site.register(MyClient, LLMClientAdmin)``."""
 
     list_display = ("name", "slug", "owner", "require_api_key", "active_keys", "state", "add_key")

@@ -43,7 +43,7 @@ class LLMClientAPIKeyAuthentication(ClientKeyCheck, BaseAuthentication):
     """
 
     def authenticate(self, request: Request) -> tuple[Any, APIKey] | None:
-        decided: Decided | None = getattr(request._request, DECIDED_ATTRIBUTE, None)
+        decided: Decided | None = getattr(getattr(request, "_request", request), DECIDED_ATTRIBUTE, None)
         if decided is not None:  # on the event loop, before adrf's dispatch (drf_llm_keys.adrf)
             return decided.answer()
         client_value = self.get_client_lookup_value(request)

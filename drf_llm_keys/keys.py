@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -29,6 +29,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from . import decisions, get_client_model, signals
 from .conf import conf
+from .decisions import invalidation
 from .models import APIKey, LLMClientAPIKey, clean_allowed_models, clean_scopes, decision_db
 
 logger = logging.getLogger("drf_llm_keys")
@@ -47,7 +48,8 @@ class KeyLifecycleError(Exception):
 
 
 class AlreadyRevoked(KeyLifecycleError):
-    pass
+    """The key was revoked already: nothing changed in the database, and the invalidation
+    of its clients was published again (``revoke_key``)."""
 
 
 class LastActiveKeyError(KeyLifecycleError):
@@ -339,18 +341,23 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
     """Revoke ``api_key``; returns the clients this made public (none unless ``allow_public``).
 
     Refused with ``LastActiveKeyError`` when a client would be left with no active key
-    (and is not ``require_api_key``), unless ``allow_public``.
+    (and is not ``require_api_key``), unless ``allow_public``. A key revoked already raises
+    ``AlreadyRevoked`` once its clients' invalidation is published again: the revoke that
+    made it may have committed without publishing (its process killed in between), and
+    running it again is how an operator makes sure.
     """
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
         clients, old = _lock(api_key, using)
-        if not old.is_active:
-            raise AlreadyRevoked(f"Key {old.prefix} is already revoked; nothing changed.")
-        made_public = clients_left_public(old, clients, using)
+        already_revoked = not old.is_active
+        made_public = [] if already_revoked else clients_left_public(old, clients, using)
         if made_public and not allow_public:
             raise LastActiveKeyError(old, made_public)
-        old.is_active = False
-        old.save(update_fields=["is_active", "updated_at"])
+        if not already_revoked:
+            old.is_active = False
+            old.save(update_fields=["is_active", "updated_at"])
+    if already_revoked:
+        _republish_revoked(old, clients, using)
     _announce(
         "key_revoked",
         signals.key_revoked,
@@ -360,7 +367,8 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
         llm_clients=clients,
         made_public=made_public,
     )
-    api_key.is_active = False  # the caller's instance now tells the truth too
+    # The caller's instance tells the truth too, and its next save() compares with it.
+    api_key.refresh_from_db(using=using, fields=["is_active", "updated_at"])
     return _published(using, clients, made_public)
 
 
@@ -370,14 +378,19 @@ def revoke_key_keep_protected(api_key: APIKey) -> list[models.Model]:
     without a valid key, this one included. Returns them.
 
     Refused, changing nothing, when such a client's model has no ``require_api_key`` field.
+    A key revoked already: as ``revoke_key``.
     """
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
-        clients = _lock_clients(api_key, using)
-        at_risk = clients_left_public(api_key, clients)
+        clients, locked = _lock(api_key, using)
+        already_revoked = not locked.is_active
+        at_risk = [] if already_revoked else clients_left_public(locked, clients, using)
         for llm_client in at_risk:
             require_api_key(llm_client)
-        revoke_key(api_key)  # nested: one commit, and its signal follows it
+        if not already_revoked:
+            revoke_key(api_key)  # nested: one commit, and its signal follows it
+    if already_revoked:
+        _republish_revoked(locked, clients, using)
     return _published(using, clients, at_risk)
 
 
@@ -427,8 +440,8 @@ def update_restrictions(
         ),
         using=using,
     )
-    for field, value in changes.items():
-        setattr(api_key, field, value)  # the caller's instance tells the truth too
+    # The caller's instance tells the truth too, and its next save() compares with it.
+    api_key.refresh_from_db(using=using, fields=[*changes, "updated_at"])
     return _published(using, clients, locked)
 
 
@@ -479,6 +492,19 @@ def _describe(api_key: APIKey) -> str:
     if api_key.expires_at is None:
         return api_key.prefix
     return f"{api_key.prefix} expiring {timezone.localtime(api_key.expires_at).isoformat(timespec='seconds')}"
+
+
+def _republish_revoked(api_key: APIKey, clients: Sequence[models.Model], using: str) -> NoReturn:
+    """Publish the clients' invalidation again, then raise ``AlreadyRevoked``; or
+    ``InvalidationPending`` when the cache does not take it within PUBLISH_TIMEOUT."""
+    try:
+        invalidation.publish_clients(_names(clients))
+    except invalidation.CacheUnreachable:
+        pass  # kept and retried by this process: _published() waits for it
+    _published(using, clients, [])
+    raise AlreadyRevoked(
+        f"Key {api_key.prefix} is already revoked; its clients' cached decisions were invalidated again."
+    )
 
 
 ResultT = TypeVar("ResultT")

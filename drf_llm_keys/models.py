@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.apps import apps
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
 from django.dispatch import Signal
+from django.db.models.base import ModelBase
 from django.utils.translation import gettext_lazy as _
 
 from . import crypto, get_client_model
@@ -59,6 +61,104 @@ class DeleteLocksFirst(models.Model):
         with transaction.atomic(using=using, savepoint=False):
             lock_for_delete(type(self)._base_manager.using(using).filter(pk=self.pk))
             return super().delete(using=using, keep_parents=keep_parents)
+
+
+class SavesChanges(models.Model):
+    """A ``save()`` of a row read from the database writes only the fields changed since it
+    was read (with the ``auto_now`` ones), and nothing at all (no signal, no invalidation)
+    when none did: an instance or an admin form read before another process's change (a
+    revocation) cannot write back what it read.
+
+    An explicit ``update_fields``, ``force_insert``, a new row and a save to another
+    database than the row's are Django's as usual. The values read are kept as Django's
+    "Customizing model loading" shows (``from_db()``).
+    """
+
+    class Meta:
+        abstract = True
+
+    def save(
+        self,
+        *,
+        force_insert: bool | tuple[ModelBase, ...] = False,
+        force_update: bool = False,
+        using: str | None = None,
+        update_fields: Iterable[str] | None = None,
+    ) -> None:
+        fields = self.fields_to_write(update_fields, force_insert, using)
+        super().save(force_insert=force_insert, force_update=force_update, using=using, update_fields=fields)
+        self._remember(fields)
+
+    @classmethod
+    def from_db(
+        cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any
+    ) -> Any:
+        instance = super().from_db(db, field_names, values, **kwargs)
+        instance.__dict__[_LOADED] = {
+            name: _snapshot(v) for name, v in zip(field_names, values, strict=False)
+        }
+        return instance
+
+    def refresh_from_db(
+        self, using: str | None = None, fields: Iterable[str] | None = None, *args: Any, **kwargs: Any
+    ) -> None:
+        fields = None if fields is None else list(fields)
+        super().refresh_from_db(using, fields, *args, **kwargs)
+        self._remember(fields)  # what was read now is what a save compares with
+
+    def fields_to_write(
+        self, update_fields: Iterable[str] | None, force_insert: Any = False, using: str | None = None
+    ) -> list[str] | None:
+        """What a save writes: ``update_fields`` if given, the fields changed since the row
+        was read if it was, else None (every field, as Django saves)."""
+        if update_fields is not None:
+            return list(update_fields)
+        loaded = self.__dict__.get(_LOADED)
+        if (
+            loaded is None
+            or force_insert
+            or self.pk is None
+            or self.pk != loaded.get(self._meta.pk.attname)  # a copy saved as a new row
+            or (using or router.db_for_write(type(self), instance=self)) != self._state.db
+        ):
+            return None
+        deferred = self.get_deferred_fields()
+        writable = [
+            f for f in self._meta.concrete_fields if not f.primary_key and not getattr(f, "generated", False)
+        ]
+        changed = [
+            f.name
+            for f in writable
+            if f.attname not in deferred
+            # Set since the row was read, if not read with it (a deferred field).
+            and (f.attname not in loaded or getattr(self, f.attname) != loaded[f.attname])
+        ]
+        if changed:
+            changed += [f.name for f in writable if getattr(f, "auto_now", False) and f.name not in changed]
+        return changed
+
+    def _remember(self, fields: Iterable[str] | None) -> None:
+        """Take what ``fields`` (every field read, for None) now hold as what was read."""
+        deferred = self.get_deferred_fields()
+        names = None if fields is None else set(fields)
+        loaded = dict(self.__dict__.get(_LOADED, {}))  # a copy: copy.copy(instance) shares it
+        for field in self._meta.concrete_fields:
+            if field.attname not in deferred and (names is None or names & {field.name, field.attname}):
+                loaded[field.attname] = _snapshot(getattr(self, field.attname))
+        self.__dict__[_LOADED] = loaded
+
+
+# Where ``SavesChanges`` keeps the values a row was read with, by attname.
+_LOADED = "_loaded_values"
+
+
+def _snapshot(value: Any) -> Any:
+    # A list or dict (a JSONField's) may be changed in place: compared with a copy.
+    if isinstance(value, list):
+        return [_snapshot(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    return value
 
 
 class InvalidatingQuerySet(models.QuerySet[Any]):
@@ -141,7 +241,7 @@ class LLMClientQuerySet(InvalidatingQuerySet):
         return {getattr(o, conf.CLIENT_LOOKUP_FIELD) for o in objs}
 
 
-class AbstractLLMClient(DeleteLocksFirst):
+class AbstractLLMClient(DeleteLocksFirst, SavesChanges):
     """Subclass this to bring your own client model (``DRF_LLM_KEYS_CLIENT_MODEL``)."""
 
     name = models.CharField(_("name"), max_length=200)
@@ -181,8 +281,52 @@ class LLMClient(AbstractLLMClient):
         base_manager_name = "objects"
 
 
+class ReactivationError(ValueError):
+    """A write would make a revoked key active again: revocation is final."""
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        super().__init__(
+            f"Key {', '.join(prefixes)} is revoked, and revocation is final: it cannot be made "
+            "active again. Create a new key instead."
+        )
+
+
+def revoked_among(rows: models.QuerySet[Any]) -> dict[Any, str]:
+    """Lock ``rows`` for the rest of the transaction, and return the revoked ones (pk:
+    prefix): no revoke can commit between this read and the caller's write."""
+    locked = rows.order_by("pk").select_for_update().values_list("pk", "prefix", "is_active")
+    return {pk: prefix for pk, prefix, active in locked if not active}
+
+
 class APIKeyQuerySet(InvalidatingQuerySet):
     cache_free_fields = frozenset({"last_used_at"})
+
+    def update(self, **kwargs: Any) -> int:
+        """Refuses (``ReactivationError``, nothing written) to set a revoked key's
+        ``is_active`` back to True, whatever the value's form (``bulk_update()``'s too)."""
+        if kwargs.get("is_active", False) is False:
+            return super().update(**kwargs)
+        self._for_write = True
+        with transaction.atomic(using=self.db):  # a savepoint: a refusal undoes this update only
+            revoked = revoked_among(self)
+            count = super().update(**kwargs)
+            rows = self.model._base_manager.using(self.db)
+            if revoked and rows.filter(pk__in=list(revoked), is_active=True).exists():
+                raise ReactivationError(sorted(revoked.values()))
+        return count
+
+    update.alters_data = True  # type: ignore[attr-defined]
+
+    def bulk_update(  # type: ignore[override]  # as InvalidatingQuerySet's
+        self, objs: Iterable[Any], fields: Sequence[str], **kwargs: Any
+    ) -> int:
+        if "is_active" not in fields:
+            return super().bulk_update(objs, fields, **kwargs)
+        self._for_write = True
+        # Its update() may refuse inside Django's transaction, which a refusal would leave
+        # unusable: in a savepoint, the caller's stays usable.
+        with transaction.atomic(using=self.db):
+            return super().bulk_update(objs, fields, **kwargs)
 
     def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
         links = LLMClientAPIKey._base_manager.using(self.db).filter(api_key__in=list(pks))
@@ -250,7 +394,7 @@ class APIKeyManager(models.Manager["APIKey"]):
         return api_key, plaintext
 
 
-class APIKey(DeleteLocksFirst):
+class APIKey(DeleteLocksFirst, SavesChanges):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("owner"),
@@ -265,7 +409,7 @@ class APIKey(DeleteLocksFirst):
     prefix = models.CharField(_("prefix"), max_length=crypto.PREFIX_MAX_LENGTH, unique=True, editable=False)
     digest = models.CharField(_("digest"), max_length=64, editable=False)
     is_active = models.BooleanField(
-        _("active"), default=True, help_text=_("Unset to revoke. A revoked key is refused at once.")
+        _("active"), default=True, help_text=_("Cleared when the key is revoked; revocation is final.")
     )
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
     scopes = models.JSONField(
@@ -298,6 +442,32 @@ class APIKey(DeleteLocksFirst):
     def __repr__(self) -> str:
         # The digest stays out of reprs, tracebacks and debug pages.
         return f"<APIKey {self.prefix} active={self.is_active}>"
+
+    def save(
+        self,
+        *,
+        force_insert: bool | tuple[ModelBase, ...] = False,
+        force_update: bool = False,
+        using: str | None = None,
+        update_fields: Iterable[str] | None = None,
+    ) -> None:
+        """Refuses (``ReactivationError``, nothing written) to write ``is_active=True`` over
+        a revoked key: one read revoked, or one revoked since it was read."""
+        fields = self.fields_to_write(update_fields, force_insert, using)
+        save = functools.partial(
+            super().save, force_insert=force_insert, force_update=force_update, update_fields=fields
+        )
+        writes_active = self.is_active and (fields is None or "is_active" in fields)
+        if force_insert or self.pk is None or not writes_active:
+            save(using=using)
+            return
+        if self.__dict__.get(_LOADED, {}).get("is_active") is False:
+            raise ReactivationError([self.prefix])
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            if revoked_among(type(self)._base_manager.using(using).filter(pk=self.pk)):
+                raise ReactivationError([self.prefix])
+            save(using=using)
 
     def clean(self) -> None:
         errors = {}
@@ -337,7 +507,7 @@ class LLMClientAPIKeyQuerySet(InvalidatingQuerySet):
         return client_lookup_values(clients)
 
 
-class LLMClientAPIKey(models.Model):
+class LLMClientAPIKey(SavesChanges):
     llm_client = models.ForeignKey(
         conf.CLIENT_MODEL,
         verbose_name=_("LLM client"),

@@ -1,8 +1,10 @@
+import importlib.util
+
 from django.contrib import admin
 from django.contrib.staticfiles.views import serve
 from django.urls import include, path
 
-from example_project.llm import anthropic, ninja_api, views
+from example_project.llm import anthropic, views
 
 # Each client's base URL, for the openai package: http://HOST/v1/clients/<slug>
 client_urls = [
@@ -13,8 +15,6 @@ client_urls = [
 urlpatterns = [
     # The kwarg is DRF_LLM_KEYS["CLIENT_URL_KWARG"]: the authentication class reads it.
     path("v1/clients/<slug:llm_client>/", include(client_urls)),
-    # The same endpoints through Django Ninja, async: http://HOST/ninja/v1/clients/<slug>
-    path("ninja/v1/", ninja_api.api.urls),
     # Anthropic's Messages API; the anthropic package's base_url is http://HOST/anthropic/clients/<slug>
     path(
         "anthropic/clients/<slug:llm_client>/v1/messages", anthropic.MessagesView.as_view(), name="messages"
@@ -23,6 +23,14 @@ urlpatterns = [
     # The admin's CSS and scripts, also with DEBUG off: this project only ever runs locally.
     path("static/<path:path>", serve, {"insecure": True}),  # STATIC_URL
 ]
+
+# The same endpoints through Django Ninja, async: http://HOST/ninja/v1/clients/<slug>, where
+# django-ninja is installed (pip install "drf-llm-keys[ninja]"); the example needs no more
+# than the library otherwise.
+if importlib.util.find_spec("ninja") is not None:
+    from example_project.llm import ninja_api
+
+    urlpatterns.insert(1, path("ninja/v1/", ninja_api.api.urls))
 
 handler404 = "example_project.llm.errors.not_found"
 handler500 = "example_project.llm.errors.server_error"

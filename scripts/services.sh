@@ -8,6 +8,8 @@
 #   scripts/services.sh status    exit 1 unless all three answer
 #   scripts/services.sh bench     install what the benchmarks run besides Python: wrk (the
 #                                 load generator), redis-server (their private Redis), valgrind
+#   scripts/services.sh browser   install headless Chromium and its driver, for the admin's
+#                                 browser tests (tests/test_admin_browser.py); start does it too
 set -euo pipefail
 
 answers() {  # host port
@@ -160,10 +162,18 @@ install_bench_tools() {
     command -v valgrind >/dev/null || apt_install valgrind
 }
 
+install_browser() {
+    # Debian's packages; elsewhere a Chrome or Chromium with the chromedriver of its version.
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+    apt_install chromium chromium-driver
+}
+
 case "${1:-start}" in
-    start) start_redis; start_postgres; start_mariadb; echo "services: Redis, PostgreSQL and MariaDB are up" ;;
+    start) start_redis; start_postgres; start_mariadb; install_browser
+        echo "services: Redis, PostgreSQL and MariaDB are up; Chromium is installed" ;;
+    browser) install_browser; echo "services: chromium and chromedriver are installed" ;;
     standby) start_standby; echo "services: PostgreSQL standby of 127.0.0.1:5432 is up on 127.0.0.1:$STANDBY_PORT" ;;
     bench) install_bench_tools; echo "services: wrk, redis-server and valgrind are installed" ;;
     status) answers 127.0.0.1 6379 && answers 127.0.0.1 5432 && answers 127.0.0.1 3306 ;;
-    *) echo "usage: $0 start|standby|bench|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|standby|bench|browser|status" >&2; exit 2 ;;
 esac

@@ -18,3 +18,6 @@ DATABASES["replica"] = {  # noqa: F405
     "PORT": str(standby.port or ""),
 }
 DATABASE_ROUTERS = ["tests.routers.PrimaryReplicaRouter"]
+# Sessions in a signed cookie: a session row written at login would be read back from the
+# lagging standby by the next request (the admin test logs in).
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"

@@ -1,5 +1,5 @@
 """Test settings: SQLite and the local-memory cache by default; environment variables switch
-to real servers (see README, "Running the tests").
+to real servers (see docs/development.md).
 
 DRF_LLM_KEYS_TEST_DATABASE_URL  postgres://USER@HOST:PORT/NAME   (PostgreSQL)
                                 mysql://USER@HOST:PORT/NAME      (MariaDB or MySQL, mysqlclient)
@@ -16,6 +16,8 @@ SECRET_KEY = "drf-llm-keys-tests-only"
 USE_TZ = True
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The admin's scripts and styles, served by the live server of tests/test_admin_browser.py.
+STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 INSTALLED_APPS = [

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from model_bakery import baker
 
-from drf_llm_keys import crypto
+from drf_llm_keys import crypto, keys
 from drf_llm_keys.admin import APIKeyAdmin
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 from tests.support import bearer
@@ -208,6 +208,22 @@ def test_an_expiry_set_in_the_change_form_refuses_the_key_at_once(admin_client, 
         api_key, expires_at_0=past.strftime("%Y-%m-%d"), expires_at_1=past.strftime("%H:%M:%S")
     )
     assert post(admin_client, change_url(api_key), data).status_code == 302
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)  # the revoke commits, and is published
+def test_a_form_opened_before_a_revoke_and_saved_after_it_leaves_the_key_revoked(
+    admin_client, api, key, make_key, protected_client
+):
+    api_key, plaintext = key
+    make_key(protected_client)  # the client stays protected
+    opened = admin_client.get(change_url(api_key))
+    assert opened.context["original"].is_active
+    keys.revoke_key(api_key)
+    data = change_data(opened.context["original"], description="edited after the revoke")
+    assert admin_client.post(change_url(api_key), data).status_code == 302
+    stored = APIKey.objects.get(pk=api_key.pk)
+    assert (stored.is_active, stored.description) == (False, "edited after the revoke")
     assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
 
 

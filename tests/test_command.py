@@ -1,6 +1,7 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -445,12 +446,19 @@ def test_revoke_needs_no_yes_when_an_expired_key_keeps_the_client_protected(
     assert status(api, None) == 401
 
 
-def test_revoke_an_already_revoked_key_changes_nothing(make_key, protected_client):
+@pytest.mark.django_db(transaction=True)  # the writes above publish theirs: the outbox is empty
+def test_revoke_an_already_revoked_key_changes_nothing_and_invalidates_its_clients_again(
+    make_key, protected_client
+):
     api_key, _ = make_key(protected_client, is_active=False)
-    before = snapshot()
+    assert not PendingInvalidation.objects.exists()
+    before, generation = snapshot(), cache.get(generation_name("protected-bot"))
     out, _ = run("revoke", api_key.prefix)
-    assert "already revoked" in out
+    assert out == (
+        f"Key {api_key.prefix} is already revoked; its clients' cached decisions were invalidated again.\n"
+    )
     assert snapshot() == before
+    assert cache.get(generation_name("protected-bot")) not in (None, generation)
 
 
 def test_revoke_json_gives_the_record_and_the_clients_made_public(key):
@@ -494,13 +502,16 @@ def test_revoke_keep_protected_json_names_the_clients_kept_protected(key):
     assert document["kept_protected"] == ["protected-bot"] and document["made_public"] == []
 
 
+@pytest.mark.django_db(transaction=True)
 def test_revoke_keep_protected_of_an_already_revoked_key_changes_nothing(make_key, protected_client):
     api_key, _ = make_key(protected_client, is_active=False)
-    before = snapshot()
+    assert not PendingInvalidation.objects.exists()
+    before, generation = snapshot(), cache.get(generation_name("protected-bot"))
     out, _ = run("revoke", api_key.prefix, "--keep-protected")
     protected_client.refresh_from_db()
-    assert "already revoked" in out
+    assert "already revoked; its clients' cached decisions were invalidated again" in out
     assert snapshot() == before and not protected_client.require_api_key
+    assert cache.get(generation_name("protected-bot")) not in (None, generation)
 
 
 def test_revoke_without_consent_names_both_ways_out(key):
@@ -845,12 +856,9 @@ def test_invalidate_with_the_cache_unreachable_fails(protected_client, cache_dow
     assert "Run `manage.py llm_keys invalidate protected-bot` again when it is back." in str(failed.value)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_invalidate_pending_republishes_what_a_failed_change_left(
-    api, key, make_key, protected_client, flaky, settings
-):
-    api_key, plaintext = key
-    make_key(protected_client)
+def revoke_unpublished(api: Any, api_key: APIKey, plaintext: str, flaky: Any, settings: Any) -> None:
+    """Revoke the key with the cache down: committed, left in the outbox, in a process
+    that has exited; the key, held as valid, is still accepted."""
     assert status(api, plaintext) == 200
     settings.DRF_LLM_KEYS = {"PUBLISH_TIMEOUT": 0.1}
     flaky.down = True
@@ -859,8 +867,42 @@ def test_invalidate_pending_republishes_what_a_failed_change_left(
     decisions.reset()  # that command's process has exited
     flaky.down = False
     assert status(api, plaintext) == 200  # the window the failure named
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalidate_pending_republishes_what_a_failed_change_left(
+    api, key, make_key, protected_client, flaky, settings
+):
+    api_key, plaintext = key
+    make_key(protected_client)
+    revoke_unpublished(api, api_key, plaintext, flaky, settings)
     out, _ = run("invalidate", "--pending")
     assert out == "Republished 1 pending invalidation(s).\n"
+    assert status(api, plaintext) == 401
+    assert not PendingInvalidation.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["create", "other-bot", "--user", "owner", "--name", "another"],
+        ["update", "{other}", "--scope", "chat"],
+        ["rotate", "{other}", "--grace", "1h"],
+        ["revoke", "{other}"],
+        ["client", "create", "new-bot", "--name", "New"],
+    ],
+)
+def test_a_change_publishes_first_what_an_earlier_one_left_unpublished(
+    api, make_key, protected_client, flaky, settings, action
+):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    other_client = baker.make_recipe("tests.llm_client", slug="other-bot")
+    other, _ = make_key(other_client)  # each change below is to another client
+    make_key(other_client)
+    revoke_unpublished(api, api_key, plaintext, flaky, settings)
+    run(*[arg.format(other=other.prefix) for arg in action])
     assert status(api, plaintext) == 401
     assert not PendingInvalidation.objects.exists()
 
@@ -892,6 +934,32 @@ def test_revoke_with_redis_unreachable_fails_then_invalidate_closes_the_window(
     assert pushed_worker.status("protected-bot", plaintext) == 200
     call_command("llm_keys", "invalidate", "protected-bot", stdout=StringIO())
     assert pushed_worker.status("protected-bot", plaintext) == 401
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_revoke_run_again_after_its_writer_died_before_publishing_is_refused_there_at_once(
+    pushed_env, make_key, protected_client
+):
+    api_key, plaintext = make_key(protected_client)
+    make_key(protected_client)
+    server, writer = Worker(pushed_env), Worker(pushed_env)
+    try:
+        assert server.status("protected-bot", plaintext) == 200  # held there
+        assert writer.ask("die-after-commit") == "armed"
+        assert writer.manage("llm_keys", "revoke", api_key.prefix) == ""  # no answer: killed
+        assert writer.process.wait(timeout=10) == -signal.SIGKILL
+        # Committed, not published: the outbox holds the client.
+        assert revoked_in_the_database(api_key)
+        assert PendingInvalidation.objects.filter(client_value="protected-bot").exists()
+        # The operator runs it again.
+        out, _ = run("revoke", api_key.prefix)
+        assert "already revoked; its clients' cached decisions were invalidated again" in out
+        assert server.status("protected-bot", plaintext) == 401
+        assert not PendingInvalidation.objects.exists()
+    finally:
+        server.stop()
+        writer.stop()
 
 
 @pytest.mark.slow

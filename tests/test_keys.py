@@ -268,3 +268,11 @@ def test_an_operation_returns_normally_once_the_cache_takes_it(make_key, protect
     make_key(protected_client)
     assert keys.revoke_key(api_key) == []
     assert not decisions.pending_invalidations()
+
+
+def test_the_callers_instance_saves_against_what_an_operation_stored(key):
+    api_key, _ = key
+    keys.update_restrictions(api_key, scopes=["chat"])
+    api_key.scopes = []  # back to what it was before the operation
+    api_key.save()
+    assert APIKey.objects.get(pk=api_key.pk).scopes == []

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Value
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 
-from drf_llm_keys import crypto, get_client_model
-from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey
+from drf_llm_keys import crypto, get_client_model, keys
+from drf_llm_keys.models import APIKey, LLMClient, LLMClientAPIKey, ReactivationError
+from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
 
@@ -164,3 +168,158 @@ def test_get_client_model_follows_the_setting():
 def test_get_client_model_explains_a_bad_setting(value):
     with override_settings(DRF_LLM_KEYS_CLIENT_MODEL=value), pytest.raises(ImproperlyConfigured):
         get_client_model()
+
+
+# --- saves write what changed; revocation is final ------------------------------------
+
+
+def updates(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+
+
+def test_a_save_writes_only_the_fields_changed_since_the_row_was_read(key):
+    api_key = APIKey.objects.get(pk=key[0].pk)
+    api_key.description = "edited"
+    with CaptureQueriesContext(connection) as queries:
+        api_key.save()
+    (sql,) = updates(queries)
+    assert '"description"' in sql and '"updated_at"' in sql
+    assert '"is_active"' not in sql and '"name"' not in sql and '"digest"' not in sql
+
+
+def test_a_save_that_changes_nothing_writes_nothing(key):
+    api_key = APIKey.objects.get(pk=key[0].pk)
+    api_key.description = api_key.description  # set, but to what was read
+    with CaptureQueriesContext(connection) as queries:
+        api_key.save()
+    assert queries.captured_queries == []  # no UPDATE, and no invalidation (no outbox row)
+
+
+def test_a_list_changed_in_place_is_written(key):
+    api_key = APIKey.objects.get(pk=key[0].pk)
+    api_key.scopes.append("chat")
+    api_key.save()
+    assert APIKey.objects.get(pk=api_key.pk).scopes == ["chat"]
+
+
+def test_a_second_save_writes_only_what_changed_after_the_first(key):
+    api_key = APIKey.objects.get(pk=key[0].pk)
+    api_key.name = "renamed"
+    api_key.save()
+    with CaptureQueriesContext(connection) as queries:
+        api_key.save()
+    assert updates(queries) == []
+
+
+def test_explicit_update_fields_are_written_as_given(key):
+    api_key = APIKey.objects.get(pk=key[0].pk)
+    with CaptureQueriesContext(connection) as queries:
+        api_key.save(update_fields=["name"])
+    (sql,) = updates(queries)
+    assert '"name"' in sql
+
+
+def test_a_refreshed_instance_compares_with_what_it_read_again(key):
+    api_key = APIKey.objects.get(pk=key[0].pk)
+    APIKey.objects.filter(pk=api_key.pk).update(description="from elsewhere")
+    api_key.refresh_from_db()
+    with CaptureQueriesContext(connection) as queries:
+        api_key.save()
+    assert updates(queries) == []
+    assert APIKey.objects.get(pk=api_key.pk).description == "from elsewhere"
+
+
+def test_a_client_save_writes_only_what_changed(protected_client):
+    llm_client = LLMClient.objects.get(pk=protected_client.pk)
+    llm_client.name = "Renamed"
+    with CaptureQueriesContext(connection) as queries:
+        llm_client.save()
+    (sql,) = updates(queries)
+    assert '"name"' in sql and '"slug"' not in sql and '"require_api_key"' not in sql
+
+
+@pytest.mark.django_db(transaction=True)  # the revoke's invalidation runs at its commit
+def test_an_instance_read_before_a_revoke_and_saved_after_it_leaves_the_key_revoked(api, key, make_key):
+    make_key(key[0].client_links.get().llm_client)  # the client stays protected
+    api_key, plaintext = key
+    stale = APIKey.objects.get(pk=api_key.pk)  # read while active
+    keys.revoke_key(api_key)
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
+    stale.description = "edited after the revoke"
+    stale.save()
+    stored = APIKey.objects.get(pk=api_key.pk)
+    assert (stored.is_active, stored.description) == (False, "edited after the revoke")
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 401
+
+
+def revoked_key(make_key: Any, protected_client: LLMClient) -> APIKey:
+    api_key, _ = make_key(protected_client)
+    APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+    return api_key
+
+
+def reactivate_loaded(api_key: APIKey) -> None:
+    loaded = APIKey.objects.get(pk=api_key.pk)
+    loaded.is_active = True
+    loaded.save()
+
+
+def reactivate_stale(api_key: APIKey) -> None:
+    # Read before the revoke (api_key is), then written with is_active named.
+    api_key.save(update_fields=["is_active"])
+
+
+def reactivate_built(api_key: APIKey) -> None:
+    row = APIKey.objects.values().get(pk=api_key.pk)
+    APIKey(**{**row, "is_active": True}).save()
+
+
+def reactivate_by_update(api_key: APIKey) -> None:
+    APIKey.objects.filter(pk=api_key.pk).update(is_active=True)
+
+
+def reactivate_by_base_manager(api_key: APIKey) -> None:
+    APIKey._base_manager.filter(pk=api_key.pk).update(is_active=Value(True))
+
+
+def reactivate_in_bulk(api_key: APIKey) -> None:
+    api_key.is_active = True
+    APIKey.objects.bulk_update([api_key], ["is_active", "name"])
+
+
+@pytest.mark.parametrize(
+    "reactivate",
+    [
+        reactivate_loaded,
+        reactivate_stale,
+        reactivate_built,
+        reactivate_by_update,
+        reactivate_by_base_manager,
+        reactivate_in_bulk,
+    ],
+)
+def test_no_write_makes_a_revoked_key_active_again(make_key, protected_client, reactivate):
+    make_key(protected_client)
+    api_key = revoked_key(make_key, protected_client)
+    with pytest.raises(ReactivationError, match=f"Key {api_key.prefix} is revoked, and revocation is final"):
+        reactivate(api_key)
+    assert APIKey.objects.get(pk=api_key.pk).is_active is False
+
+
+@pytest.mark.parametrize("reactivate", [reactivate_loaded, reactivate_by_update, reactivate_in_bulk])
+def test_a_refused_write_leaves_the_callers_transaction_usable(make_key, protected_client, reactivate):
+    api_key = revoked_key(make_key, protected_client)
+    with transaction.atomic():
+        with pytest.raises(ReactivationError):
+            reactivate(api_key)
+        APIKey.objects.filter(pk=api_key.pk).update(description="still writable")
+    assert APIKey.objects.get(pk=api_key.pk).description == "still writable"
+
+
+def test_setting_active_keys_active_and_revoked_ones_inactive_is_allowed(make_key, protected_client):
+    active, _ = make_key(protected_client)
+    revoked = revoked_key(make_key, protected_client)
+    revoked.is_active = False
+    assert APIKey.objects.bulk_update([active, revoked], ["is_active"]) == 2
+    assert APIKey.objects.filter(pk=active.pk).update(is_active=True) == 1
+    assert list(APIKey.objects.order_by("pk").values_list("is_active", flat=True)) == [True, False]

@@ -9,8 +9,8 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
 
-from drf_llm_keys import usage
-from drf_llm_keys.ninja import ANONYMOUS
+from drf_llm_keys import signals, usage
+from drf_llm_keys.ninja import ANONYMOUS, LLMClientAPIKeyAuth
 from tests.async_views import api
 from tests.support import as_headers, bearer
 
@@ -142,3 +142,20 @@ def test_usage_is_counted_per_key_and_client(key, protected_client):
     ((name, counts),) = usage.counter.pending().items()
     assert name[:2] == (api_key.pk, protected_client.pk)
     assert counts == (2, 5, 0)
+
+
+@OPERATIONS
+def test_a_refusal_is_signalled_by_the_ninja_auth(kind, key):
+    received: list[dict[str, Any]] = []
+
+    def receive(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    signals.authentication_refused.connect(receive)
+    try:
+        assert get(f"/ninja/clients/protected-bot/{kind}/").status_code == 401
+    finally:
+        signals.authentication_refused.disconnect(receive)
+    (event,) = received
+    assert event["sender"] is LLMClientAPIKeyAuth
+    assert (event["llm_client"], event["reason"]) == ("protected-bot", "This LLM client requires an API key.")

@@ -1,60 +1,221 @@
-"""The README's examples run as written."""
+"""The README's install, quick start and example steps, run as written in a new virtual
+environment; and the docs' scopes example, in process."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
+import os
 import re
-import shlex
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from django.core.management import call_command
 from model_bakery import baker
 from rest_framework.test import APIRequestFactory
 
-from tests.support import bearer
+from tests.support import ROOT, bearer, free_port, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-
-
-def python_block(heading: str) -> str:
-    section = README.split(f"## {heading}\n", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match, f"no python block under {heading!r}"
-    return match.group(1)
+README = (ROOT / "README.md").read_text()
+FENCE = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
+README_URL = "http://127.0.0.1:8000"
+README_REDIS = "redis://127.0.0.1:6379/0"
+README_PREFIX = "llmk_3f9a2c1b7d4e"  # the example key prefix the README's answers show
+# What a user's shell carries between two blocks: where it is, and the key it exported.
+# The status first: set -e lets a failure inside an "a && b" list pass.
+SHELL_STATE = '\nstatus=$?\nprintf "\\n%s\\n%s\\n%s\\n" "$status" "$PWD" "${KEY:-}"\n'
 
 
-def test_create_a_client_and_a_key_example_gives_a_working_key(api, capsys):
-    baker.make("auth.User", username="alice")
-    exec(python_block("Create a client and a key"), {})
-    plaintext = capsys.readouterr().out.strip()
-    assert api.get("/clients/support-bot/echo/").status_code == 401
-    response = api.get("/clients/support-bot/echo/", **bearer(plaintext))
-    assert response.json()["user"] == "alice"
+def steps(heading: str) -> list[tuple[str, str, str]]:
+    """(the prose before it, language, code) for each fenced block of the README section."""
+    text = README.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    found, start = [], 0
+    for block in FENCE.finditer(text):
+        found.append((text[start : block.start()], block.group(1), block.group(2)))
+        start = block.end()
+    assert found, f"no code under {heading!r}"
+    return found
 
 
-def test_quick_start_commands_give_a_working_key(api, capsys):
-    """The "Create a client and a key" shell lines, run through ``call_command``."""
-    baker.make("auth.User", username="alice")
-    section = README.split("### Create a client and a key\n", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
-    assert block, "no bash block under the quick start"
-    for line in block.group(1).splitlines():
-        line = line.removeprefix("KEY=$(").removesuffix(")")
-        program, manage_py, name, *args = shlex.split(line)
-        assert (program, manage_py) == ("python", "manage.py")
-        call_command(name, *args)
-    plaintext = capsys.readouterr().out.strip().splitlines()[-1]
-    assert api.get("/clients/support-bot/echo/").status_code == 401
-    response = api.get("/clients/support-bot/echo/", **bearer(plaintext))
-    assert response.json()["user"] == "alice"
+def readme_env(**extra: str) -> dict[str, str]:
+    """A user's environment: nothing of this test run's Django, venv or example settings."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"DJANGO_SETTINGS_MODULE", "VIRTUAL_ENV", "PYTHONPATH", "EXAMPLE_VAR_DIR"}
+        and not name.startswith(("DATABASE_URL", "REDIS_URL", "LLM_UPSTREAM_URL"))
+    }
+    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
 
 
+class Shell:
+    """One terminal in the directory that holds the clone, with the README's venv active
+    once the install block ran: each block runs in the directory and with the ``KEY`` the
+    block before it left."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.cwd = home
+        self.env = readme_env(DJANGO_SUPERUSER_PASSWORD="a-local-password-1")
+
+    def run(self, code: str, timeout: float = 300) -> str:
+        activate = self.home / ".venv" / "bin" / "activate"
+        prologue = f". {activate}\n" if activate.exists() else ""
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", prologue + code + SHELL_STATE],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        failed = f"{code}\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, failed
+        output, status, cwd, key = result.stdout.rsplit("\n", 4)[:4]
+        assert status == "0", failed
+        self.cwd = Path(cwd)
+        if key:
+            self.env["KEY"] = key
+        return output
+
+    @property
+    def python(self) -> str:
+        return str(self.home / ".venv" / "bin" / "python")
+
+
+def copy_checkout(target: Path) -> None:
+    """This checkout's files as a fresh clone has them (tracked or new, none ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's install block, as written, beside a copy of this checkout named as
+    the README's clone. The one virtual environment of the session."""
+    home = tmp_path_factory.mktemp("readme")
+    copy_checkout(home / "drf-llm-keys")
+    ((_, language, code),) = steps("Install")[:1]
+    assert language == "bash" and "pip install ./drf-llm-keys" in code
+    Shell(home).run(code, timeout=600)
+    return home
+
+
+@pytest.fixture
+def mysite_server() -> Iterator[dict[str, Any]]:
+    """Where the quick start's ``runserver`` runs (filled in by the test), stopped after."""
+    started: dict[str, Any] = {}
+    yield started
+    if "process" in started:
+        started["process"].terminate()
+        started["process"].wait(timeout=20)
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_the_quick_start_works_as_written(installed, redis_server, mysite_server):
+    shell = Shell(installed)
+    calls: list[tuple[str, int, Any]] = []
+    for prose, language, code in steps("Quick start"):
+        if language == "python":
+            path = re.findall(r"`(mysite/\w+\.py)`", prose)[-1]
+            target = shell.cwd / path
+            if "Add to the end of" in prose:
+                settings = target.read_text() + "\n" + code
+                assert README_REDIS in settings
+                # A private Redis, not the machine's shared database 0.
+                target.write_text(settings.replace(README_REDIS, redis_server.url))
+            else:
+                target.write_text(code)
+        elif "runserver" in code:
+            assert code.strip() == "python manage.py runserver"
+            port = free_port()
+            mysite_server["process"] = subprocess.Popen(
+                [shell.python, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+                cwd=shell.cwd,
+                env=shell.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_until(functools.partial(answers, port), 60, "runserver did not answer")
+            base_url = f"http://127.0.0.1:{port}"
+        elif "curl" in code:
+            calls = run_curl_lines(shell, code.replace(README_URL, base_url))
+        else:
+            shell.run(code.replace("createsuperuser", "createsuperuser --noinput"))
+
+    key = shell.env["KEY"]
+    assert key.startswith("llmk_")
+    public, protected_without, protected_bearer, protected_header, unknown = calls
+    assert "public-bot" in public[0] and "$KEY" not in public[0] and public[1] == 200
+    assert "support-bot" in protected_without[0] and "$KEY" not in protected_without[0]
+    assert protected_without[1] == 401
+    assert "Bearer $KEY" in protected_bearer[0] and protected_bearer[1] == 200
+    assert "X-API-Key: $KEY" in protected_header[0] and protected_header[1] == 200
+    assert protected_bearer[2] == {"client": "support-bot", "key": key.split(".")[0]}
+    assert unknown[1] == 404
+
+
+def run_curl_lines(shell: Shell, code: str) -> list[tuple[str, int, Any]]:
+    """Each ``curl`` line, with the shell lines before it; its status and body must be the
+    ones in the comment below it. Returns (line, status, body) for each."""
+    lines = code.strip().splitlines()
+    setup = [line for line in lines if not line.startswith(("curl", "#"))]
+    calls = []
+    for line, comment in itertools.pairwise(lines):
+        if not line.startswith("curl"):
+            continue
+        expected_status, expected_body = comment.removeprefix("# ").split(" ", 1)
+        # Output format only: the body, then the status on a line of its own.
+        measured = line.replace("curl ", "curl -s -w '\\n%{http_code}' ", 1)
+        body, status = shell.run("\n".join([*setup, measured])).rsplit("\n", 1)
+        key_prefix = shell.env.get("KEY", "").split(".")[0]
+        assert (int(status), json.loads(body)) == (
+            int(expected_status),
+            json.loads(expected_body.replace(README_PREFIX, key_prefix)),
+        ), line
+        calls.append((line, int(status), json.loads(body)))
+    return calls
+
+
+@pytest.mark.slow
+def test_the_example_project_steps_work_as_written(installed):
+    ((_, language, code),) = steps("Try the example project")
+    assert language == "bash"
+    output = Shell(installed).run(code)
+    assert "All 10 steps behaved as expected." in output
+    # The venv is active: the closing hint's python is the one on PATH.
+    assert "create your login with  python example_project/manage.py createsuperuser" in output
+
+
+# --- the docs' examples, in process --------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
 def test_scopes_and_model_allowlists_example_restricts_its_key(make_key):
     baker.make("auth.User", username="alice")
+    scopes_doc = (ROOT / "docs" / "scopes.md").read_text()
     namespace: dict[str, object] = {}
-    exec(python_block("Scopes and model allowlists"), namespace)
+    exec(re.search(r"```python\n(.*?)```", scopes_doc, re.DOTALL).group(1), namespace)  # type: ignore[union-attr]
     view = namespace["ChatCompletions"].as_view()  # type: ignore[attr-defined]
     factory = APIRequestFactory()
 
@@ -69,3 +230,7 @@ def test_scopes_and_model_allowlists_example_restricts_its_key(make_key):
     assert status(plaintext, "gpt-4o") == 403
     _, files_only = make_key(namespace["bot"], scopes=["files"])
     assert status(files_only, "gpt-4o-mini") == 403
+
+
+def test_the_readme_stays_short():
+    assert len(README.splitlines()) <= 200

@@ -1,6 +1,7 @@
 """Behind ``DATABASE_ROUTERS`` with a read replica that lags, every decision still comes from
 where keys are written: a revoked key is refused at once in every process and never cached
-as valid, and the last-key guard counts keys on the primary.
+as valid, the last-key guard counts keys on the primary, and an admin form read on the
+replica never writes a revoked key back as active.
 
 Needs PostgreSQL with a streaming standby (``scripts/services.sh standby``):
 ``DRF_LLM_KEYS_TEST_DATABASE_URL`` names the primary, ``DRF_LLM_KEYS_TEST_REPLICA_URL`` the
@@ -12,6 +13,7 @@ replays each commit ``LAG`` after the primary made it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,8 +23,11 @@ import psycopg
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.urls import reverse
 from model_bakery import baker
 
+from drf_llm_keys import keys
+from drf_llm_keys.models import APIKey
 from tests.support import harness
 from tests.support.databases import standby_delay, standby_server
 from tests.support.harness import Worker
@@ -178,4 +183,39 @@ def test_the_last_key_guard_counts_keys_on_the_primary(standby, spawn, make_key)
         assert second.is_active
         assert server.status(llm_client.slug) == 401  # still protected
         assert server.status(llm_client.slug, plaintext) == 200
+    assert stale_replica > 0, "the standby never lagged: the rounds prove nothing"
+
+
+def test_an_admin_form_read_on_a_lagging_replica_never_makes_a_revoked_key_active_again(
+    standby, spawn, make_key, protected_client, admin_user
+):
+    operator = spawn()  # an admin whose pages read from the standby
+    harness.wait_until(
+        lambda: standby.value("SELECT 1 FROM auth_user WHERE username = %s", admin_user.username) == 1,
+        60,
+        "the standby lags behind the admin user",
+    )
+    assert operator.ask(f"login {admin_user.username}") == "ok"
+    make_key(protected_client)  # keeps the client protected throughout
+    stale_replica = 0
+    for round_ in range(3):
+        api_key, plaintext = make_key(protected_client)
+        standby.wait_for_key(api_key.prefix, active=True)
+        url = reverse("admin:drf_llm_keys_apikey_change", args=[api_key.pk])
+        assert operator.status(url) == 200  # the form is opened...
+        keys.revoke_key(api_key)  # ...the key revoked...
+        form = {
+            "name": api_key.name,
+            "user": api_key.user_id,
+            "description": f"edited {round_}",
+            "expires_at_0": "",
+            "expires_at_1": "",
+            "scopes": "",
+            "allowed_models": "",
+        }
+        assert operator.ask(f"post {url} {json.dumps(form)}") == "302"  # ...and the form saved
+        stale_replica += standby.key_active(api_key.prefix) is True
+        stored = APIKey.objects.get(pk=api_key.pk)
+        assert (stored.is_active, stored.description) == (False, f"edited {round_}")
+        assert operator.status(protected_client.slug, plaintext) == 401
     assert stale_replica > 0, "the standby never lagged: the rounds prove nothing"

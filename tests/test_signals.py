@@ -56,14 +56,6 @@ def test_revoking_a_key_with_a_queryset_update_is_refused_at_once(api, two_keys,
     assert status(api, "protected-bot", plaintext) == 401
 
 
-def test_reactivating_a_key_is_accepted_at_once(api, make_key, protected_client):
-    make_key(protected_client)
-    api_key, plaintext = make_key(protected_client, is_active=False)
-    assert status(api, "protected-bot", plaintext) == 401
-    APIKey.objects.filter(pk=api_key.pk).update(is_active=True)
-    assert status(api, "protected-bot", plaintext) == 200
-
-
 def test_expiring_a_key_is_refused_at_once(api, two_keys):
     api_key, plaintext = two_keys
     assert status(api, "protected-bot", plaintext) == 200

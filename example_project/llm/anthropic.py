@@ -2,9 +2,11 @@
 so the official ``anthropic`` package works with ``base_url=http://HOST/anthropic/clients/<slug>``.
 
 The key comes in the ``x-api-key`` header, which is drf-llm-keys' default ``HEADER``. The
-echo model answers (an upstream, when configured, serves the OpenAI-compatible endpoints
-only), and errors take Anthropic's shape, so the package raises its own exceptions
-(``AuthenticationError`` for a 401, ...).
+key's model allowlist, token budget and usage count as on the OpenAI-compatible endpoints
+(the same ``CompletionView``). The echo model answers (an upstream, when configured, serves
+the OpenAI-compatible endpoints only), and errors take Anthropic's shape, so the package
+raises its own exceptions (``AuthenticationError`` for a 401, ``PermissionDeniedError`` for
+a model the key may not use, ``RateLimitError`` over the budget, ...).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.http import StreamingHttpResponse
-from rest_framework import exceptions, serializers
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import echo
 from .errors import openai_exception_handler
-from .views import OpenAICompatibleView, event_stream
+from .views import CompletionView
 
 # Anthropic's error type for each status; other 4xx are invalid requests, 5xx api errors.
 ERROR_TYPES = {
@@ -59,23 +61,18 @@ def anthropic_exception_handler(exc: Exception, context: dict[str, Any]) -> Resp
     return response
 
 
-class MessagesView(OpenAICompatibleView):
-    """``POST v1/messages``, streamed as Anthropic's server-sent events when ``stream`` is true."""
+class MessagesView(CompletionView):
+    """``POST v1/messages``, streamed as Anthropic's server-sent events when ``stream`` is
+    true; keys, allowlists, token budgets and accounting as on the OpenAI endpoints."""
+
+    request_serializer = MessagesRequestSerializer
+    model_not_found = "model: {model}"  # Anthropic's wording
 
     def get_exception_handler(self) -> Any:
         return anthropic_exception_handler
 
-    def post(self, request: Request, **kwargs: Any) -> Response | StreamingHttpResponse:
-        self.get_llm_client_or_404()
-        serializer = MessagesRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        body: dict[str, Any] = serializer.validated_data
-        if body["model"] != echo.MODEL_ID:
-            raise exceptions.NotFound(f"model: {body['model']}", code="model_not_found")
-        messages = [dict(message) for message in body["messages"]]
-        if body["stream"]:
-            return event_stream(message_events(messages))
-        return Response(message(messages))
+    def complete(self, request: Request, body: dict[str, Any]) -> Response | StreamingHttpResponse:
+        return self.echo(request, body, message, message_events)
 
 
 def message(messages: list[dict[str, Any]]) -> dict[str, Any]:

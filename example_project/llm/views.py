@@ -5,7 +5,7 @@ client's slug comes from the ``llm_client`` URL kwarg (``CLIENT_URL_KWARG``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.db import models
@@ -86,23 +86,60 @@ class ModelListView(OpenAICompatibleView):
         return Response(listing)
 
 
-class ChatCompletionView(OpenAICompatibleView):
-    """``POST chat/completions``, streamed as server-sent events when ``stream`` is true."""
+class CompletionView(OpenAICompatibleView):
+    """What every completion endpoint does around its model: only the key decides who calls;
+    a key over its token budget (``DRF_LLM_KEYS["TOKEN_RATE"]``) gets a 429 and a model
+    outside its allowlist a 403, before anything reaches a model; and each answer's tokens
+    are counted for the key. A subclass reads its API's request (``request_serializer``)
+    and answers in its shape (``complete``)."""
 
     # Its own classes, so that only the key decides: with SessionAuthentication after ours
     # (the default), a browser's session would authenticate a public client's POST and make
     # it need a CSRF token.
     authentication_classes = [LLMClientAPIKeyAuthentication]
-    # A key whose tokens reached its budget (DRF_LLM_KEYS["TOKEN_RATE"]) gets a 429 here,
-    # before anything is sent upstream.
     throttle_classes = [TokenRateThrottle]
+    request_serializer: type[serializers.Serializer]
+    model_not_found = "The model {model!r} does not exist."
 
     def post(self, request: Request, **kwargs: Any) -> Response | StreamingHttpResponse:
         self.get_llm_client_or_404()
-        serializer = ChatCompletionRequestSerializer(data=request.data)
+        serializer = self.request_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         body: dict[str, Any] = serializer.validated_data
-        require_model(request, body["model"])  # a 403 before anything reaches a model
+        require_model(request, body["model"])
+        return self.complete(request, body)
+
+    def complete(self, request: Request, body: dict[str, Any]) -> Response | StreamingHttpResponse:
+        raise NotImplementedError
+
+    def echo(
+        self,
+        request: Request,
+        body: dict[str, Any],
+        answer: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        events: Callable[[list[dict[str, Any]]], Iterator[bytes]],
+    ) -> Response | StreamingHttpResponse:
+        """The echo model's ``answer``, or its ``events`` when streaming, its tokens counted."""
+        if body["model"] != echo.MODEL_ID:
+            raise exceptions.NotFound(
+                self.model_not_found.format(model=body["model"]), code="model_not_found"
+            )
+        messages = [dict(message) for message in body["messages"]]
+        tokens = echo.usage(messages, echo.reply_to(messages))
+        if body["stream"]:
+            return event_stream(
+                accounting.then(events(messages), lambda: accounting.record_usage(request, tokens))
+            )
+        accounting.record_usage(request, tokens)
+        return Response(answer(messages))
+
+
+class ChatCompletionView(CompletionView):
+    """``POST chat/completions``, streamed as server-sent events when ``stream`` is true."""
+
+    request_serializer = ChatCompletionRequestSerializer
+
+    def complete(self, request: Request, body: dict[str, Any]) -> Response | StreamingHttpResponse:
         if upstream.configured():
             if body["stream"]:
                 lines = upstream.chat_completion_stream(request.data)
@@ -110,17 +147,13 @@ class ChatCompletionView(OpenAICompatibleView):
             reply = upstream.chat_completion(request.data)
             accounting.record_usage(request, reply.get("usage"))
             return Response(reply)
-        if body["model"] != echo.MODEL_ID:
-            raise exceptions.NotFound(f"The model {body['model']!r} does not exist.", code="model_not_found")
-        messages = [dict(message) for message in body["messages"]]
-        if body["stream"]:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = server_sent_events(echo.completion_chunks(messages, include_usage))
-            tokens = echo.usage(messages, echo.reply_to(messages))
-            return event_stream(accounting.then(events, lambda: accounting.record_usage(request, tokens)))
-        reply = echo.completion(messages)
-        accounting.record_usage(request, reply["usage"])
-        return Response(reply)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return self.echo(
+            request,
+            body,
+            echo.completion,
+            lambda messages: server_sent_events(echo.completion_chunks(messages, include_usage)),
+        )
 
 
 def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:

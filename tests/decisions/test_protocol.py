@@ -141,9 +141,8 @@ def inject(cell: Cell, event: str, victim: tuple[APIKey, str]) -> None:
     elif event == "scope change":
         assert cell.writer.manage("llm_keys", "update", api_key.prefix, "--scope", "chat") == "ok"
     elif event == "writer killed after commit":
-        dying = Worker(
-            {**worker_env(cell.config, library_settings()), "DRF_LLM_KEYS_TEST_DIE_AT": "committed"}
-        )
+        dying = Worker(worker_env(cell.config, library_settings()))
+        assert dying.ask("die-after-commit") == "armed"
         dying.ask(f"manage llm_keys revoke {api_key.prefix}")  # no answer: it died
         assert dying.process.wait(10) == -9
         assert not APIKey.objects.get(pk=api_key.pk).is_active, "killed after its commit"

@@ -104,7 +104,8 @@ def test_a_writer_killed_after_its_commit_leaves_no_revoked_key_accepted(api, pu
     reader = Worker(pushed_env)
     try:
         assert accepted(api, [reader], revoked_key, 0.3) > 0
-        dying = Worker({**pushed_env, "DRF_LLM_KEYS_TEST_DIE_AT": "committed"})
+        dying = Worker(pushed_env)
+        assert dying.ask("die-after-commit") == "armed"
         dying.ask(f"manage llm_keys revoke {revoked.prefix}")
         assert dying.process.wait(10) == -9, "killed between its commit and its publish"
         assert not APIKey.objects.get(pk=revoked.pk).is_active

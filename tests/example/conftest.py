@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import anthropic
 import openai
 import pytest
 from django.db import connection
@@ -75,3 +76,10 @@ def forwarding_server(example_env: dict[str, str], standin: StandIn) -> Iterator
 def openai_client(base_url: str, slug: str, key: str = "no-key") -> openai.OpenAI:
     """The official client, pointed at one LLM client; no retries, so a refusal shows at once."""
     return openai.OpenAI(base_url=f"{base_url}/v1/clients/{slug}", api_key=key, max_retries=0, timeout=30)
+
+
+def anthropic_client(base_url: str, slug: str, key: str = "no-key") -> anthropic.Anthropic:
+    """The official client on the Messages endpoint; no retries, so a refusal shows at once."""
+    return anthropic.Anthropic(
+        base_url=f"{base_url}/anthropic/clients/{slug}", api_key=key, max_retries=0, timeout=30
+    )

@@ -15,17 +15,12 @@ from langchain_openai import ChatOpenAI
 
 from drf_llm_keys import keys
 
+from .conftest import anthropic_client
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 MADE_UP_KEY = "llmk_000000000000." + "x" * 43
-
-
-def anthropic_client(base_url: str, slug: str, key: str = "no-key") -> anthropic.Anthropic:
-    """No retries, so a refusal shows at once."""
-    return anthropic.Anthropic(
-        base_url=f"{base_url}/anthropic/clients/{slug}", api_key=key, max_retries=0, timeout=30
-    )
 
 
 def chat_openai(base_url: str, slug: str, key: str = "no-key") -> ChatOpenAI:
@@ -102,6 +97,27 @@ def test_anthropic_errors_name_their_type(example_server, public_client):
         client.messages.create(model="echo", max_tokens=0, messages=HELLO)
     assert bad.value.body["error"]["type"] == "invalid_request_error"
     assert bad.value.body["error"]["message"].startswith("max_tokens: ")
+
+
+def test_anthropic_refuses_a_model_outside_the_keys_allowlist(example_server, make_key, protected_client):
+    _, plaintext = make_key(protected_client, allowed_models=["gpt-4o*"])
+    client = anthropic_client(example_server, "protected-bot", plaintext)
+    for stream in (False, True):
+        with pytest.raises(anthropic.PermissionDeniedError) as refused:
+            client.messages.create(model="echo", max_tokens=64, messages=HELLO, stream=stream)
+        assert refused.value.body == {
+            "type": "error",
+            "error": {"type": "permission_error", "message": "API key may not use model 'echo'."},
+        }
+
+
+def test_anthropic_serves_the_models_of_the_keys_allowlist_only(example_server, make_key, protected_client):
+    _, plaintext = make_key(protected_client, allowed_models=["echo"])
+    client = anthropic_client(example_server, "protected-bot", plaintext)
+    reply = client.messages.create(model="echo", max_tokens=64, messages=HELLO)
+    assert reply.content[0].text == "echo: hello there"
+    with pytest.raises(anthropic.PermissionDeniedError):  # refused before "no such model"
+        client.messages.create(model="claude-x", max_tokens=64, messages=HELLO)
 
 
 def test_anthropic_without_a_key_is_a_401_in_anthropics_shape(example_server, key):
