@@ -9,8 +9,8 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
-from django.dispatch import Signal
 from django.db.models.base import ModelBase
+from django.dispatch import Signal
 from django.utils.translation import gettext_lazy as _
 
 from . import crypto, get_client_model
