@@ -28,7 +28,6 @@ from drf_llm_keys.decisions.push import Channel, PushBackend
 from drf_llm_keys.decisions.redis import RedisBackend
 from drf_llm_keys.models import APIKey
 from tests.support import bearer, wait_until
-from tests.support.caches import CountingCache
 from tests.support.redis import (
     DJANGO,
     DJANGO_REDIS,
@@ -221,26 +220,28 @@ def test_a_refused_fill_is_logged_and_the_channel_stays(api, pushed, world, capl
 
 
 @both_backends
-def test_no_generation_leases_one_and_the_next_lookup_fills(api, pushed, world, settings, monkeypatch):
+def test_no_generation_leases_one_and_the_next_lookup_fills(api, pushed, world, settings):
     """Redis came back empty: the rows read answer that request only (a change whose generation
-    was lost may postdate them); a generation is leased with the cache's own SET NX, and the
-    next lookup fills under it."""
+    was lost may postdate them); a generation is leased (SET NX, sent on the tracking
+    connection like a fill), and the next lookup fills under it."""
     settings.DRF_LLM_KEYS = QUIET
     settle(api, world)
     pushed.flush()  # no client has a generation
-    counting = CountingCache(caches["default"])
-    monkeypatch.setattr(CacheBackend, "cache", property(lambda backend: counting))
+    before = reads(pushed)
     with CaptureQueriesContext(connection) as queries:
         assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
     assert len(queries) > 0
-    assert counting.calls["add"] == 1 and counting.calls["set"] == 0, counting.calls
-    leased = caches["default"].get(generation_name("protected-bot"))
+    assert reads(pushed) == before + 1, "one round trip: the read; the lease is not waited for"
+    name = generation_name("protected-bot")
+    wait_until(lambda: caches["default"].get(name) is not None, 5, "the lease never reached Redis")
+    assert tracker_command(pushed) == "set"
+    leased = caches["default"].get(name)
     assert isinstance(leased, str) and not leased.startswith("~")
     assert shared_entry(world) is None, "rows read before the lease must not be filled"
     # The next lookup loads again and fills under the lease, on the channel.
     assert api.get(URL.format("protected-bot"), **bearer(world.valid_key)).status_code == 200
     wait_until(lambda: (shared_entry(world) or ("",))[0] == leased, 5, "the fill never reached Redis")
-    assert caches["default"].get(generation_name("protected-bot")) == leased
+    assert caches["default"].get(name) == leased
     # Warm from then on: no SQL (a process that holds nothing takes the shared entry).
     get_decision_cache().held.entries.clear()
     with CaptureQueriesContext(connection) as queries:
