@@ -14,7 +14,7 @@ from model_bakery import baker
 
 from drf_llm_keys import crypto, decisions
 from drf_llm_keys.conf import conf
-from drf_llm_keys.decisions import entries, get_decision_cache, store
+from drf_llm_keys.decisions import entries, get_decision_cache, state
 from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
@@ -309,14 +309,14 @@ def test_a_repeated_unknown_key_is_refused_from_the_process(api, key, django_ass
 
 
 def test_unknown_keys_are_held_apart_and_bounded(api, key, monkeypatch):
-    monkeypatch.setattr(store, "UNKNOWN_KEY_ENTRIES", 3)
+    monkeypatch.setattr(state, "UNKNOWN_KEY_ENTRIES", 3)
     _, plaintext = key
     get(api, "protected-bot", plaintext)
-    held_before = dict(get_decision_cache().held)
+    held_before = dict(get_decision_cache().held.entries)
     for _ in range(10):
         assert get(api, "protected-bot", random_key()).status_code == 401
     assert len(get_decision_cache().unknown_keys) == 3
-    assert get_decision_cache().held == held_before  # nothing pushed out
+    assert get_decision_cache().held.entries == held_before  # nothing pushed out
 
 
 def test_a_key_made_later_under_a_refused_prefix_is_served(api, key, owner, protected_client):
@@ -341,7 +341,7 @@ def test_a_hit_keeps_an_entry_from_being_the_next_dropped(api, make_key, protect
         assert get(api, "protected-bot", plaintext).status_code == 200
     held = get_decision_cache().held
     names = {decision_name("protected-bot", p.partition(".")[0]): p for p in (first, second, third)}
-    assert [names[name] for name in held] == [first, third]
+    assert [names[name] for name in held.entries] == [first, third]
 
 
 # --- hostile traffic on Redis ------------------------------------------------------------------
@@ -352,18 +352,18 @@ def test_unknown_slugs_and_keys_write_nothing_to_redis_and_push_nothing_out(api,
     for _ in range(3):  # cold, confirmed, warm: every legitimate entry held and trusted
         world.assert_decisions(api)
     local = get_decision_cache()
-    held = dict(local.held)
-    channel = local.push.channel()
+    held = dict(local.held.entries)
+    channel = local.backend.channel()
     assert channel is not None
     keys_before, announced_before = pushed.client().dbsize(), channel.announcements
     for number in range(1000):
         assert get(api, f"unknown-{number}", random_key()).status_code == 404
         assert get(api, "protected-bot", random_key()).status_code == 401
     assert pushed.client().dbsize() == keys_before
-    channel.trusts("", "")  # reads whatever Redis has announced since
+    channel.known("")  # reads whatever Redis has announced since
     assert channel.announcements == announced_before
-    assert local.held == held
-    assert len(local.unknown_keys) <= store.UNKNOWN_KEY_ENTRIES
+    assert local.held.entries == held
+    assert len(local.unknown_keys) <= state.UNKNOWN_KEY_ENTRIES
     before = commands(pushed)
     world.assert_decisions(api)  # still warm: no round trip
     assert commands(pushed) == before
