@@ -309,7 +309,7 @@ def test_a_repeated_unknown_key_is_refused_from_the_process(api, key, django_ass
 
 
 def test_unknown_keys_are_held_apart_and_bounded(api, key, monkeypatch):
-    monkeypatch.setattr(state, "UNKNOWN_KEY_ENTRIES", 3)
+    monkeypatch.setattr(get_decision_cache().unknown_keys, "size", 3)
     _, plaintext = key
     get(api, "protected-bot", plaintext)
     held_before = dict(get_decision_cache().held.entries)
