@@ -591,6 +591,24 @@ class KeyUsage(models.Model):
         return f"{self.api_key_id} on {self.llm_client_id}, {self.day}"
 
 
+class UsageFlush(models.Model):
+    """A usage write that committed, named by the id its process gave it before the first
+    try (``drf_llm_keys.usage``). Inserted first in the write's own transaction: a retry of
+    a write whose commit went unanswered finds its id taken (or waits for the first try's
+    outcome) and adds nothing. Rows older than ``usage.FLUSH_ID_RETENTION`` are deleted.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    written_at = models.DateTimeField(_("written at"), db_index=True)
+
+    class Meta:
+        verbose_name = _("usage flush")
+        verbose_name_plural = _("usage flushes")
+
+    def __str__(self) -> str:
+        return f"{self.id} at {self.written_at}"
+
+
 class PendingInvalidation(models.Model):
     """A client whose cached decisions a write made stale, kept until its new generation is
     in the cache (``drf_llm_keys.decisions.outbox``).
