@@ -416,6 +416,15 @@ class APIKey(DeleteLocksFirst, SavesChanges):
         help_text=_('Model names the key may use; a trailing "*" matches a prefix. Empty: any model.'),
     )
     last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True, editable=False)
+    # Set by rotation: see ``allowance``.
+    lineage = models.CharField(
+        _("rotated from"),
+        max_length=crypto.PREFIX_MAX_LENGTH,
+        blank=True,
+        default="",
+        editable=False,
+        help_text=_("The prefix of the first key this one replaces, through rotations."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -459,6 +468,12 @@ class APIKey(DeleteLocksFirst, SavesChanges):
             if revoked_among(type(self)._base_manager.using(using).filter(pk=self.pk)):
                 raise ReactivationError([self.prefix])
             save(using=using)
+
+    @property
+    def allowance(self) -> str:
+        """What the key's rate windows are counted under: one for a key and every key that
+        replaces it through rotations (``keys.rotate_key``), which share one allowance."""
+        return self.lineage or self.prefix
 
     def clean(self) -> None:
         errors = {}

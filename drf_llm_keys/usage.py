@@ -88,12 +88,12 @@ class Subject(NamedTuple):
     key_id: Any
     client_id: Any
     client: str  # the client's stored lookup value, which names it in TOKEN_RATES
-    prefix: str
+    allowance: str  # APIKey.allowance: one token window for a key and its replacements
 
 
 def count_request(request: HttpRequest | Request, api_key: APIKey, client: Entry) -> None:
     """Count a request authenticated by ``api_key``: in the process only, no I/O."""
-    subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.prefix)
+    subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.allowance)
     setattr(request, SUBJECT_ATTRIBUTE, subject)
     counter.add(subject, requests=1)
 
@@ -131,7 +131,7 @@ def token_budget(subject: Subject) -> tuple[int, int] | None:
 
 def token_counter_name(subject: Subject, seconds: int, window: int) -> str:
     # Not the request throttle's counter of the same key, client and window length.
-    return windows.throttle_name(subject.client, f"tokens:{subject.prefix}", seconds, window)
+    return windows.throttle_name(subject.client, f"tokens:{subject.allowance}", seconds, window)
 
 
 def day_of(number: int) -> datetime.date:
