@@ -12,9 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from django.test import AsyncClient
-
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -30,6 +27,9 @@ def as_headers(meta: dict[str, str]) -> dict[str, str]:
 def over_asgi(method: str, path: str, body: str | None = None, **meta: str) -> Any:
     """One request through Django's ASGI handler (``AsyncClient``), from sync test code;
     ``meta`` as Django's test client takes headers (``HTTP_AUTHORIZATION=...``)."""
+    # Imported here: the worker and server processes import this package too, without them.
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
 
     async def send() -> Any:
         client = AsyncClient()
