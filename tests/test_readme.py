@@ -132,6 +132,7 @@ def answers(port: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.readme
 def test_the_quick_start_works_as_written(installed, redis_server, mysite_server):
     shell = Shell(installed)
     calls: list[tuple[str, int, Any]] = []
@@ -209,6 +210,7 @@ def curl(shell: Shell, setup: list[str], line: str) -> tuple[int, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.readme
 def test_the_example_project_steps_work_as_written(installed):
     ((_, language, code),) = steps("Try the example project")
     assert language == "bash"
