@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -69,6 +69,8 @@ SQLITE_LOCKED_WAITS = (0.05, 0.1, 0.2, 0.4, 0.75)
 UPSERT_VENDORS = frozenset({"postgresql", "sqlite", "mysql"})
 # How long the id of a committed write is kept (see the module's docstring).
 FLUSH_ID_RETENTION = datetime.timedelta(days=7)
+
+ChunkT = TypeVar("ChunkT")
 
 # (API key pk, client pk, UTC day as days since 1970-01-01)
 CounterKey = tuple[Any, Any, int]
@@ -121,6 +123,64 @@ def record_tokens(
     if budget is not None and tokens:
         seconds = budget[1]
         windows.add(token_counter_name(subject, seconds, windows.current(seconds)), tokens, seconds)
+
+
+class MeteredStream(Generic[ChunkT]):
+    """A streamed body that records its tokens once, when it ends, whatever ends it: its
+    last chunk taken, an exception in the producer, or the server's ``close()`` when the
+    client disconnects (what WSGI servers call, through Django's response, on a failed
+    write), also before its first chunk.
+
+    ``chunks`` gives ``(chunk, completion_tokens)`` pairs; the stream yields the chunks.
+    A chunk's tokens count once the server asks for the next one (it has written this
+    one) or the stream is over, so a client that leaves mid-stream is charged for what
+    was sent. ``prompt_tokens`` may be set while streaming, by a producer that learns the
+    figure late (an upstream reports it at the end)::
+
+        return StreamingHttpResponse(MeteredStream(request, pairs, prompt_tokens=12))
+    """
+
+    def __init__(
+        self, request: HttpRequest | Request, chunks: Iterable[tuple[ChunkT, int]], *, prompt_tokens: int = 0
+    ) -> None:
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0  # of the chunks sent
+        self._chunks = iter(chunks)
+        self._handed = 0  # the tokens of the chunk the server holds now
+        self._closed = False
+
+    def __iter__(self) -> MeteredStream[ChunkT]:
+        return self
+
+    def __next__(self) -> ChunkT:
+        self.completion_tokens += self._handed
+        self._handed = 0
+        if self._closed:
+            raise StopIteration
+        try:
+            chunk, tokens = next(self._chunks)
+        except BaseException:  # the end, or the producer's error: recorded before it goes on
+            self.close()
+            raise
+        self._handed = tokens
+        return chunk
+
+    def close(self) -> None:
+        """Stop the producer and record the tokens (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            record_tokens(
+                self.request,
+                prompt_tokens=max(0, self.prompt_tokens),
+                completion_tokens=max(0, self.completion_tokens),
+            )
 
 
 def token_budget(subject: Subject) -> tuple[int, int] | None:

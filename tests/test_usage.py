@@ -96,6 +96,42 @@ def test_tokens_reported_at_the_end_of_a_stream_are_counted(api, quiet, key):
     assert stored(api_key) == [("protected-bot", usage.today(), 1, 7, 11)]
 
 
+METERED = "/clients/protected-bot/tokens/metered/?prompt={}&chunks={}"
+
+
+def test_a_metered_stream_read_to_its_end_records_every_token(api, quiet, key):
+    api_key, plaintext = key
+    response = api.get(METERED.format(3, 5), **bearer(plaintext))
+    assert len(b"".join(response.streaming_content)) == 5 * 1024
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 3, 5)]
+
+
+@pytest.mark.parametrize("read", [0, 1, 3])
+def test_a_metered_stream_closed_by_the_server_records_the_chunks_sent(api, quiet, key, read):
+    """What a WSGI server does when a client disconnects: a write fails and it calls the
+    response's close(). The chunk whose write failed is not charged."""
+    api_key, plaintext = key
+    response = api.get(METERED.format(3, 5), **bearer(plaintext))
+    chunks = iter(response.streaming_content)
+    for _ in range(read):
+        next(chunks)
+    response.close()
+    response.close()  # recorded once
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 3, max(0, read - 1))]
+
+
+def test_a_metered_stream_whose_producer_fails_records_the_chunks_sent(api, quiet, key):
+    api_key, plaintext = key
+    response = api.get(METERED.format(3, 5) + "&fail_at=2", **bearer(plaintext))
+    with pytest.raises(RuntimeError, match="broke off"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 3, 2)]
+
+
 def test_negative_token_counts_are_a_programming_error(api, quiet, key):
     with pytest.raises(ValueError, match="cannot be negative"):
         usage.record_tokens(object(), prompt_tokens=-1)  # type: ignore[arg-type]
