@@ -257,8 +257,8 @@ def rotate_key(
     api_key: APIKey, grace: timedelta = DEFAULT_GRACE, *, expires_at: datetime | None = None
 ) -> tuple[APIKey, str]:
     """Issue a replacement (same owner, name, description, clients, scopes and allowed
-    models; it expires at ``expires_at``, by default never) and make ``api_key`` expire
-    after ``grace``.
+    models, and the same ``allowance``: both spend one rate allowance; it expires at
+    ``expires_at``, by default never) and make ``api_key`` expire after ``grace``.
 
     Both happen in one transaction. The old key's expiry only ever moves earlier, so
     running this again never extends it; each run issues one more replacement.
@@ -286,6 +286,7 @@ def rotate_key(
             expires_at=expires_at,
             scopes=old.scopes,
             allowed_models=old.allowed_models,
+            lineage=old.allowance,
         )
         retire_at = timezone.now() + grace
         if old.expires_at is None or old.expires_at > retire_at:

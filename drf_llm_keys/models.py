@@ -425,6 +425,15 @@ class APIKey(DeleteLocksFirst, SavesChanges):
         help_text=_('Model names the key may use; a trailing "*" matches a prefix. Empty: any model.'),
     )
     last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True, editable=False)
+    # Set by rotation: see ``allowance``.
+    lineage = models.CharField(
+        _("rotated from"),
+        max_length=crypto.PREFIX_MAX_LENGTH,
+        blank=True,
+        default="",
+        editable=False,
+        help_text=_("The prefix of the first key this one replaces, through rotations."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -468,6 +477,12 @@ class APIKey(DeleteLocksFirst, SavesChanges):
             if revoked_among(type(self)._base_manager.using(using).filter(pk=self.pk)):
                 raise ReactivationError([self.prefix])
             save(using=using)
+
+    @property
+    def allowance(self) -> str:
+        """What the key's rate windows are counted under: one for a key and every key that
+        replaces it through rotations (``keys.rotate_key``), which share one allowance."""
+        return self.lineage or self.prefix
 
     def clean(self) -> None:
         errors = {}
@@ -597,6 +612,24 @@ class KeyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.api_key_id} on {self.llm_client_id}, {self.day}"
+
+
+class UsageFlush(models.Model):
+    """A usage write that committed, named by the id its process gave it before the first
+    try (``drf_llm_keys.usage``). Inserted first in the write's own transaction: a retry of
+    a write whose commit went unanswered finds its id taken (or waits for the first try's
+    outcome) and adds nothing. Rows older than ``usage.FLUSH_ID_RETENTION`` are deleted.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    written_at = models.DateTimeField(_("written at"), db_index=True)
+
+    class Meta:
+        verbose_name = _("usage flush")
+        verbose_name_plural = _("usage flushes")
+
+    def __str__(self) -> str:
+        return f"{self.id} at {self.written_at}"
 
 
 class PendingInvalidation(models.Model):

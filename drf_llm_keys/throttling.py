@@ -54,7 +54,7 @@ class APIKeyRateThrottle(WindowThrottle):
         if limit is None:
             return True
         requests, seconds = limit
-        ident = f"key:{api_key.prefix}" if api_key is not None else f"ip:{self.get_ident(request)}"
+        ident = f"key:{api_key.allowance}" if api_key is not None else f"ip:{self.get_ident(request)}"
         window = windows.current(seconds)
         count = self.hit(windows.throttle_name(lookup, ident, seconds, window), seconds)
         if count is None or count <= requests:

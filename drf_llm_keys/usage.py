@@ -8,6 +8,13 @@ stored figures, so processes never overwrite each other's counts; the same write
 each key's ``last_used_at`` (``last_used``). A request therefore costs no SQL and no cache
 round trip for counting.
 
+Each write is counted exactly once. A write has an id, made before its first try and
+inserted first in its transaction (``models.UsageFlush``); a write that fails is tried
+again as it was, under the same id, before any later counts: when its commit reached the
+database but the answer was lost (a connection cut, a failover), the retry finds the id
+taken and adds nothing. Ids are kept for ``FLUSH_ID_RETENTION``, longer than any process
+keeps retrying (a retry later than that, after a day without the database, could count twice).
+
 What can be lost: a process that dies without running ``atexit`` (SIGKILL, a crash, a
 SIGTERM to a server that does not handle it) loses the counts of its last
 ``USAGE_FLUSH_INTERVAL`` seconds, plus whatever it could not write while the database was
@@ -29,20 +36,22 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
 from django.http import HttpRequest
+from django.utils import timezone
 from rest_framework.request import Request
 
 from . import get_client_model, windows
 from .conf import conf
 from .decisions import Entry
 from .last_used import write_last_used
-from .models import APIKey, KeyUsage
+from .models import APIKey, KeyUsage, UsageFlush
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -58,9 +67,21 @@ BATCH_SIZE = 500
 SQLITE_LOCKED_WAITS = (0.05, 0.1, 0.2, 0.4, 0.75)
 # Backends with an atomic "insert or add" statement; others take the portable path.
 UPSERT_VENDORS = frozenset({"postgresql", "sqlite", "mysql"})
+# How long the id of a committed write is kept (see the module's docstring).
+FLUSH_ID_RETENTION = datetime.timedelta(days=7)
+
+ChunkT = TypeVar("ChunkT")
 
 # (API key pk, client pk, UTC day as days since 1970-01-01)
 CounterKey = tuple[Any, Any, int]
+
+
+class Batch(NamedTuple):
+    """Counts taken for one write, under the id that makes its retries add nothing."""
+
+    id: uuid.UUID
+    counts: dict[CounterKey, list[int]]
+    last_used: dict[Any, float]
 
 
 class Subject(NamedTuple):
@@ -69,12 +90,12 @@ class Subject(NamedTuple):
     key_id: Any
     client_id: Any
     client: str  # the client's stored lookup value, which names it in TOKEN_RATES
-    prefix: str
+    allowance: str  # APIKey.allowance: one token window for a key and its replacements
 
 
 def count_request(request: HttpRequest | Request, api_key: APIKey, client: Entry) -> None:
     """Count a request authenticated by ``api_key``: in the process only, no I/O."""
-    subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.prefix)
+    subject = Subject(api_key.id, client["id"], str(client["lookup"]), api_key.allowance)
     setattr(request, SUBJECT_ATTRIBUTE, subject)
     counter.add(subject, requests=1)
 
@@ -104,6 +125,64 @@ def record_tokens(
         windows.add(token_counter_name(subject, seconds, windows.current(seconds)), tokens, seconds)
 
 
+class MeteredStream(Generic[ChunkT]):
+    """A streamed body that records its tokens once, when it ends, whatever ends it: its
+    last chunk taken, an exception in the producer, or the server's ``close()`` when the
+    client disconnects (what WSGI servers call, through Django's response, on a failed
+    write), also before its first chunk.
+
+    ``chunks`` gives ``(chunk, completion_tokens)`` pairs; the stream yields the chunks.
+    A chunk's tokens count once the server asks for the next one (it has written this
+    one) or the stream is over, so a client that leaves mid-stream is charged for what
+    was sent. ``prompt_tokens`` may be set while streaming, by a producer that learns the
+    figure late (an upstream reports it at the end)::
+
+        return StreamingHttpResponse(MeteredStream(request, pairs, prompt_tokens=12))
+    """
+
+    def __init__(
+        self, request: HttpRequest | Request, chunks: Iterable[tuple[ChunkT, int]], *, prompt_tokens: int = 0
+    ) -> None:
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0  # of the chunks sent
+        self._chunks = iter(chunks)
+        self._handed = 0  # the tokens of the chunk the server holds now
+        self._closed = False
+
+    def __iter__(self) -> MeteredStream[ChunkT]:
+        return self
+
+    def __next__(self) -> ChunkT:
+        self.completion_tokens += self._handed
+        self._handed = 0
+        if self._closed:
+            raise StopIteration
+        try:
+            chunk, tokens = next(self._chunks)
+        except BaseException:  # the end, or the producer's error: recorded before it goes on
+            self.close()
+            raise
+        self._handed = tokens
+        return chunk
+
+    def close(self) -> None:
+        """Stop the producer and record the tokens (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            record_tokens(
+                self.request,
+                prompt_tokens=max(0, self.prompt_tokens),
+                completion_tokens=max(0, self.completion_tokens),
+            )
+
+
 def token_budget(subject: Subject) -> tuple[int, int] | None:
     """``(tokens, seconds)`` for the subject's key on its client; None for no budget."""
     rates = conf.TOKEN_RATES
@@ -112,7 +191,7 @@ def token_budget(subject: Subject) -> tuple[int, int] | None:
 
 def token_counter_name(subject: Subject, seconds: int, window: int) -> str:
     # Not the request throttle's counter of the same key, client and window length.
-    return windows.throttle_name(subject.client, f"tokens:{subject.prefix}", seconds, window)
+    return windows.throttle_name(subject.client, f"tokens:{subject.allowance}", seconds, window)
 
 
 def day_of(number: int) -> datetime.date:
@@ -140,6 +219,8 @@ class UsageCounter:
         # a counter above: bounded by USAGE_MAX_PENDING too.
         self._last_used: dict[Any, float] = {}
         self._dropped = 0
+        # A write that failed, whose commit may still have happened: tried again as it is.
+        self._unsettled: Batch | None = None
         self._timer: threading.Timer | None = None
         self._due = 0.0  # when the timer fires (time.monotonic())
         self._failing = False  # the last write failed: wait for the interval, never sooner
@@ -166,9 +247,12 @@ class UsageCounter:
                 self._schedule(0.0 if early else conf.USAGE_FLUSH_INTERVAL)
 
     def pending(self) -> dict[CounterKey, tuple[int, int, int]]:
-        """A copy of the counts not written yet."""
+        """The counts not known to be written: waiting, or of a write whose outcome is unknown."""
         with self._lock:
-            return {name: (c[0], c[1], c[2]) for name, c in self._pending.items()}
+            summed = {name: list(c) for name, c in self._pending.items()}
+            for name, figures in self._unsettled.counts.items() if self._unsettled else ():
+                summed[name] = [a + b for a, b in zip(summed.get(name, [0, 0, 0]), figures, strict=True)]
+            return {name: (c[0], c[1], c[2]) for name, c in summed.items()}
 
     def flush(self) -> bool:
         """Write the waiting counts now. False when they could not be written: they are kept
@@ -178,6 +262,7 @@ class UsageCounter:
                 taken, self._pending = self._pending, {}
                 used, self._last_used = self._last_used, {}
                 dropped, self._dropped = self._dropped, 0
+                unsettled = self._unsettled
             if dropped:
                 logger.warning(
                     "drf_llm_keys: %d usage counts dropped: more than USAGE_MAX_PENDING=%d "
@@ -185,15 +270,30 @@ class UsageCounter:
                     dropped,
                     conf.USAGE_MAX_PENDING,
                 )
+            if unsettled is not None:
+                try:
+                    write_counts(unsettled.counts, unsettled.last_used, flush_id=unsettled.id)
+                except Exception:
+                    logger.warning(
+                        "drf_llm_keys: could not write usage counts, kept for the next flush", exc_info=True
+                    )
+                    self._keep(taken, used)  # never tried: the next write's
+                    return False
+                with self._lock:
+                    self._unsettled = None
             if not taken:
+                self._failing = False
                 return True
+            batch = Batch(uuid.uuid4(), taken, used)
             try:
-                write_counts(taken, used)
+                write_counts(batch.counts, batch.last_used, flush_id=batch.id)
             except Exception:
                 logger.warning(
                     "drf_llm_keys: could not write usage counts, kept for the next flush", exc_info=True
                 )
-                self._keep(taken, used)
+                with self._lock:
+                    self._unsettled = batch
+                self._keep({}, {})
                 return False
             self._failing = False
             return True
@@ -206,6 +306,7 @@ class UsageCounter:
             self._pending.clear()
             self._last_used.clear()
             self._dropped = 0
+            self._unsettled = None
             self._timer = None
             self._failing = False
 
@@ -215,7 +316,7 @@ class UsageCounter:
 
     def flush_at_exit(self) -> None:
         try:
-            if self._pending and not self.flush():
+            if (self._pending or self._unsettled) and not self.flush():
                 logger.warning("drf_llm_keys: usage counts not written at exit are lost")
         except Exception:  # at shutdown, even a retry timer may fail to start
             logger.warning("drf_llm_keys: usage counts not written at exit are lost", exc_info=True)
@@ -232,14 +333,17 @@ class UsageCounter:
                 key_id = name[0]
                 if key_id in used:
                     self._last_used[key_id] = max(used[key_id], self._last_used.get(key_id, 0.0))
-            if self._pending and self._timer is None:
+            if (self._pending or self._unsettled) and self._timer is None:
                 self._schedule(conf.USAGE_FLUSH_INTERVAL)
 
     def _counts_of(self, name: CounterKey) -> list[int] | None:
         """The counts waiting under ``name`` (made if there is room; the lock is held)."""
         counts = self._pending.get(name)
         if counts is None:
-            if len(self._pending) >= conf.USAGE_MAX_PENDING:
+            # The bound holds for the counts of a write whose outcome is unknown too; a name
+            # that has counts there already takes no more room.
+            unsettled = self._unsettled.counts if self._unsettled else {}
+            if name not in unsettled and len(self._pending) + len(unsettled) >= conf.USAGE_MAX_PENDING:
                 self._dropped += 1
                 return None
             counts = self._pending[name] = [0, 0, 0]
@@ -264,11 +368,15 @@ class UsageCounter:
 
 
 def write_counts(
-    counts: dict[CounterKey, list[int]], last_used_at: Mapping[Any, float] | None = None
+    counts: dict[CounterKey, list[int]],
+    last_used_at: Mapping[Any, float] | None = None,
+    *,
+    flush_id: uuid.UUID | None = None,
 ) -> None:
     """Add the counts to the stored figures and record when each key was last used
     (``last_used``), in one transaction; counts of keys or clients deleted since are
-    dropped with them."""
+    dropped with them. With ``flush_id``, a write under an id that committed already
+    adds nothing (see the module's docstring)."""
     using = router.db_for_write(KeyUsage)
     rows = [
         (key_id, client_id, day_of(day), *figures)
@@ -279,6 +387,8 @@ def write_counts(
     while True:
         try:
             with transaction.atomic(using=using):
+                if flush_id is not None and not _claimed(flush_id, using):
+                    return  # an earlier try committed, its answer lost
                 kept = _of_locked(rows, last_used_at or {}, using)
                 for start in range(0, len(kept), BATCH_SIZE):
                     _add_rows(kept[start : start + BATCH_SIZE], using)
@@ -297,6 +407,21 @@ def write_counts(
             if not waits or connections[using].vendor != "sqlite" or "locked" not in str(exc):
                 raise
             time.sleep(waits.pop(0))
+
+
+def _claimed(flush_id: uuid.UUID, using: str) -> bool:
+    """Insert the write's id; False when a try of it committed already. Inserted, not
+    looked up: while a first try's commit is still under way, the insert waits for its
+    outcome rather than miss it. Old ids are deleted here too."""
+    now = timezone.now()
+    flushes = UsageFlush._base_manager.using(using)
+    try:
+        with transaction.atomic(using=using):  # a savepoint: the error must not end the write's transaction
+            flushes.create(id=flush_id, written_at=now)
+    except IntegrityError:
+        return False
+    flushes.filter(written_at__lt=now - FLUSH_ID_RETENTION).delete()
+    return True
 
 
 def _of_locked(

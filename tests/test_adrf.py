@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.decisions import store
 from drf_llm_keys.models import LLMClient
-from tests.support import as_headers, bearer
+from tests.support import bearer, over_asgi
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +42,7 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
 
 
 def get(path: str, **meta: str) -> Any:
-    return async_to_sync(AsyncClient().get)(path, headers=as_headers(meta))
+    return over_asgi("get", path, **meta)
 
 
 # Committed rows: a decision read inside the test's open transaction is not held (store).

@@ -47,7 +47,10 @@ def test_the_ninja_example(make_key, protected_client, public_client, settings):
     client = TestAsyncClient(run(NINJA_EXAMPLE)["api"])
 
     def post(path: str, **headers: str) -> Any:
-        return async_to_sync(client.post)(path, headers=headers)
+        async def send() -> Any:
+            return await client.post(path, headers=headers)
+
+        return async_to_sync(send)()
 
     path = "/clients/protected-bot/chat/completions?model={}"
     auth = {"Authorization": f"Bearer {plaintext}"}

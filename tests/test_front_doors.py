@@ -8,12 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client
+from django.test import Client
 from django.utils import timezone
 
 from drf_llm_keys.models import APIKey
-from tests.support import as_headers, bearer
+from tests.support import bearer, over_asgi
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +27,8 @@ DOORS = {
 EACH_DOOR = pytest.mark.parametrize("door", list(DOORS.values()), ids=list(DOORS))
 
 
-def over_asgi(path: str, **meta: str) -> Any:
-    return async_to_sync(AsyncClient().get)(path, headers=as_headers(meta))
+def get(path: str, **meta: str) -> Any:
+    return over_asgi("get", path, **meta)
 
 
 def answer(response: Any) -> tuple[int, Any, str | None]:
@@ -39,7 +38,7 @@ def answer(response: Any) -> tuple[int, Any, str | None]:
 def assert_same_refusal(door: str, client: str, reason: str, **headers: str) -> None:
     drf = Client().get(DRF.format(client), **headers)
     assert answer(drf) == (401, {"detail": reason}, 'Bearer realm="api"')
-    assert answer(over_asgi(door.format(client), **headers)) == answer(drf)
+    assert answer(get(door.format(client), **headers)) == answer(drf)
     if "ninja" in door and "async" not in door:  # a sync operation under WSGI too
         assert answer(Client().get(door.format(client), **headers)) == answer(drf)
 
@@ -47,7 +46,7 @@ def assert_same_refusal(door: str, client: str, reason: str, **headers: str) -> 
 @EACH_DOOR
 def test_a_public_client_is_served_anonymously(door, public_client, key):
     _, plaintext = key  # another client's key: a public client ignores it
-    response = over_asgi(door.format("public-bot"), **bearer(plaintext))
+    response = get(door.format("public-bot"), **bearer(plaintext))
     assert response.status_code == 200
     assert response.json()["key"] is None
 
@@ -55,7 +54,7 @@ def test_a_public_client_is_served_anonymously(door, public_client, key):
 @EACH_DOOR
 def test_a_valid_key_is_served_with_its_key(door, key):
     api_key, plaintext = key
-    response = over_asgi(door.format("protected-bot"), **bearer(plaintext))
+    response = get(door.format("protected-bot"), **bearer(plaintext))
     assert response.status_code == 200, response.content
     assert response.json()["key"] == api_key.prefix
     assert response.json()["client"] == "protected-bot"
@@ -89,7 +88,7 @@ def test_a_malformed_header_is_the_same_401(door, key):
 def test_a_revoked_key_is_the_same_401(door, key, make_key, protected_client):
     api_key, plaintext = key
     make_key(protected_client)  # another key: the client stays protected
-    assert over_asgi(door.format("protected-bot"), **bearer(plaintext)).status_code == 200  # held now
+    assert get(door.format("protected-bot"), **bearer(plaintext)).status_code == 200  # held now
     APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
     assert_same_refusal(door, "protected-bot", "API key has been revoked.", **bearer(plaintext))
 
@@ -103,7 +102,7 @@ def test_an_expired_key_is_the_same_401(door, make_key, protected_client):
 @EACH_DOOR
 def test_the_x_api_key_header_works_the_same(door, key):
     api_key, plaintext = key
-    response = over_asgi(door.format("protected-bot"), HTTP_X_API_KEY=plaintext)
+    response = get(door.format("protected-bot"), HTTP_X_API_KEY=plaintext)
     assert response.json()["key"] == api_key.prefix
 
 
@@ -111,5 +110,5 @@ def test_the_x_api_key_header_works_the_same(door, key):
 def test_an_unknown_client_is_the_same_404(door, db):
     drf = Client().get(DRF.format("nope"))
     assert (drf.status_code, drf.json()) == (404, {"detail": "No LLM client 'nope'."})
-    response = over_asgi(door.format("nope"))
+    response = get(door.format("nope"))
     assert (response.status_code, response.json()) == (drf.status_code, drf.json())

@@ -126,6 +126,6 @@ def test_the_last_uses_waiting_are_bounded_by_usage_max_pending(
             harness.wait_until(lambda: "could not write usage counts" in caplog.text, 10, "no write")
             for _, plaintext in made[1:]:
                 assert api.get(URL, **bearer(plaintext)).status_code == 200
-            assert len(usage.counter._last_used) == 2
+            assert len(usage.counter.pending()) == 2
     usage.flush()
     assert APIKey.objects.filter(last_used_at__gte=before).count() == 2

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client
+from django.test import Client
 
 from drf_llm_keys import signals, usage
 from drf_llm_keys.ninja import ANONYMOUS, LLMClientAPIKeyAuth
 from tests.async_views import api
-from tests.support import as_headers, bearer
+from tests.support import bearer, over_asgi
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +19,7 @@ OPERATIONS = pytest.mark.parametrize("kind", ["sync", "async"])
 
 
 def get(path: str, **meta: str) -> Any:
-    return async_to_sync(AsyncClient().get)(path, headers=as_headers(meta))
+    return over_asgi("get", path, **meta)
 
 
 def test_request_auth_is_the_key(key):

@@ -132,6 +132,7 @@ def answers(port: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.readme
 def test_the_quick_start_works_as_written(installed, redis_server, mysite_server):
     shell = Shell(installed)
     calls: list[tuple[str, int, Any]] = []
@@ -159,7 +160,8 @@ def test_the_quick_start_works_as_written(installed, redis_server, mysite_server
             wait_until(functools.partial(answers, port), 60, "runserver did not answer")
             base_url = f"http://127.0.0.1:{port}"
         elif "curl" in code:
-            calls = run_curl_lines(shell, code.replace(README_URL, base_url))
+            curl_code = code.replace(README_URL, base_url)
+            calls = run_curl_lines(shell, curl_code)
         else:
             shell.run(code.replace("createsuperuser", "createsuperuser --noinput"))
 
@@ -174,6 +176,12 @@ def test_the_quick_start_works_as_written(installed, redis_server, mysite_server
     assert protected_bearer[2] == {"client": "support-bot", "key": key.split(".")[0]}
     assert unknown[1] == 404
 
+    # The revoke the text after the block names, for this key: the server refuses it at once.
+    (revoke,) = re.findall(r"`(python manage\.py llm_keys revoke PREFIX[^`]*)`", README)
+    shell.run(revoke.replace("PREFIX", key.split(".")[0]))
+    setup = [line for line in curl_code.splitlines() if line.startswith("URL=")]
+    assert curl(shell, setup, protected_bearer[0]) == (401, {"detail": "API key has been revoked."})
+
 
 def run_curl_lines(shell: Shell, code: str) -> list[tuple[str, int, Any]]:
     """Each ``curl`` line, with the shell lines before it; its status and body must be the
@@ -185,19 +193,24 @@ def run_curl_lines(shell: Shell, code: str) -> list[tuple[str, int, Any]]:
         if not line.startswith("curl"):
             continue
         expected_status, expected_body = comment.removeprefix("# ").split(" ", 1)
-        # Output format only: the body, then the status on a line of its own.
-        measured = line.replace("curl ", "curl -s -w '\\n%{http_code}' ", 1)
-        body, status = shell.run("\n".join([*setup, measured])).rsplit("\n", 1)
+        status, body = curl(shell, setup, line)
         key_prefix = shell.env.get("KEY", "").split(".")[0]
-        assert (int(status), json.loads(body)) == (
-            int(expected_status),
-            json.loads(expected_body.replace(README_PREFIX, key_prefix)),
-        ), line
-        calls.append((line, int(status), json.loads(body)))
+        expected = json.loads(expected_body.replace(README_PREFIX, key_prefix))
+        assert (status, body) == (int(expected_status), expected), line
+        calls.append((line, status, body))
     return calls
 
 
+def curl(shell: Shell, setup: list[str], line: str) -> tuple[int, Any]:
+    """A README ``curl`` line after the shell lines it needs: (status, JSON body)."""
+    # Output format only: the body, then the status on a line of its own.
+    measured = line.replace("curl ", "curl -s -w '\\n%{http_code}' ", 1)
+    body, status = shell.run("\n".join([*setup, measured])).rsplit("\n", 1)
+    return int(status), json.loads(body)
+
+
 @pytest.mark.slow
+@pytest.mark.readme
 def test_the_example_project_steps_work_as_written(installed):
     ((_, language, code),) = steps("Try the example project")
     assert language == "bash"

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory, force_authenticate
 
-from drf_llm_keys import get_client_model
+from drf_llm_keys import get_client_model, keys
 from drf_llm_keys.checks import check_throttle_rates
 from drf_llm_keys.conf import conf
 from drf_llm_keys.models import LLMClientAPIKey
@@ -62,6 +62,15 @@ def test_each_key_has_its_own_budget(settings, make_key, protected_client):
     _, second = make_key(protected_client)
     assert statuses("protected-bot", 2, **bearer(first)) == [200, 429]
     assert statuses("protected-bot", 2, **bearer(second)) == [200, 429]
+
+
+def test_a_rotated_key_and_its_replacement_share_one_rate(settings, key):
+    settings.DRF_LLM_KEYS = {"THROTTLE_RATE": "2/hour"}
+    old, old_plaintext = key
+    assert statuses("protected-bot", 2, **bearer(old_plaintext)) == [200, 200]
+    _, new_plaintext = keys.rotate_key(old)
+    assert statuses("protected-bot", 1, **bearer(new_plaintext)) == [429]
+    assert statuses("protected-bot", 1, **bearer(old_plaintext)) == [429]  # still in its grace period
 
 
 def test_a_key_has_one_budget_per_client(settings, make_key, protected_client):

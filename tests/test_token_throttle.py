@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from drf_llm_keys import usage
+from drf_llm_keys import keys, usage
 from drf_llm_keys.checks import check_throttle_rates
 from tests.support import bearer, harness
 from tests.support.redis import CONTROL_COMMANDS, cache_config, commands
@@ -55,6 +55,20 @@ def test_each_key_and_client_has_its_own_budget(api, settings, make_key, protect
     assert [spend(api, first, 10, 0), spend(api, first, 0, 0)] == [200, 429]
     assert [spend(api, second, 10, 0), spend(api, second, 0, 0)] == [200, 429]
     assert [spend(api, first, 10, 0, "other-bot"), spend(api, first, 0, 0, "other-bot")] == [200, 429]
+
+
+def test_a_rotated_key_and_its_replacement_share_one_budget(api, settings, key):
+    """With 1,000 tokens an hour, the old key spends 1,200 and is refused; its replacement
+    is refused in the same hour, and so is the replacement of the replacement."""
+    settings.DRF_LLM_KEYS = {"TOKEN_RATE": "1000/hour"}
+    old, old_plaintext = key
+    assert spend(api, old_plaintext, 700, 500) == 200
+    assert spend(api, old_plaintext, 0, 0) == 429
+    new, new_plaintext = keys.rotate_key(old)
+    assert spend(api, new_plaintext, 0, 0) == 429
+    _, newest_plaintext = keys.rotate_key(new)
+    assert spend(api, newest_plaintext, 0, 0) == 429
+    assert new.allowance == old.prefix
 
 
 def test_a_client_budget_overrides_the_default_and_none_lifts_it(api, settings, make_key, protected_client):

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from drf_llm_keys import usage
 from drf_llm_keys.models import APIKey, KeyUsage
 from tests.support import bearer, harness
 from tests.support.databases import database_outage
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,6 +94,42 @@ def test_tokens_reported_at_the_end_of_a_stream_are_counted(api, quiet, key):
     response.close()
     assert usage.flush()
     assert stored(api_key) == [("protected-bot", usage.today(), 1, 7, 11)]
+
+
+METERED = "/clients/protected-bot/tokens/metered/?prompt={}&chunks={}"
+
+
+def test_a_metered_stream_read_to_its_end_records_every_token(api, quiet, key):
+    api_key, plaintext = key
+    response = api.get(METERED.format(3, 5), **bearer(plaintext))
+    assert len(b"".join(response.streaming_content)) == 5 * 1024
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 3, 5)]
+
+
+@pytest.mark.parametrize("read", [0, 1, 3])
+def test_a_metered_stream_closed_by_the_server_records_the_chunks_sent(api, quiet, key, read):
+    """What a WSGI server does when a client disconnects: a write fails and it calls the
+    response's close(). The chunk whose write failed is not charged."""
+    api_key, plaintext = key
+    response = api.get(METERED.format(3, 5), **bearer(plaintext))
+    chunks = iter(response.streaming_content)
+    for _ in range(read):
+        next(chunks)
+    response.close()
+    response.close()  # recorded once
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 3, max(0, read - 1))]
+
+
+def test_a_metered_stream_whose_producer_fails_records_the_chunks_sent(api, quiet, key):
+    api_key, plaintext = key
+    response = api.get(METERED.format(3, 5) + "&fail_at=2", **bearer(plaintext))
+    with pytest.raises(RuntimeError, match="broke off"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert usage.flush()
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 3, 2)]
 
 
 def test_negative_token_counts_are_a_programming_error(api, quiet, key):
@@ -336,6 +374,46 @@ def test_a_database_error_during_flush_keeps_the_counts_and_spares_requests(
     assert pending_requests() == 3
     assert usage.flush()
     assert stored(api_key) == [("protected-bot", usage.today(), 3, 2, 3)]
+
+
+# A connection through a proxy that can cut it: a server on a port, not SQLite's file
+# (MariaDB's driver does not build here: run on PostgreSQL only).
+if django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+
+    @pytest.fixture
+    def database_proxy() -> Iterator[Proxy]:
+        """The default connection through a proxy to the database (new connections only)."""
+        saved = dict(connection.settings_dict)
+        proxy = Proxy(int(saved["PORT"] or 5432))
+        connection.close()
+        connection.settings_dict.update(HOST="127.0.0.1", PORT=str(proxy.port))
+        try:
+            yield proxy
+        finally:
+            connection.close()
+            connection.settings_dict.clear()
+            connection.settings_dict.update(saved)
+            proxy.close()
+
+    def test_a_flush_whose_commit_answer_is_lost_is_not_counted_again(
+        api, quiet, key, database_proxy, caplog
+    ):
+        """The write's COMMIT reaches the database, which commits; its answer never comes
+        back. The retry finds the write done: 20 requests stay 20, not 40."""
+        api_key, plaintext = key
+        for _ in range(20):
+            assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+        connection.close()  # the requests' connection was opened before the proxy's
+        database_proxy.lose_next_commit_answer()
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            assert not usage.flush()
+        assert "could not write usage counts, kept for the next flush" in caplog.text
+        assert pending_requests() == 20  # its outcome unknown to the process
+        assert stored(api_key) == [("protected-bot", usage.today(), 20, 0, 0)]  # yet committed
+        assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
+        assert usage.flush()
+        assert pending_requests() == 0
+        assert stored(api_key) == [("protected-bot", usage.today(), 21, 0, 0)]
 
 
 if "sqlite" in django_settings.DATABASES["default"]["ENGINE"]:

@@ -52,26 +52,34 @@ def test_the_view_example_records_tokens_and_holds_the_budget(budget, key):
     assert (row.requests, row.prompt_tokens, row.completion_tokens) == (3, 14, 10)
 
 
-def test_the_streaming_example_records_tokens_at_the_end(api, budget, key):
+@pytest.mark.parametrize(("read", "completion"), [(None, 6), (2, 2)])
+def test_the_streaming_example_records_tokens_however_the_stream_ends(api, budget, key, read, completion):
+    """Read to its end: every piece's tokens. Closed by the server after two chunks (a
+    client that left): the first one's, the one it wrote."""
     api_key, plaintext = key
     namespace: dict[str, Any] = {}
     exec(python_blocks(USAGE_DOC)[1], namespace)
-    # The authenticated request the view got, from a view that answers with the example.
-    captured: dict[str, Any] = {}
     from .views import PerViewEcho
 
     class Streamed(PerViewEcho):
         def get(self, request: Any, **kwargs: Any) -> StreamingHttpResponse:
-            captured["response"] = namespace["streamed"](request, iter([b"data: 1\n\n"]), 3, 4)
-            return captured["response"]
+            response: StreamingHttpResponse = namespace["streamed"](
+                request, [("1", 2), ("2", 2), ("3", 2)], 3
+            )
+            return response
 
     response = Streamed.as_view()(factory.get("/", **bearer(plaintext)), llm_client="protected-bot")
     ((figures),) = usage.counter.pending().values()
     assert figures == (1, 0, 0)  # counted; its tokens come with the end of the body
-    assert b"".join(response.streaming_content) == b"data: 1\n\n"
+    chunks = iter(response.streaming_content)
+    if read is None:
+        assert b"".join(chunks) == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
+    else:
+        assert [next(chunks) for _ in range(read)] == [b"data: 1\n\n", b"data: 2\n\n"]
+    response.close()
     assert usage.flush()
     row = KeyUsage.objects.get(api_key=api_key)
-    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (1, 3, 4)
+    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (1, 3, completion)
 
 
 def test_the_reading_example_sums_per_key(api, budget, key):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -173,3 +175,37 @@ def test_the_budgets_counters_never_name_a_key(start, shared_redis, key):
     assert len(counters) == 1, names
     assert api_key.prefix not in counters[0]
     assert not [name for name in names if plaintext in name or plaintext.split(".")[1] in name]
+
+
+def read_then_reset(port: int, path: str, plaintext: str, size: int) -> None:
+    """A client that reads ``size`` bytes of a streamed body, then resets the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {plaintext}\r\n\r\n"
+        sock.sendall(request.encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        body = received.partition(b"\r\n\r\n")[2]
+        while len(body) < size:
+            body += sock.recv(size - len(body))
+        # Linger 0: close() sends a RST, as a client that crashes or is killed does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.slow
+def test_streams_read_in_part_and_reset_record_the_tokens_sent(key, tmp_path):
+    """Three 1,000-token streams from a gunicorn worker, each read in part by a client that
+    then resets: each records its prompt tokens and at least the chunks the client read,
+    never the whole stream (the server's writes fail and it closes the response)."""
+    api_key, plaintext = key
+    chunk, chunks, read = 4096, 1000, 50
+    servers = harness.Servers(harness.child_environment(cache_dir=str(tmp_path / "cache")), workers=1)
+    try:
+        for _ in range(3):
+            path = f"/clients/protected-bot/tokens/metered/?prompt=7&chunks={chunks}&size={chunk}"
+            read_then_reset(servers.port, path, plaintext, read * chunk)
+    finally:
+        servers.stop()  # a graceful stop: the worker writes its counts at exit
+    requests, prompt, completion = figures(api_key)
+    assert (requests, prompt) == (3, 21), servers.output()
+    assert 3 * read <= completion < 3 * chunks, servers.output()

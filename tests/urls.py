@@ -14,6 +14,7 @@ urlpatterns = [
     path("models/<str:llm_client>/echo/", views.ModelEcho.as_view()),
     path("clients/<str:llm_client>/tokens/", views.TokenEcho.as_view()),
     path("clients/<str:llm_client>/tokens/stream/", views.StreamedTokenEcho.as_view()),
+    path("clients/<str:llm_client>/tokens/metered/", views.MeteredTokenEcho.as_view()),
 ]
 
 # The async front doors over the same decision (tests/async_views.py).

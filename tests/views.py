@@ -103,6 +103,25 @@ class StreamedTokenEcho(TokenEcho):
         return StreamingHttpResponse(body())
 
 
+class MeteredTokenEcho(TokenEcho):
+    """``?chunks=N`` chunks of ``size`` bytes (1,024 by default), one completion token each,
+    through ``usage.MeteredStream`` with ``?prompt=P`` prompt tokens; ``?fail_at=K`` makes
+    the producer raise instead of sending chunk K."""
+
+    def get(self, request: Request, **kwargs: Any) -> StreamingHttpResponse:  # type: ignore[override]
+        chunks, size = int(request.query_params["chunks"]), int(request.query_params.get("size", 1024))
+        fail_at = int(request.query_params.get("fail_at", -1))
+
+        def pairs() -> Iterator[tuple[bytes, int]]:
+            for number in range(chunks):
+                if number == fail_at:
+                    raise RuntimeError("the model broke off")
+                yield b"x" * size, 1
+
+        prompt = int(request.query_params.get("prompt", 0))
+        return StreamingHttpResponse(usage.MeteredStream(request, pairs(), prompt_tokens=prompt))
+
+
 def tokens_asked(request: Request) -> dict[str, int]:
     return {
         "prompt_tokens": int(request.query_params.get("prompt", 0)),

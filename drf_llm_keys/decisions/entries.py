@@ -252,7 +252,7 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 # The key's columns in an entry, in this order in DecisionQuery's row, after HAS_ACTIVE.
-KEY_FIELDS = ("id", "digest", "is_active", "expires_at", "name", "user", *RESTRICTION_FIELDS)
+KEY_FIELDS = ("id", "digest", "is_active", "expires_at", "name", "user", *RESTRICTION_FIELDS, "lineage")
 HAS_ACTIVE = 3
 LINK = HAS_ACTIVE + 1 + len(KEY_FIELDS)  # the key's mapping to this client
 
@@ -308,6 +308,7 @@ def api_key_from_entry(entry: Entry, db: str) -> APIKey:
         "is_active": entry["is_active"],
         "expires_at": entry["expires_at"],
         "user_id": user.pk,
+        "lineage": entry.get("lineage", ""),  # an entry of a version without it: ""
     }
     for name in RESTRICTION_FIELDS:
         # An entry written by a version without them leaves them deferred.
@@ -394,7 +395,7 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         decision["client"] = store.shared(local, client)
     if prefix is None:
         return decision
-    pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, link = row[
+    pk, digest, is_active, expires_at, name, user_id, scopes, allowed_models, lineage, link = row[
         HAS_ACTIVE + 1 : LINK + 1
     ]
     if pk is None:
@@ -418,6 +419,7 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         "user": user,
         "scopes": scopes,
         "allowed_models": allowed_models,
+        "lineage": lineage,  # rate windows are counted under APIKey.allowance
     }
     return decision
 

@@ -1,16 +1,20 @@
 """Each completion's tokens, counted for the caller's key by drf-llm-keys
-(``drf_llm_keys.usage.record_tokens``): they show in ``llm_keys usage`` and spend the key's
-token budget (``TOKEN_RATE``, enforced by ``TokenRateThrottle`` on the completion view)."""
+(``drf_llm_keys.usage``): they show in ``llm_keys usage`` and spend the key's token budget
+(``TOKEN_RATE``, enforced by ``TokenRateThrottle`` on the completion views). Streams go
+through ``MeteredStream``, which records the tokens sent however the stream ends (a client
+that disconnects mid-stream included)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rest_framework.request import Request
 
-from drf_llm_keys.usage import record_tokens
+from drf_llm_keys.usage import MeteredStream, record_tokens
+
+from . import echo
 
 
 def record_usage(request: Request, usage: Any) -> None:
@@ -24,22 +28,46 @@ def record_usage(request: Request, usage: Any) -> None:
     record_tokens(request, prompt_tokens=max(0, prompt), completion_tokens=max(0, completion))
 
 
-def then(lines: Iterator[bytes], finished: Callable[[], None]) -> Iterator[bytes]:
-    """The stream's lines, then ``finished()`` once the last one is sent (the view has
-    returned by then: record_tokens takes what it needs from the request)."""
-    yield from lines
-    finished()
+def echo_events(chunks: Iterable[dict[str, Any]]) -> Iterator[tuple[bytes, int]]:
+    """The echo model's chunks as server-sent events, each with its words as tokens."""
+    for chunk in chunks:
+        delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
+        yield echo.server_sent_event(chunk), echo.count_tokens(delta.get("content") or "")
+    yield echo.DONE_EVENT, 0
 
 
-def upstream_events(request: Request, lines: Iterator[bytes]) -> Iterator[bytes]:
-    """An upstream's server-sent events as they come, counting the ``usage`` it reports
-    (an OpenAI-compatible API sends it when asked with ``stream_options.include_usage``)."""
-    reported: list[Any] = []
-    for line in lines:
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                reported.append(json.loads(line[len(b"data: ") :]).get("usage"))
-            except ValueError:
-                pass  # not ours to judge: relayed as it came
-        yield line
-    record_usage(request, next((usage for usage in reversed(reported) if usage), None))
+def upstream_events(request: Request, lines: Iterator[bytes]) -> MeteredStream[bytes]:
+    """An upstream's server-sent events as they come, each content delta charged one token
+    (what OpenAI-compatible APIs send per event); the ``usage`` the upstream reports at the
+    end (asked with ``stream_options.include_usage``) replaces those estimates."""
+    estimated = 0
+
+    def events() -> Iterator[tuple[bytes, int]]:
+        nonlocal estimated
+        for line in lines:
+            tokens = 0
+            if line.startswith(b"data: {"):
+                try:
+                    event = json.loads(line[len(b"data: ") :])
+                except ValueError:
+                    event = None  # not ours to judge: relayed as it came
+                usage = event.get("usage") if isinstance(event, dict) else None
+                if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                    stream.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    tokens = int(usage["completion_tokens"]) - estimated  # a correction, either way
+                elif isinstance(event, dict) and _content_of(event):
+                    tokens = 1
+            estimated += tokens
+            yield line, tokens
+
+    stream = MeteredStream(request, events())
+    return stream
+
+
+def _content_of(event: dict[str, Any]) -> str:
+    choices = event.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else ""

@@ -85,26 +85,31 @@ def message(messages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def message_events(messages: list[dict[str, Any]]) -> Iterator[bytes]:
+def message_events(messages: list[dict[str, Any]]) -> Iterator[tuple[bytes, int]]:
     """The reply as Anthropic's stream: message_start, one text block in word-sized
-    deltas, message_delta with the stop reason and usage, message_stop."""
+    deltas, message_delta with the stop reason and usage, message_stop; each event with
+    the output tokens it carries."""
     reply = echo.reply_to(messages)
     start = {**_message_start(), "usage": {**_usage(messages, ""), "output_tokens": 0}}
-    yield _event("message_start", {"message": start})
-    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    yield _event("message_start", {"message": start}), 0
+    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}), 0
     for chunk in echo.completion_chunks(messages):
         piece = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
         if piece:
-            yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
-    yield _event("content_block_stop", {"index": 0})
-    yield _event(
-        "message_delta",
-        {
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": _usage(messages, reply)["output_tokens"]},
-        },
+            delta = {"index": 0, "delta": {"type": "text_delta", "text": piece}}
+            yield _event("content_block_delta", delta), echo.count_tokens(piece)
+    yield _event("content_block_stop", {"index": 0}), 0
+    yield (
+        _event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": _usage(messages, reply)["output_tokens"]},
+            },
+        ),
+        0,
     )
-    yield _event("message_stop", {})
+    yield _event("message_stop", {}), 0
 
 
 def _message_start() -> dict[str, Any]:

@@ -3,10 +3,11 @@ the last user message, so replies are predictable in demos and tests."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 MODEL_ID = "echo"
@@ -94,6 +95,20 @@ def completion_chunks(
     yield chunk({}, "stop")
     if include_usage:
         yield {**base, "choices": [], "usage": usage(messages, reply)}
+
+
+def server_sent_event(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+# What ends an OpenAI stream.
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield server_sent_event(chunk)
+    yield DONE_EVENT
 
 
 def _completion_id() -> str:

@@ -20,8 +20,9 @@ from drf_llm_keys.ninja import LLMClientAPIKeyAuth, Refused, TokenRateThrottle, 
 from drf_llm_keys.permissions import allows_model
 
 from . import accounting, echo, upstream
+from .echo import server_sent_events
 from .errors import openai_exception_handler
-from .views import ChatCompletionRequestSerializer, server_sent_events
+from .views import ChatCompletionRequestSerializer
 
 api = NinjaAPI(urls_namespace="llm-ninja", title="LLM clients (Ninja)", auth=LLMClientAPIKeyAuth())
 

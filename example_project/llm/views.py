@@ -4,7 +4,6 @@ client's slug comes from the ``llm_client`` URL kwarg (``CLIENT_URL_KWARG``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
 from drf_llm_keys.permissions import allows_model, require_model
 from drf_llm_keys.throttling import TokenRateThrottle
+from drf_llm_keys.usage import MeteredStream
 
 from . import accounting, echo, upstream
 from .errors import openai_exception_handler
@@ -117,9 +117,10 @@ class CompletionView(OpenAICompatibleView):
         request: Request,
         body: dict[str, Any],
         answer: Callable[[list[dict[str, Any]]], dict[str, Any]],
-        events: Callable[[list[dict[str, Any]]], Iterator[bytes]],
+        events: Callable[[list[dict[str, Any]]], Iterator[tuple[bytes, int]]],
     ) -> Response | StreamingHttpResponse:
-        """The echo model's ``answer``, or its ``events`` when streaming, its tokens counted."""
+        """The echo model's ``answer``, or its ``events`` when streaming (each with the
+        completion tokens it carries), its tokens counted: a stream's, as far as it was sent."""
         if body["model"] != echo.MODEL_ID:
             raise exceptions.NotFound(
                 self.model_not_found.format(model=body["model"]), code="model_not_found"
@@ -128,7 +129,7 @@ class CompletionView(OpenAICompatibleView):
         tokens = echo.usage(messages, echo.reply_to(messages))
         if body["stream"]:
             return event_stream(
-                accounting.then(events(messages), lambda: accounting.record_usage(request, tokens))
+                MeteredStream(request, events(messages), prompt_tokens=tokens["prompt_tokens"])
             )
         accounting.record_usage(request, tokens)
         return Response(answer(messages))
@@ -152,17 +153,11 @@ class ChatCompletionView(CompletionView):
             request,
             body,
             echo.completion,
-            lambda messages: server_sent_events(echo.completion_chunks(messages, include_usage)),
+            lambda messages: accounting.echo_events(echo.completion_chunks(messages, include_usage)),
         )
 
 
-def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
-
-
-def event_stream(lines: Iterator[bytes]) -> StreamingHttpResponse:
+def event_stream(lines: Iterable[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(lines, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on as it comes

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient
 
 from drf_llm_keys import usage
-from tests.support import as_headers, bearer
+from tests.support import bearer, over_asgi
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("example_project.urls")]
 
@@ -20,13 +19,11 @@ PREFIXES = ["/v1/clients/{}/", "/ninja/v1/clients/{}/"]
 
 
 def post(path: str, body: Any, **meta: str) -> Any:
-    raw = body if isinstance(body, str) else json.dumps(body)
-    client = AsyncClient()
-    return async_to_sync(client.post)(path, raw, content_type="application/json", headers=as_headers(meta))
+    return over_asgi("post", path, body if isinstance(body, str) else json.dumps(body), **meta)
 
 
 def get(path: str, **meta: str) -> Any:
-    return async_to_sync(AsyncClient().get)(path, headers=as_headers(meta))
+    return over_asgi("get", path, **meta)
 
 
 def both(send: Any, path: str, *args: Any, **meta: str) -> tuple[Any, Any]:

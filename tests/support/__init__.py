@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -21,6 +22,23 @@ def bearer(plaintext: str) -> dict[str, str]:
 def as_headers(meta: dict[str, str]) -> dict[str, str]:
     """``HTTP_X_API_KEY``-style names (Django's test client) as headers (``X-Api-Key``)."""
     return {name.removeprefix("HTTP_").replace("_", "-").title(): value for name, value in meta.items()}
+
+
+def over_asgi(method: str, path: str, body: str | None = None, **meta: str) -> Any:
+    """One request through Django's ASGI handler (``AsyncClient``), from sync test code;
+    ``meta`` as Django's test client takes headers (``HTTP_AUTHORIZATION=...``)."""
+    # Imported here: the worker and server processes import this package too, without them.
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    async def send() -> Any:
+        client = AsyncClient()
+        headers = as_headers(meta)
+        if body is None:
+            return await getattr(client, method)(path, headers=headers)
+        return await getattr(client, method)(path, body, content_type="application/json", headers=headers)
+
+    return async_to_sync(send)()
 
 
 def free_port() -> int:

@@ -1,7 +1,9 @@
 """A TCP forwarder on a loopback port, standing for what sits between a process and Redis
-(a virtual IP, a load balancer, a proxy): it can move to another server (a failover behind
-a stable address) and can cut one connection's server side while keeping its client side
-open and silent (a connection the network lost without telling the client).
+or a database (a virtual IP, a load balancer, a proxy): it can move to another server (a
+failover behind a stable address), can cut one connection's server side while keeping its
+client side open and silent (a connection the network lost without telling the client),
+and can lose the answer to a COMMIT (the server commits; the client sees its connection
+cut before the answer).
 
 It runs in a process of its own, one event loop forwarding every connection, as a real
 proxy does: what Redis sends in one pass (a write's reply, and the announcement of that
@@ -56,6 +58,11 @@ class Proxy:
             raise StopIteration(client_port)
         return Link(self, client_port)
 
+    def lose_next_commit_answer(self) -> None:
+        """The next COMMIT a client sends reaches the server; its answer is dropped and the
+        client's side of that connection closed."""
+        self._ask("lose-commit-answer")
+
     def close(self, *args: Any) -> None:
         if self.process.poll() is None:
             self._ask("close")
@@ -95,6 +102,7 @@ class Forwarder:
         self.selector.register(sys.stdin, selectors.EVENT_READ, "command")
         # Redis's view of a connection's address (its port) -> [client, server, silent]
         self.links: dict[int, list[Any]] = {}
+        self.lose_commit_answer = False
         self.running = True
 
     def run(self) -> None:
@@ -115,6 +123,8 @@ class Forwarder:
             self.running = False
         elif words[0] == "point":
             self._point(int(words[1]))
+        elif words[0] == "lose-commit-answer":
+            self.lose_commit_answer = True
         elif words[0] == "has":
             answer = "yes" if int(words[1]) in self.links else "no"
         elif words[0] == "cut":
@@ -161,6 +171,12 @@ class Forwarder:
                 target.sendall(data)
         except OSError:
             data = b""
+        if data and link is not None and source is link[0] and self.lose_commit_answer and b"COMMIT" in data:
+            # Sent on; from now on the server's side is silent and the client's is closed.
+            self.lose_commit_answer = False
+            link[2] = True
+            self._drop(source)
+            return
         if data:
             return
         # One side closed: a silent link keeps its client side open; else both close.
