@@ -200,7 +200,9 @@ def failover(cell: Cell) -> None:
 
 
 def library_settings(push: bool = True) -> dict[str, Any]:
-    return {"PUSH_HEARTBEAT": HEARTBEAT, "PUSH_INVALIDATION": push}
+    # No usage flush while the module runs: a worker's would race the flush of the test
+    # database between tests.
+    return {"PUSH_HEARTBEAT": HEARTBEAT, "PUSH_INVALIDATION": push, "USAGE_FLUSH_INTERVAL": 3600}
 
 
 def run_cell(cell: Cell, path: str, step: str, event: str) -> None:

@@ -1,4 +1,5 @@
-"""The README's "Your own client model" is the code this suite runs, and its example works."""
+"""docs/client-model.md ("Your own client model") is the code this suite runs, and its
+example works."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from model_bakery import baker
 from tests.support import bearer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SECTION = (ROOT / "README.md").read_text().split("### Your own client model\n", 1)[1].split("\n## ", 1)[0]
+SECTION = (ROOT / "docs" / "client-model.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", SECTION, re.DOTALL)
 
 
