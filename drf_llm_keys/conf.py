@@ -51,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # budget; per client lookup value, overriding it:
     "TOKEN_RATE": None,
     "TOKEN_RATES": {},
+    # Model name or trailing-"*" pattern -> {"input", "output", "cached_input"}: prices per
+    # million tokens, decimals in CURRENCY (drf_llm_keys.prices). Unlisted models are unpriced.
+    "PRICES": {},
+    "CURRENCY": "USD",
     # Seconds between two writes of a process's usage counts (drf_llm_keys.usage); also
     # what a crash can lose.
     "USAGE_FLUSH_INTERVAL": 10.0,
@@ -181,6 +185,15 @@ class Settings:
     @functools.cached_property
     def TOKEN_RATES(self) -> dict[str, str | None]:
         return {str(client): rate for client, rate in self._get("TOKEN_RATES").items()}
+
+    @functools.cached_property
+    def PRICES(self) -> dict[str, Any]:
+        prices: dict[str, Any] = self._get("PRICES")
+        return prices
+
+    @functools.cached_property
+    def CURRENCY(self) -> str:
+        return str(self._get("CURRENCY"))
 
     @functools.cached_property
     def USAGE_FLUSH_INTERVAL(self) -> float:
