@@ -108,6 +108,11 @@ DRF_LLM_KEYS = {
     "CLIENT_LOOKUP_FIELD": "slug",
     "TOKEN_RATE": os.environ.get("LLM_TOKEN_RATE") or None,
     "USAGE_FLUSH_INTERVAL": float(os.environ.get("LLM_USAGE_FLUSH_INTERVAL") or 10),
+    # Per million tokens: llm_keys usage shows the cost of each key's completions. Echo is
+    # free to run; a price makes the demo's figures show what a real model's would.
+    # Models without a price (an upstream's, until listed here) are reported as unpriced.
+    "CURRENCY": "USD",
+    "PRICES": {"echo": {"input": "1.00", "output": "2.00"}},
 }
 
 LLM_UPSTREAM_URL = os.environ.get("LLM_UPSTREAM_URL", "")

@@ -65,7 +65,14 @@ def test_anthropic_messages_are_recorded_and_shown_by_the_usage_command(budget_s
     harness.wait_until(lambda: figures(api_key) == (2, 4, 6), 30, "usage not recorded")
     out = StringIO()
     call_command("llm_keys", "usage", api_key.prefix, "--json", stdout=out)
-    assert json.loads(out.getvalue())["totals"] == {"requests": 2, "prompt_tokens": 4, "completion_tokens": 6}
+    # Echo at 1.00 and 2.00 per million: 4 x 1 + 6 x 2 millionths.
+    assert json.loads(out.getvalue())["totals"] == {
+        "requests": 2,
+        "prompt_tokens": 4,
+        "completion_tokens": 6,
+        "cost": "0.000016",
+        "unpriced_tokens": 0,
+    }
 
 
 def test_anthropic_over_the_token_budget_gets_its_rate_limit_error(budget_server, key):
