@@ -222,8 +222,7 @@ def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
     its reply), after the generation and entry read unless the process learned the new
     generation from its writer (push: the first entry after a change). Each runs back to
     back here (best of 5 x ``number``), the lookups after an untimed invalidation each
-    time: published, and not. The statements run alone through a cursor (ours also
-    prepared, where lookups prepare it).
+    time: published, and not. The statements run alone through a cursor.
     """
     drf_token = TokenAuthentication()
     token_query = Token.objects.select_related("user").filter(key=creds.drf_token)[:21]

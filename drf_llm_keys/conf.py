@@ -29,9 +29,6 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the command, the admin and drf_llm_keys.keys wait for a change's invalidation
     # to reach the cache before they report it as not done (keys.InvalidationPending).
     "PUBLISH_TIMEOUT": 5.0,
-    # PostgreSQL: run the cold decision's statement as one prepared on each kept connection,
-    # so that the server plans it once per connection, not on every run (entries.py).
-    "PREPARE_DECISION_QUERY": True,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     # A URL naming a client that does not exist: 404 from the authentication class; False
@@ -130,10 +127,6 @@ class Settings:
     @functools.cached_property
     def PUBLISH_TIMEOUT(self) -> float:
         return float(self._get("PUBLISH_TIMEOUT"))
-
-    @functools.cached_property
-    def PREPARE_DECISION_QUERY(self) -> bool:
-        return bool(self._get("PREPARE_DECISION_QUERY"))
 
     @functools.cached_property
     def CLIENT_URL_KWARG(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models
-from django.db.models import BooleanField, Exists, F, OuterRef, Value
+from django.db.models import BooleanField, Exists, F, OuterRef, QuerySet, Value
 
 from .. import get_client_model
 from ..conf import conf
@@ -75,7 +75,7 @@ def _owner_is_active(user_id: Any, using: str) -> bool:
 _COLUMN = "decision_{}"
 
 
-def _decision_rows(value: str, prefix: str | None, using: str) -> list[dict[str, Any]]:
+def decision_query(value: str, prefix: str | None, using: str) -> QuerySet[Any, dict[str, Any]]:
     """The client's row and, for a presented prefix, the key's row: one query.
 
     The key is found by its prefix whatever client it is mapped to (its digest answers
@@ -95,9 +95,10 @@ def _decision_rows(value: str, prefix: str | None, using: str) -> list[dict[str,
     if _has_field(client_model, "require_api_key"):  # else never protected by it
         client["require_api_key"] = F("require_api_key")
         client_fields["require_api_key"] = client_model._meta.get_field("require_api_key")
-    clients = client_model._base_manager.db_manager(using).filter(**{name: value}).order_by()
+    clients: QuerySet[Any, Any] = client_model._base_manager.db_manager(using).filter(**{name: value})
+    clients = clients.order_by()
     if prefix is None:
-        return list(clients.values(**_columns(client)))
+        return clients.values(**_columns(client))
     key: dict[str, Any] = {f"key_{field}": F(field) for field in KEY_FIELDS}
     # Its mapping to this client only: the entry is this client's.
     key["key_linked"] = Exists(mappings.filter(api_key=OuterRef("pk"), **{f"llm_client__{name}": value}))
@@ -107,7 +108,8 @@ def _decision_rows(value: str, prefix: str | None, using: str) -> list[dict[str,
     # the client's NULLs there are typed as its fields, the key's NULLs after need not be.
     key_select = keys.values(**_nulls(client_fields), **_columns(key))
     client_select = clients.values(**_columns(client), **_nulls(dict.fromkeys(key, BooleanField())))
-    return list(key_select.union(client_select, all=True))
+    query: QuerySet[Any, dict[str, Any]] = key_select.union(client_select, all=True)
+    return query
 
 
 def _columns(expressions: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +200,7 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
     unknown: Entry = {"client": {"id": None, UNCACHEABLE: True}, "key": None, UNCACHEABLE: True}
     if not _can_hold(_lookup_field(get_client_model()), client_value, connections[using]):
         return unknown
-    rows = _decision_rows(client_value, prefix, using)
+    rows = list(decision_query(client_value, prefix, using))
     row = next((row for row in rows if row[_COLUMN.format("client")] is not None), None)
     if row is None:
         # Not cached: under a case-insensitive collation a client created later as "Bot"
