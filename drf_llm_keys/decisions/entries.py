@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models
-from django.db.models import BooleanField, Exists, F, OuterRef, QuerySet, Value
+from django.db.models import DEFERRED, BooleanField, Exists, F, OuterRef, QuerySet, Value
 
 from .. import get_client_model
 from ..conf import conf
@@ -76,14 +76,28 @@ _COLUMN = "decision_{}"
 
 
 def decision_query(value: str, prefix: str | None, using: str) -> QuerySet[Any, dict[str, Any]]:
-    """The client's row and, for a presented prefix, the key's row: one query.
+    """The client's row and, for a presented prefix, the key's rows: one query.
 
     The key is found by its prefix whatever client it is mapped to (its digest answers
     "not valid for this LLM client"): two SELECTs under UNION ALL, each with the other's
     columns as NULLs.
     """
-    client_model = get_client_model()
     name = conf.CLIENT_LOOKUP_FIELD
+    client_only, key_part, client_part = _selects(using, name, get_client_model(), get_user_model())
+    query: QuerySet[Any, dict[str, Any]]
+    if prefix is None:
+        query = client_only.filter(**{name: value})
+    else:
+        query = key_part.filter(prefix=prefix).union(client_part.filter(**{name: value}), all=True)
+    return query
+
+
+@functools.lru_cache(maxsize=16)
+def _selects(using: str, name: str, client_model: Any, user_model: Any) -> tuple[QuerySet[Any, Any], ...]:
+    """The decision query's SELECTs for one database and configuration, without their
+    filters: the client's alone, the key's and the client's. Built once: building them
+    costs a cold decision more than compiling and running them; each query filters copies.
+    """
     mappings = LLMClientAPIKey._base_manager.order_by()
     client: dict[str, Any] = {
         "client": F("pk"),
@@ -95,21 +109,19 @@ def decision_query(value: str, prefix: str | None, using: str) -> QuerySet[Any, 
     if _has_field(client_model, "require_api_key"):  # else never protected by it
         client["require_api_key"] = F("require_api_key")
         client_fields["require_api_key"] = client_model._meta.get_field("require_api_key")
-    clients: QuerySet[Any, Any] = client_model._base_manager.db_manager(using).filter(**{name: value})
-    clients = clients.order_by()
-    if prefix is None:
-        return clients.values(**_columns(client))
     key: dict[str, Any] = {f"key_{field}": F(field) for field in KEY_FIELDS}
-    # Its mapping to this client only: the entry is this client's.
-    key["key_linked"] = Exists(mappings.filter(api_key=OuterRef("pk"), **{f"llm_client__{name}": value}))
+    # A row for each client the key is mapped to (a key has few): the entry needs this one.
+    key["key_client"] = F("client_links__llm_client")
     key.update({f"owner_{field}": F(f"user__{field}") for field in user_cache_fields()})
-    keys = APIKey._base_manager.db_manager(using).filter(prefix=prefix).order_by()
-    # The first SELECT's columns give the union its types (the key's JSON, its datetimes):
-    # the client's NULLs there are typed as its fields, the key's NULLs after need not be.
-    key_select = keys.values(**_nulls(client_fields), **_columns(key))
-    client_select = clients.values(**_columns(client), **_nulls(dict.fromkeys(key, BooleanField())))
-    query: QuerySet[Any, dict[str, Any]] = key_select.union(client_select, all=True)
-    return query
+    clients = client_model._base_manager.db_manager(using).order_by()
+    keys = APIKey._base_manager.db_manager(using).order_by()
+    # The key's SELECT comes first: its columns give the union its types (the key's JSON,
+    # its datetimes), so the client's NULLs there are typed as the client's fields.
+    return (
+        clients.values(**_columns(client)),
+        keys.values(**_nulls(client_fields), **_columns(key)),
+        clients.values(**_columns(client), **_nulls(dict.fromkeys(key, BooleanField()))),
+    )
 
 
 def _columns(expressions: dict[str, Any]) -> dict[str, Any]:
@@ -178,10 +190,12 @@ def _copied(value: Any) -> Any:
 
 
 def _from_db(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    # from_db() takes the values in the order of the model's concrete fields; a value that
-    # is not one of them (a computed is_active, say) is left out.
-    names = [name for name in _concrete_attnames(model) if name in values]
-    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
+    # What a queryset's row does: from_db() with every concrete field's value in order,
+    # DEFERRED for those not loaded (a value of no concrete field, a computed is_active
+    # say, is left out).
+    attnames = _concrete_attnames(model)
+    loaded = [name for name in attnames if name in values]
+    instance: ModelT = model.from_db(db, loaded, [values.get(name, DEFERRED) for name in attnames])
     return instance
 
 
@@ -224,20 +238,21 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         decision["client"] = store.shared(local, client)
     if prefix is None:
         return decision
-    key_row = next((row for row in rows if row[_COLUMN.format("key_id")] is not None), None)
-    if key_row is None:
+    key_rows = [row for row in rows if row[_COLUMN.format("key_id")] is not None]
+    if not key_rows:
         decision[UNKNOWN_KEY] = True
         return decision
     if not (client["require_api_key"] or client["has_active_key"]):
         return decision  # public: the key decides nothing
-    key = {field: key_row[_COLUMN.format(f"key_{field}")] for field in KEY_FIELDS}
+    key = {field: key_rows[0][_COLUMN.format(f"key_{field}")] for field in KEY_FIELDS}
     user_id = key.pop("user_id")
     user = None
     if user_id is not None:
-        user = {field: key_row[_COLUMN.format(f"owner_{field}")] for field in user_cache_fields()}
+        user = {field: key_rows[0][_COLUMN.format(f"owner_{field}")] for field in user_cache_fields()}
         if owner_activity_is_computed():
             user["is_active"] = _owner_is_active(user_id, using)
         user = store.shared(local, user)
+    mapped = any(row[_COLUMN.format("key_client")] == client["id"] for row in key_rows)
     decision["key"] = {
         "id": key["id"],
         "prefix": prefix,
@@ -245,7 +260,7 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         "is_active": key["is_active"],
         "expires_at": key["expires_at"],
         "name": key["name"],
-        "client_ids": [client["id"]] if key_row[_COLUMN.format("key_linked")] else [],
+        "client_ids": [client["id"]] if mapped else [],
         "user": user,
         "scopes": key["scopes"],
         "allowed_models": key["allowed_models"],
