@@ -3,12 +3,14 @@ and bounded state in the process whatever is sent."""
 
 from __future__ import annotations
 
+import datetime
 import secrets
 
 import pytest
 from django.conf import settings as django_settings
 from django.core.cache import caches
 from django.db import connection
+from django.utils import timezone
 from model_bakery import baker
 
 from drf_llm_keys import crypto
@@ -122,6 +124,53 @@ def test_a_key_of_another_client_loads_without_this_clients_mapping(make_key, pr
     assert decision["key"]["id"] == api_key.pk
     assert decision["key"]["client_ids"] == []
     assert load_decision("other-bot", api_key.prefix, using="default")["key"]["client_ids"] == [other.pk]
+
+
+def test_a_key_mapped_to_several_clients_loads_with_this_clients_mapping_only(make_key, protected_client):
+    others = [baker.make_recipe("tests.llm_client", slug=f"other-{number}") for number in range(3)]
+    api_key, _ = make_key(protected_client, *others)
+    decisions = [
+        load_decision(slug, api_key.prefix, using="default") for slug in ("protected-bot", "other-1")
+    ]
+    assert [decision["key"]["client_ids"] for decision in decisions] == [
+        [protected_client.pk],
+        [others[1].pk],
+    ]
+
+
+def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_client, owner):
+    expires_at = timezone.now() + datetime.timedelta(days=3)
+    api_key, _ = make_key(
+        protected_client, scopes=["chat"], allowed_models=["gpt-4o*"], expires_at=expires_at
+    )
+    decision = load_decision("protected-bot", api_key.prefix, using="default")
+    assert decision == {
+        "client": {
+            "id": protected_client.pk,
+            "has_active_key": True,
+            "require_api_key": False,
+            "lookup": "protected-bot",
+        },
+        "key": {
+            "id": api_key.pk,
+            "prefix": api_key.prefix,
+            "digest": api_key.digest,
+            "is_active": True,
+            "expires_at": APIKey.objects.get(pk=api_key.pk).expires_at,  # as the database keeps it
+            "name": "test key",
+            "client_ids": [protected_client.pk],
+            "user": {
+                "id": owner.pk,
+                "username": "owner",
+                "is_active": True,
+                "is_staff": False,
+                "is_superuser": False,
+            },
+            "scopes": ["chat"],
+            "allowed_models": ["gpt-4o*"],
+        },
+    }
+    assert type(decision["key"]["is_active"]) is bool and type(decision["client"]["has_active_key"]) is bool
 
 
 # --- nothing shared for what does not exist -------------------------------------------------
