@@ -144,6 +144,7 @@ def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_
         protected_client, scopes=["chat"], allowed_models=["gpt-4o*"], expires_at=expires_at
     )
     decision = load_decision("protected-bot", api_key.prefix, using="default")
+    stored = APIKey.objects.get(pk=api_key.pk)
     assert decision == {
         "client": {
             "id": protected_client.pk,
@@ -156,7 +157,7 @@ def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_
             "prefix": api_key.prefix,
             "digest": api_key.digest,
             "is_active": True,
-            "expires_at": APIKey.objects.get(pk=api_key.pk).expires_at,  # as the database keeps it
+            "expires_at": stored.expires_at,  # as the database keeps it
             "name": "test key",
             "client_ids": [protected_client.pk],
             "user": {
@@ -168,6 +169,7 @@ def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_
             },
             "scopes": ["chat"],
             "allowed_models": ["gpt-4o*"],
+            "lineage": stored.lineage,
         },
     }
     assert type(decision["key"]["is_active"]) is bool and type(decision["client"]["has_active_key"]) is bool
