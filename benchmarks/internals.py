@@ -7,11 +7,10 @@ import uuid
 from typing import Any
 
 from django.core.cache import cache
-from django.db import connection
 
 from drf_llm_keys import decisions
 from drf_llm_keys.decisions import Tag
-from drf_llm_keys.decisions.entries import _prepared, _prepares, _queries, api_key_from_entry, load_decision
+from drf_llm_keys.decisions.entries import api_key_from_entry, decision_query, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.decisions.push import PushBackend
 
@@ -54,17 +53,10 @@ def fill_entry(entry_name: str, shared: Any) -> None:
 
 
 def decision_statements(slug: str, prefix: str) -> list[tuple[str, str, list[Any]]]:
-    """The cold decision's SQL and its parameters, as ``load_decision`` runs them: the
-    plain statement, and where it runs prepared, the ``EXECUTE`` of that one too (after a
-    lookup on this connection has prepared it)."""
-    query = _queries("default")
-    params = [True, prefix, _prepared(query.lookup, slug, connection)]
-    # With server-side binding psycopg prepares it itself (a statement run 5 times).
-    binds = connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
-    statements = [("through a cursor" if binds else "unprepared", query.sql, params)]
-    if query.name and _prepares(connection) and connection.connection in query.ready:
-        statements.append(("prepared", query.execute_sql, params))
-    return statements
+    """The cold decision's SQL and its parameters, as ``load_decision`` runs them (psycopg
+    prepares it after 5 runs with ``--pg-prepared``)."""
+    sql, params = decision_query(slug, prefix, "default").query.sql_with_params()
+    return [("through a cursor", sql, list(params))]
 
 
 def invalidate(slug: str) -> None:

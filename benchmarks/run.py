@@ -222,8 +222,7 @@ def cold_breakdown(creds: seed.Credentials, number: int = 500) -> None:
     A cold lookup is the generation and entry read, the query and the entry's write (with
     push, sent without waiting for its reply). Each runs back to back here (best of 5 x
     ``number``), the lookups after an untimed invalidation each time: this process's own,
-    and another process's. The statements run alone through a cursor (ours also
-    prepared, where lookups prepare it).
+    and another process's. The statements run alone through a cursor.
     """
     drf_token = TokenAuthentication()
     token_query = Token.objects.select_related("user").filter(key=creds.drf_token)[:21]

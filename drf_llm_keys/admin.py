@@ -660,7 +660,16 @@ class KeyUsageAdmin(_KeyUsageAdminBase):
     """Usage by key, client and UTC day, to read only: the server processes write these rows
     (``drf_llm_keys.usage``), and a hand edit would be added to or lost in their next write."""
 
-    list_display = ("day", "api_key", "llm_client", "requests", "prompt_tokens", "completion_tokens")
+    list_display = (
+        "day",
+        "api_key",
+        "llm_client",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "unpriced_tokens",
+    )
     list_filter = ("api_key__is_active",)
     list_select_related = ("api_key", "llm_client")
     date_hierarchy = "day"

@@ -172,3 +172,22 @@ def check_throttle_rates(**kwargs: Any) -> list[CheckMessage]:
         except ImproperlyConfigured as exc:
             messages.append(Error(f"{name}: {exc}", id="drf_llm_keys.E004"))
     return messages
+
+
+@register()
+def check_prices(**kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .prices import parse_price
+
+    if not isinstance(conf.PRICES, dict):
+        return [
+            Error("DRF_LLM_KEYS['PRICES'] must be a dict of model names to prices.", id="drf_llm_keys.E006")
+        ]
+    messages: list[CheckMessage] = []
+    for pattern, raw in conf.PRICES.items():
+        try:
+            parse_price(str(pattern), raw)
+        except ImproperlyConfigured as exc:
+            messages.append(Error(str(exc), id="drf_llm_keys.E006"))
+    return messages

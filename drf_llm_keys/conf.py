@@ -30,9 +30,6 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the command, the admin and drf_llm_keys.keys wait for a change's invalidation
     # to reach the cache before they report it as not done (keys.InvalidationPending).
     "PUBLISH_TIMEOUT": 5.0,
-    # PostgreSQL: run the cold decision's statement as one prepared on each kept connection,
-    # so that the server plans it once per connection, not on every run (entries.py).
-    "PREPARE_DECISION_QUERY": True,
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     # A URL naming a client that does not exist: 404 from the authentication class; False
@@ -52,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
     # budget; per client lookup value, overriding it:
     "TOKEN_RATE": None,
     "TOKEN_RATES": {},
+    # Model name or trailing-"*" pattern -> {"input", "output", "cached_input"}: prices per
+    # million tokens, decimals in CURRENCY (drf_llm_keys.prices). Unlisted models are unpriced.
+    "PRICES": {},
+    "CURRENCY": "USD",
     # Seconds between two writes of a process's usage counts (drf_llm_keys.usage); also
     # what a crash can lose.
     "USAGE_FLUSH_INTERVAL": 10.0,
@@ -129,10 +130,6 @@ class Settings:
         return float(self._get("PUBLISH_TIMEOUT"))
 
     @functools.cached_property
-    def PREPARE_DECISION_QUERY(self) -> bool:
-        return bool(self._get("PREPARE_DECISION_QUERY"))
-
-    @functools.cached_property
     def CLIENT_URL_KWARG(self) -> str:
         return str(self._get("CLIENT_URL_KWARG"))
 
@@ -182,6 +179,15 @@ class Settings:
     @functools.cached_property
     def TOKEN_RATES(self) -> dict[str, str | None]:
         return {str(client): rate for client, rate in self._get("TOKEN_RATES").items()}
+
+    @functools.cached_property
+    def PRICES(self) -> dict[str, Any]:
+        prices: dict[str, Any] = self._get("PRICES")
+        return prices
+
+    @functools.cached_property
+    def CURRENCY(self) -> str:
+        return str(self._get("CURRENCY"))
 
     @functools.cached_property
     def USAGE_FLUSH_INTERVAL(self) -> float:

@@ -599,6 +599,11 @@ class KeyUsage(models.Model):
     requests = models.PositiveBigIntegerField(_("requests"), default=0)
     prompt_tokens = models.PositiveBigIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.PositiveBigIntegerField(_("completion tokens"), default=0)
+    # In DRF_LLM_KEYS["CURRENCY"], of the tokens whose model has a price (drf_llm_keys.prices).
+    cost = models.DecimalField(_("cost"), max_digits=24, decimal_places=9, default=0)
+    unpriced_tokens = models.PositiveBigIntegerField(
+        _("unpriced tokens"), default=0, help_text=_("Tokens of models without a price: not in the cost.")
+    )
 
     class Meta:
         constraints = [

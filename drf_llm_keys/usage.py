@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from django.db import IntegrityError, OperationalError, connections, router, transaction
@@ -47,7 +48,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework.request import Request
 
-from . import get_client_model, windows
+from . import get_client_model, prices, windows
 from .conf import conf
 from .decisions import Entry
 from .last_used import write_last_used
@@ -58,7 +59,8 @@ logger = logging.getLogger("drf_llm_keys")
 # Where count_request leaves what record_tokens and TokenRateThrottle need, on the request.
 SUBJECT_ATTRIBUTE = "drf_llm_keys_usage"
 
-FIGURES = ("requests", "prompt_tokens", "completion_tokens")
+FIGURES = ("requests", "prompt_tokens", "completion_tokens", "cost", "unpriced_tokens")
+ZERO = Decimal(0)
 EPOCH = datetime.date(1970, 1, 1)
 SECONDS_PER_DAY = 86400
 # Rows per INSERT: well below every backend's limit on parameters (SQLite's is the lowest).
@@ -74,13 +76,15 @@ ChunkT = TypeVar("ChunkT")
 
 # (API key pk, client pk, UTC day as days since 1970-01-01)
 CounterKey = tuple[Any, Any, int]
+# The FIGURES of one counter, in that order: integers, and the cost, a Decimal.
+Figures = list[Any]
 
 
 class Batch(NamedTuple):
     """Counts taken for one write, under the id that makes its retries add nothing."""
 
     id: uuid.UUID
-    counts: dict[CounterKey, list[int]]
+    counts: dict[CounterKey, Figures]
     last_used: dict[Any, float]
 
 
@@ -107,19 +111,38 @@ def subject_of(request: HttpRequest | Request) -> Subject | None:
 
 
 def record_tokens(
-    request: HttpRequest | Request, *, prompt_tokens: int = 0, completion_tokens: int = 0
+    request: HttpRequest | Request,
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    model: str | None = None,
+    cached_prompt_tokens: int = 0,
 ) -> None:
-    """Count a completion's tokens for the request's key; also after the view has returned
-    (at the end of a streamed response). Requests not authenticated by one of our keys
-    (a public client's) are not counted."""
-    if prompt_tokens < 0 or completion_tokens < 0:
-        raise ValueError("Token counts cannot be negative.")
+    """Count a completion's tokens for the request's key, and their cost at ``model``'s
+    price (``drf_llm_keys.prices``; ``cached_prompt_tokens``, part of ``prompt_tokens``, at
+    the cached-input price); also after the view has returned (at the end of a streamed
+    response). Without a model, or for a model without a price, the tokens are counted as
+    unpriced. Requests not authenticated by one of our keys (a public client's) are not
+    counted."""
+    if prompt_tokens < 0 or completion_tokens < 0 or not 0 <= cached_prompt_tokens <= prompt_tokens:
+        raise ValueError("Token counts cannot be negative, nor cached prompt tokens more than the prompt's.")
     subject = subject_of(request)
     if subject is None:
         return
-    counter.add(subject, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-    budget = token_budget(subject)
+    price = None if model is None else prices.price_of(model)
     tokens = prompt_tokens + completion_tokens
+    if price is None:
+        cost, unpriced = ZERO, tokens
+    else:
+        cost, unpriced = prices.cost_of(price, prompt_tokens, completion_tokens, cached_prompt_tokens), 0
+    counter.add(
+        subject,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=cost,
+        unpriced_tokens=unpriced,
+    )
+    budget = token_budget(subject)
     if budget is not None and tokens:
         seconds = budget[1]
         windows.add(token_counter_name(subject, seconds, windows.current(seconds)), tokens, seconds)
@@ -141,9 +164,15 @@ class MeteredStream(Generic[ChunkT]):
     """
 
     def __init__(
-        self, request: HttpRequest | Request, chunks: Iterable[tuple[ChunkT, int]], *, prompt_tokens: int = 0
+        self,
+        request: HttpRequest | Request,
+        chunks: Iterable[tuple[ChunkT, int]],
+        *,
+        prompt_tokens: int = 0,
+        model: str | None = None,
     ) -> None:
         self.request = request
+        self.model = model  # priced as record_tokens prices it
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0  # of the chunks sent
         self._chunks = iter(chunks)
@@ -180,6 +209,7 @@ class MeteredStream(Generic[ChunkT]):
                 self.request,
                 prompt_tokens=max(0, self.prompt_tokens),
                 completion_tokens=max(0, self.completion_tokens),
+                model=self.model,
             )
 
 
@@ -214,7 +244,7 @@ class UsageCounter:
         # New locks too: after a fork, another thread of the parent may have held the old ones.
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._pending: dict[CounterKey, list[int]] = {}
+        self._pending: dict[CounterKey, Figures] = {}
         # Key pk -> when it was last used (time.time()), for last_used_at. Each key here has
         # a counter above: bounded by USAGE_MAX_PENDING too.
         self._last_used: dict[Any, float] = {}
@@ -226,7 +256,13 @@ class UsageCounter:
         self._failing = False  # the last write failed: wait for the interval, never sooner
 
     def add(
-        self, subject: Subject, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0
+        self,
+        subject: Subject,
+        requests: int = 0,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: Decimal = ZERO,
+        unpriced_tokens: int = 0,
     ) -> None:
         now = time.time()
         name = (subject.key_id, subject.client_id, int(now // SECONDS_PER_DAY))  # the UTC day
@@ -239,6 +275,8 @@ class UsageCounter:
             counts[0] += requests
             counts[1] += prompt_tokens
             counts[2] += completion_tokens
+            counts[3] += cost
+            counts[4] += unpriced_tokens
             # Half full: write now, while there is still room for what comes meanwhile.
             early = 2 * len(self._pending) >= conf.USAGE_MAX_PENDING and not self._failing
             if self._timer is None or (early and self._due > time.monotonic()):
@@ -246,13 +284,15 @@ class UsageCounter:
                     self._timer.cancel()
                 self._schedule(0.0 if early else conf.USAGE_FLUSH_INTERVAL)
 
-    def pending(self) -> dict[CounterKey, tuple[int, int, int]]:
+    def pending(self) -> dict[CounterKey, tuple[Any, ...]]:
         """The counts not known to be written: waiting, or of a write whose outcome is unknown."""
         with self._lock:
             summed = {name: list(c) for name, c in self._pending.items()}
             for name, figures in self._unsettled.counts.items() if self._unsettled else ():
-                summed[name] = [a + b for a, b in zip(summed.get(name, [0, 0, 0]), figures, strict=True)]
-            return {name: (c[0], c[1], c[2]) for name, c in summed.items()}
+                summed[name] = [
+                    a + b for a, b in zip(summed.get(name, [0, 0, 0, ZERO, 0]), figures, strict=True)
+                ]
+            return {name: tuple(c) for name, c in summed.items()}
 
     def flush(self) -> bool:
         """Write the waiting counts now. False when they could not be written: they are kept
@@ -321,7 +361,7 @@ class UsageCounter:
         except Exception:  # at shutdown, even a retry timer may fail to start
             logger.warning("drf_llm_keys: usage counts not written at exit are lost", exc_info=True)
 
-    def _keep(self, taken: dict[CounterKey, list[int]], used: dict[Any, float]) -> None:
+    def _keep(self, taken: dict[CounterKey, Figures], used: dict[Any, float]) -> None:
         with self._lock:
             self._failing = True
             for name, figures in taken.items():
@@ -336,7 +376,7 @@ class UsageCounter:
             if (self._pending or self._unsettled) and self._timer is None:
                 self._schedule(conf.USAGE_FLUSH_INTERVAL)
 
-    def _counts_of(self, name: CounterKey) -> list[int] | None:
+    def _counts_of(self, name: CounterKey) -> Figures | None:
         """The counts waiting under ``name`` (made if there is room; the lock is held)."""
         counts = self._pending.get(name)
         if counts is None:
@@ -346,7 +386,7 @@ class UsageCounter:
             if name not in unsettled and len(self._pending) + len(unsettled) >= conf.USAGE_MAX_PENDING:
                 self._dropped += 1
                 return None
-            counts = self._pending[name] = [0, 0, 0]
+            counts = self._pending[name] = [0, 0, 0, ZERO, 0]
         return counts
 
     def _schedule(self, delay: float) -> None:
@@ -368,7 +408,7 @@ class UsageCounter:
 
 
 def write_counts(
-    counts: dict[CounterKey, list[int]],
+    counts: dict[CounterKey, Figures],
     last_used_at: Mapping[Any, float] | None = None,
     *,
     flush_id: uuid.UUID | None = None,

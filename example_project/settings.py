@@ -12,6 +12,7 @@ LLM_USAGE_FLUSH_INTERVAL  seconds between writes of the usage counts (default 10
 DJANGO_SECRET_KEY, DJANGO_DEBUG=1, DJANGO_ALLOWED_HOSTS (comma-separated)
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -85,11 +86,33 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
 }
 
+# The OpenAPI document at /api/schema/ and Swagger UI at /api/docs/, where drf-spectacular
+# and drf-spectacular-sidecar are installed; the sidecar serves Swagger UI's files from
+# here, never from a CDN. The example needs no more than the library otherwise.
+API_SCHEMA = all(importlib.util.find_spec(name) for name in ("drf_spectacular", "drf_spectacular_sidecar"))
+if API_SCHEMA:
+    INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "drf-llm-keys example",
+    "DESCRIPTION": "OpenAI- and Anthropic-compatible endpoints per LLM client, keyed by drf-llm-keys.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
 DRF_LLM_KEYS = {
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "TOKEN_RATE": os.environ.get("LLM_TOKEN_RATE") or None,
     "USAGE_FLUSH_INTERVAL": float(os.environ.get("LLM_USAGE_FLUSH_INTERVAL") or 10),
+    # Per million tokens: llm_keys usage shows the cost of each key's completions. Echo is
+    # free to run; a price makes the demo's figures show what a real model's would.
+    # Models without a price (an upstream's, until listed here) are reported as unpriced.
+    "CURRENCY": "USD",
+    "PRICES": {"echo": {"input": "1.00", "output": "2.00"}},
 }
 
 LLM_UPSTREAM_URL = os.environ.get("LLM_UPSTREAM_URL", "")

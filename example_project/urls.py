@@ -1,5 +1,6 @@
 import importlib.util
 
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.staticfiles.views import serve
 from django.urls import include, path
@@ -31,6 +32,13 @@ if importlib.util.find_spec("ninja") is not None:
     from example_project.llm import ninja_api
 
     urlpatterns.insert(1, path("ninja/v1/", ninja_api.api.urls))
+
+# The OpenAPI document, and Swagger UI to read it and try a key, where settings.py installed
+# drf-spectacular and its sidecar.
+if apps.is_installed("drf_spectacular_sidecar"):
+    from example_project.llm import api_schema
+
+    urlpatterns += api_schema.urlpatterns
 
 handler404 = "example_project.llm.errors.not_found"
 handler500 = "example_project.llm.errors.server_error"

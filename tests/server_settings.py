@@ -44,7 +44,6 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     if django.VERSION >= (5, 1):
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"  # noqa: F405
 
-# Servers keep their connections, as deployments do: on PostgreSQL the cold decision's
-# statement then runs prepared (docs/ecosystem.md), in every multi-process test and soak.
+# Servers keep their connections, as deployments do, in every multi-process test and soak.
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):  # noqa: F405
     DATABASES["default"]["CONN_MAX_AGE"] = 60  # noqa: F405

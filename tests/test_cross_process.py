@@ -6,12 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.cache import caches
-from django.db import connection
 
 from drf_llm_keys import keys
 from drf_llm_keys.decisions.names import decision_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
-from tests.support import harness
 from tests.support.harness import Worker, worker_environment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -36,28 +34,6 @@ def test_a_key_revoked_here_is_refused_there_at_once(worker, make_key, protected
     api_key.save()
     # ...and the revoke made here reaches it with no delay.
     assert worker.status("protected-bot", plaintext) == 401
-
-
-if connection.vendor == "postgresql":
-
-    def test_a_server_that_runs_the_decision_prepared_refuses_a_key_revoked_here_at_once(
-        make_key, protected_client, tmp_path
-    ):
-        # gunicorn keeps its connection (tests/server_settings.py), as deployments do.
-        make_key(protected_client)
-        api_key, plaintext = make_key(protected_client)
-        servers = harness.Servers(harness.child_environment(cache_dir=str(tmp_path / "cache")), workers=1)
-        path, headers = "/clients/protected-bot/echo/", {"Authorization": f"Bearer {plaintext}"}
-        try:
-            assert harness.request(servers.port, path, headers).status == 200
-            with connection.cursor() as cursor:  # what the server's session ran last
-                cursor.execute("SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
-                last = [row[0] for row in cursor.fetchall()]
-            assert any(query.startswith("EXECUTE drf_llm_keys_decision_") for query in last), last
-            keys.revoke_key(api_key)
-            assert harness.request(servers.port, path, headers).status == 401
-        finally:
-            servers.stop()
 
 
 def test_a_key_mapped_here_protects_the_client_there_at_once(worker, make_key, public_client):

@@ -140,7 +140,7 @@ def test_usage_is_counted_per_key_and_client(key, protected_client):
     Client().get("/ninja/clients/protected-bot/sync/", **bearer(plaintext))
     ((name, counts),) = usage.counter.pending().items()
     assert name[:2] == (api_key.pk, protected_client.pk)
-    assert counts == (2, 5, 0)
+    assert counts[:3] == (2, 5, 0)
 
 
 @OPERATIONS

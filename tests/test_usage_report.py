@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from decimal import Decimal
 from io import StringIO
 
 import pytest
@@ -28,12 +29,12 @@ def history(make_key, protected_client):
     second, _ = make_key(protected_client)
     today = usage.today()
     for api_key, llm_client, age, figures in [
-        (first, protected_client, 0, (10, 100, 50)),
-        (first, other, 0, (1, 10, 5)),
-        (first, protected_client, 5, (2, 20, 10)),
-        (second, protected_client, 0, (3, 30, 15)),
-        (first, protected_client, 20, (100, 0, 0)),
-        (first, protected_client, 40, (1000, 1000, 1000)),
+        (first, protected_client, 0, (10, 100, 50, "0.0015", 0)),
+        (first, other, 0, (1, 10, 5, "0", 15)),
+        (first, protected_client, 5, (2, 20, 10, "0.1", 0)),
+        (second, protected_client, 0, (3, 30, 15, "0.000000001", 0)),
+        (first, protected_client, 20, (100, 0, 0, "0", 0)),
+        (first, protected_client, 40, (1000, 1000, 1000, "5", 0)),
     ]:
         KeyUsage.objects.create(
             api_key=api_key,
@@ -42,6 +43,8 @@ def history(make_key, protected_client):
             requests=figures[0],
             prompt_tokens=figures[1],
             completion_tokens=figures[2],
+            cost=Decimal(figures[3]),
+            unpriced_tokens=figures[4],
         )
     return first, second
 
@@ -69,11 +72,36 @@ def test_rows_per_key_client_and_day_with_totals(history):
             ((today - timedelta(days=20)).isoformat(), "protected-bot", first.prefix, 100),
         ]
     )
-    assert document["totals"] == {"requests": 116, "prompt_tokens": 160, "completion_tokens": 80}
+    assert document["totals"] == {
+        "requests": 116,
+        "prompt_tokens": 160,
+        "completion_tokens": 80,
+        "cost": "0.101500001",
+        "unpriced_tokens": 15,
+    }
+    assert document["currency"] == "USD"
+
+
+def test_costs_are_exact_decimal_strings_beside_the_unpriced_tokens(history):
+    rows = {
+        (r["client"], r["requests"]): (r["cost"], r["unpriced_tokens"])
+        for r in report("--days", "1")["usage"]
+    }
+    assert rows == {
+        ("protected-bot", 10): ("0.0015", 0),
+        ("other-bot", 1): ("0", 15),  # not free: its 15 tokens have no price
+        ("protected-bot", 3): ("0.000000001", 0),
+    }
 
 
 def test_days_narrows_the_period(history):
-    assert report("--days", "1")["totals"] == {"requests": 14, "prompt_tokens": 140, "completion_tokens": 70}
+    assert report("--days", "1")["totals"] == {
+        "requests": 14,
+        "prompt_tokens": 140,
+        "completion_tokens": 70,
+        "cost": "0.001500001",
+        "unpriced_tokens": 15,
+    }
     assert report("--days", "60")["totals"]["requests"] == 1116
 
 
@@ -98,16 +126,26 @@ def test_the_table_has_a_total_row(history):
         "TOKENS",
         "COMPLETION",
         "TOKENS",
+        "COST",
+        "(USD)",
+        "UNPRICED",
+        "TOKENS",
     ]
     assert len(lines) == 5
-    assert lines[-1].split() == ["total", "14", "140", "70"]
+    assert lines[-1].split() == ["total", "14", "140", "70", "0.001500001", "15"]
 
 
 def test_nothing_recorded_is_an_empty_report(owner):
     out, err = StringIO(), StringIO()
     call_command("llm_keys", "usage", stdout=out, stderr=err)
     assert "No usage recorded since" in err.getvalue()
-    assert report()["totals"] == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    assert report()["totals"] == {
+        "requests": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost": "0",
+        "unpriced_tokens": 0,
+    }
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,8 @@ class MeteredTokenEcho(TokenEcho):
                 yield b"x" * size, 1
 
         prompt = int(request.query_params.get("prompt", 0))
-        return StreamingHttpResponse(usage.MeteredStream(request, pairs(), prompt_tokens=prompt))
+        model = request.query_params.get("model")
+        return StreamingHttpResponse(usage.MeteredStream(request, pairs(), prompt_tokens=prompt, model=model))
 
 
 def tokens_asked(request: Request) -> dict[str, int]:

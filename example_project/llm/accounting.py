@@ -17,15 +17,16 @@ from drf_llm_keys.usage import MeteredStream, record_tokens
 from . import echo
 
 
-def record_usage(request: Request, usage: Any) -> None:
-    """Count an OpenAI ``usage`` object (``prompt_tokens``, ``completion_tokens``), if any."""
+def record_usage(request: Request, usage: Any, model: str) -> None:
+    """Count an OpenAI ``usage`` object (``prompt_tokens``, ``completion_tokens``), if any,
+    priced at ``model``'s price (``DRF_LLM_KEYS["PRICES"]``)."""
     if not isinstance(usage, dict):
         return
     try:
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     except (TypeError, ValueError):
         return  # an upstream's odd figures must not turn its answer into our error
-    record_tokens(request, prompt_tokens=max(0, prompt), completion_tokens=max(0, completion))
+    record_tokens(request, prompt_tokens=max(0, prompt), completion_tokens=max(0, completion), model=model)
 
 
 def echo_events(chunks: Iterable[dict[str, Any]]) -> Iterator[tuple[bytes, int]]:
@@ -36,7 +37,7 @@ def echo_events(chunks: Iterable[dict[str, Any]]) -> Iterator[tuple[bytes, int]]
     yield echo.DONE_EVENT, 0
 
 
-def upstream_events(request: Request, lines: Iterator[bytes]) -> MeteredStream[bytes]:
+def upstream_events(request: Request, lines: Iterator[bytes], model: str) -> MeteredStream[bytes]:
     """An upstream's server-sent events as they come, each content delta charged one token
     (what OpenAI-compatible APIs send per event); the ``usage`` the upstream reports at the
     end (asked with ``stream_options.include_usage``) replaces those estimates."""
@@ -60,7 +61,7 @@ def upstream_events(request: Request, lines: Iterator[bytes]) -> MeteredStream[b
             estimated += tokens
             yield line, tokens
 
-    stream = MeteredStream(request, events())
+    stream = MeteredStream(request, events(), model=model)
     return stream
 
 

@@ -35,7 +35,7 @@ ERROR_TYPES = {
 }
 
 
-class MessageSerializer(serializers.Serializer):
+class AnthropicMessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["user", "assistant"])
     # A string or a list of content blocks; the echo model reads the text blocks.
     content = serializers.JSONField()
@@ -44,7 +44,7 @@ class MessageSerializer(serializers.Serializer):
 class MessagesRequestSerializer(serializers.Serializer):
     model = serializers.CharField()
     max_tokens = serializers.IntegerField(min_value=1)
-    messages = MessageSerializer(many=True, allow_empty=False)
+    messages = AnthropicMessageSerializer(many=True, allow_empty=False)
     system = serializers.JSONField(required=False)
     stream = serializers.BooleanField(default=False)
 

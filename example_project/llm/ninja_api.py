@@ -54,9 +54,9 @@ async def chat_completion(request: HttpRequest, llm_client: str) -> Any:
     if upstream.configured():
         if body["stream"]:
             lines = await sync_to_async(upstream.chat_completion_stream)(data)
-            return event_stream(in_a_thread(accounting.upstream_events(request, lines)))
+            return event_stream(in_a_thread(accounting.upstream_events(request, lines, body["model"])))
         reply = await sync_to_async(upstream.chat_completion)(data)
-        await sync_to_async(accounting.record_usage)(request, reply.get("usage"))
+        await sync_to_async(accounting.record_usage)(request, reply.get("usage"), body["model"])
         return reply
     if body["model"] != echo.MODEL_ID:
         raise exceptions.NotFound(f"The model {body['model']!r} does not exist.", code="model_not_found")
@@ -66,7 +66,7 @@ async def chat_completion(request: HttpRequest, llm_client: str) -> Any:
         events = server_sent_events(echo.completion_chunks(messages, include_usage))
         return event_stream(then_record(request, events, echo.usage(messages, echo.reply_to(messages))))
     reply = echo.completion(messages)
-    await sync_to_async(accounting.record_usage)(request, reply["usage"])
+    await sync_to_async(accounting.record_usage)(request, reply["usage"], echo.MODEL_ID)
     return reply
 
 
@@ -76,7 +76,7 @@ async def then_record(
     """The echo model's events, then its tokens counted (a token budget is a cache write)."""
     for event in events:
         yield event
-    await sync_to_async(accounting.record_usage)(request, usage)
+    await sync_to_async(accounting.record_usage)(request, usage, echo.MODEL_ID)
 
 
 async def in_a_thread(lines: Iterator[bytes]) -> AsyncIterator[bytes]:

@@ -129,9 +129,11 @@ class CompletionView(OpenAICompatibleView):
         tokens = echo.usage(messages, echo.reply_to(messages))
         if body["stream"]:
             return event_stream(
-                MeteredStream(request, events(messages), prompt_tokens=tokens["prompt_tokens"])
+                MeteredStream(
+                    request, events(messages), prompt_tokens=tokens["prompt_tokens"], model=echo.MODEL_ID
+                )
             )
-        accounting.record_usage(request, tokens)
+        accounting.record_usage(request, tokens, echo.MODEL_ID)
         return Response(answer(messages))
 
 
@@ -144,9 +146,9 @@ class ChatCompletionView(CompletionView):
         if upstream.configured():
             if body["stream"]:
                 lines = upstream.chat_completion_stream(request.data)
-                return event_stream(accounting.upstream_events(request, lines))
+                return event_stream(accounting.upstream_events(request, lines, body["model"]))
             reply = upstream.chat_completion(request.data)
-            accounting.record_usage(request, reply.get("usage"))
+            accounting.record_usage(request, reply.get("usage"), body["model"])
             return Response(reply)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return self.echo(

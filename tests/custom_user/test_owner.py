@@ -60,13 +60,14 @@ def test_the_cache_holds_the_answer_not_the_row(api, key, owner):
     assert owner.password not in repr(entry)
 
 
-if connection.vendor == "postgresql":
+# psycopg 3's prepared statements (psycopg2 has none).
+if connection.vendor == "postgresql" and connection.Database.__name__ == "psycopg":
 
-    def test_a_suspended_owner_is_refused_with_the_statement_prepared(api, make_key, protected_client):
+    def test_a_suspended_owner_is_refused_with_psycopg_prepared_statements(api, make_key, protected_client):
         suspended = Member.objects.create(username="suspended", suspended_at=timezone.now())
         _, refused = make_key(protected_client, user=suspended)
         _, served = make_key(protected_client)
-        with databases.kept_connection():
+        with databases.psycopg_prepared():
             for _ in range(7):  # past PostgreSQL's custom plans
                 decisions.publish({generation_name("protected-bot")})
                 assert status(api, refused) == 401

@@ -3,23 +3,23 @@ and bounded state in the process whatever is sent."""
 
 from __future__ import annotations
 
+import datetime
 import secrets
 
 import pytest
 from django.conf import settings as django_settings
 from django.core.cache import caches
-from django.db import connection, transaction
-from django.test.utils import CaptureQueriesContext
+from django.db import connection
+from django.utils import timezone
 from model_bakery import baker
 
-from drf_llm_keys import crypto, decisions
+from drf_llm_keys import crypto
 from drf_llm_keys.conf import conf
-from drf_llm_keys.decisions import entries, get_decision_cache, state
+from drf_llm_keys.decisions import get_decision_cache, state
 from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 from tests.support import bearer, databases
-from tests.support.databases import prepared_statements
 from tests.support.redis import commands
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,8 +64,10 @@ if "postgresql" in django_settings.DATABASES["default"]["ENGINE"] and ON_PSYCOPG
         # What docs/ecosystem.md suggests on PostgreSQL: server-side binding, statements
         # prepared (here at once), and so parameters typed by the server, not spelled out.
         api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["gpt-4o-mini"])
+        revoked, _ = make_key(protected_client, is_active=False)
         cases = [
             ("protected-bot", api_key.prefix),
+            ("protected-bot", revoked.prefix),
             ("protected-bot", "llmk_000000000000"),
             ("protected-bot", None),
             ("public-bot", api_key.prefix),
@@ -73,157 +75,10 @@ if "postgresql" in django_settings.DATABASES["default"]["ENGINE"] and ON_PSYCOPG
             ("a\x00b", None),
         ]
         expected = [load_decision(value, prefix) for value, prefix in cases]
-        saved = dict(connection.settings_dict["OPTIONS"])
-        connection.close()
-        connection.settings_dict["OPTIONS"].update(server_side_binding=True, prepare_threshold=0)
-        decisions.reset()  # the statement is built again, for this connection
-        try:
+        with databases.psycopg_prepared():
             for _ in range(2):
                 assert [load_decision(value, prefix) for value, prefix in cases] == expected
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT statement FROM pg_prepared_statements")
-                prepared = [row[0] for row in cursor.fetchall()]
-            assert any("LIMIT 1) IS NOT NULL" in statement for statement in prepared), prepared
-        finally:
-            connection.close()
-            connection.settings_dict["OPTIONS"] = saved
-
-    def decisions_of(cases):
-        return [load_decision(value, prefix) for value, prefix in cases]
-
-    @pytest.fixture
-    def cases(make_key, protected_client, public_client):
-        """Every kind of row the statement can return, and none."""
-        api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["gpt-4o-mini"])
-        revoked, _ = make_key(protected_client, is_active=False)
-        return [
-            ("protected-bot", api_key.prefix),
-            ("protected-bot", revoked.prefix),
-            ("protected-bot", "llmk_000000000000"),
-            ("protected-bot", None),
-            ("public-bot", api_key.prefix),
-            ("no-such-bot", None),
-        ]
-
-    @pytest.fixture
-    def kept_connection():
-        with databases.kept_connection() as kept:
-            yield kept
-
-    def test_a_kept_connection_runs_the_statement_prepared_with_the_same_decisions(
-        cases, kept_connection, django_assert_num_queries
-    ):
-        kept_connection.settings_dict["CONN_MAX_AGE"] = 0
-        expected = decisions_of(cases)
-        assert not prepared_statements()
-        kept_connection.settings_dict["CONN_MAX_AGE"] = 60
-        with CaptureQueriesContext(kept_connection) as first:
-            assert load_decision(*cases[0]) == expected[0]
-        assert first[0]["sql"].startswith("PREPARE drf_llm_keys_decision_")
-        assert first[1]["sql"].startswith("EXECUTE drf_llm_keys_decision_")
-        # Past PostgreSQL's five custom plans, so the generic plan answers too.
-        for _ in range(4):
-            with django_assert_num_queries(len(cases)) as captured:
-                assert decisions_of(cases) == expected
-            assert all(query["sql"].startswith("EXECUTE ") for query in captured)
-        assert len(prepared_statements()) == 1
-
-    def test_a_prepared_statement_takes_the_pk_as_lookup_value(
-        settings, cases, protected_client, kept_connection
-    ):
-        settings.DRF_LLM_KEYS = {"CLIENT_LOOKUP_FIELD": "pk"}  # an integer parameter
-        prefix = cases[0][1]
-        for _ in range(7):  # past the custom plans
-            decision = load_decision(str(protected_client.pk), prefix)
-            assert decision["client"]["id"] == protected_client.pk
-            assert decision["key"]["prefix"] == prefix
-            assert load_decision(str(protected_client.pk + 1000), prefix)["client"]["id"] is None
-        assert prepared_statements()
-
-    @pytest.mark.parametrize(
-        "setting",
-        ["in a transaction", "PREPARE_DECISION_QUERY off", "CONN_MAX_AGE 0", "a transaction pooler"],
-    )
-    def test_the_statement_runs_unprepared_where_preparing_could_break_or_would_not_pay(
-        cases, kept_connection, settings, setting
-    ):
-        expected = decisions_of(cases)
-        kept_connection.close()
-        decisions.reset()
-        if setting == "PREPARE_DECISION_QUERY off":
-            settings.DRF_LLM_KEYS = {"PREPARE_DECISION_QUERY": False}
-        elif setting == "CONN_MAX_AGE 0":
-            kept_connection.settings_dict["CONN_MAX_AGE"] = 0
-        elif setting == "a transaction pooler":  # what Django asks of PgBouncer's users
-            kept_connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
-        try:
-            with CaptureQueriesContext(kept_connection) as captured:
-                if setting == "in a transaction":
-                    with transaction.atomic():
-                        assert decisions_of(cases) == expected
-                else:
-                    assert decisions_of(cases) == expected
-        finally:
-            kept_connection.settings_dict.pop("DISABLE_SERVER_SIDE_CURSORS", None)
-        statements = [query["sql"] for query in captured if query["sql"].startswith("SELECT")]
-        assert len(statements) == len(cases), captured.captured_queries
-        assert not prepared_statements()
-
-    @pytest.mark.parametrize("how", ["DEALLOCATE ALL", "DISCARD ALL"])
-    def test_a_statement_dropped_behind_the_librarys_back_is_prepared_again(cases, kept_connection, how):
-        expected = decisions_of(cases)
-        with kept_connection.cursor() as cursor:
-            cursor.execute(how)  # a pooler's reset, say
-        with CaptureQueriesContext(kept_connection) as captured:
-            assert decisions_of(cases[:1]) == expected[:1]  # answered unprepared
-            assert decisions_of(cases) == expected
-        sql = [query["sql"].split(" ", 1)[0] for query in captured]
-        assert sql[:4] == ["EXECUTE", "SELECT", "PREPARE", "EXECUTE"], sql
-
-    def test_a_connection_that_keeps_losing_the_statement_stops_preparing_it(cases, kept_connection):
-        # A transaction pooler moving the connection's sessions: each loss costs a failed
-        # EXECUTE, so after PREPARES_PER_CONNECTION of them the plain statement runs.
-        expected = decisions_of(cases)  # the first PREPARE
-        for _ in range(entries.PREPARES_PER_CONNECTION - 1):  # lost, and prepared again
-            with kept_connection.cursor() as cursor:
-                cursor.execute("DEALLOCATE ALL")
-            assert decisions_of(cases) == expected
-        with kept_connection.cursor() as cursor:
-            cursor.execute("DEALLOCATE ALL")
-        with CaptureQueriesContext(kept_connection) as captured:
-            assert decisions_of(cases) == expected
-            assert decisions_of(cases) == expected
-        sql = [query["sql"].split(" ", 1)[0] for query in captured]
-        assert sql == ["EXECUTE", *["SELECT"] * (2 * len(cases))], sql
-        assert not prepared_statements()
-
-    def test_a_statement_prepared_in_the_session_already_is_used(cases, kept_connection, caplog):
-        expected = decisions_of(cases)
-        decisions.reset()  # a new DecisionQuery, which has not seen this session
-        with CaptureQueriesContext(kept_connection) as captured:
-            assert decisions_of(cases) == expected
-        assert captured[0]["sql"].startswith("PREPARE ")
-        assert all(query["sql"].startswith("EXECUTE ") for query in captured.captured_queries[1:])
-        assert "could not be prepared" not in caplog.text
-
-    def test_a_schema_change_that_alters_the_result_is_survived(cases, kept_connection):
-        # A migration run while workers hold the statement: PostgreSQL refuses the old plan
-        # ("cached plan must not change result type").
-        expected = decisions_of(cases)
-        table = APIKey._meta.db_table
-        length = APIKey._meta.get_field("name").max_length
-        with kept_connection.cursor() as cursor:
-            cursor.execute(f'ALTER TABLE "{table}" ALTER COLUMN "name" TYPE text')
-        try:
-            with CaptureQueriesContext(kept_connection) as captured:
-                assert decisions_of(cases) == expected
-                assert decisions_of(cases) == expected
-        finally:
-            with kept_connection.cursor() as cursor:
-                cursor.execute(f'ALTER TABLE "{table}" ALTER COLUMN "name" TYPE varchar({length})')
-        sql = [query["sql"].split(" ", 1)[0] for query in captured]
-        assert sql[:5] == ["EXECUTE", "DEALLOCATE", "SELECT", "PREPARE", "EXECUTE"], sql
-        assert set(sql[5:]) == {"EXECUTE"}, sql
+            assert any("UNION ALL" in statement for statement in databases.prepared_statements())
 
 
 @pytest.mark.parametrize(
@@ -242,17 +97,6 @@ def test_every_cold_decision_runs_one_query(
     plaintext = random_key() if credentials == "random" else None
     with django_assert_num_queries(1):
         assert get(api, slug, plaintext).status_code == status
-
-
-def test_the_statement_is_built_once_per_database_and_dropped_by_reset(api, key):
-    _, plaintext = key
-    get(api, "protected-bot", plaintext)
-    built = dict(get_decision_cache().queries)
-    assert len(built) == 1
-    get(api, "protected-bot", random_key())
-    assert get_decision_cache().queries == built  # the same object, not rebuilt
-    decisions.reset()
-    assert get_decision_cache().queries == {}
 
 
 @pytest.mark.parametrize("value", ["abc", "99999999999999999999999", "-99999999999999999999999", "1\x00"])
@@ -280,6 +124,55 @@ def test_a_key_of_another_client_loads_without_this_clients_mapping(make_key, pr
     assert decision["key"]["id"] == api_key.pk
     assert decision["key"]["client_ids"] == []
     assert load_decision("other-bot", api_key.prefix, using="default")["key"]["client_ids"] == [other.pk]
+
+
+def test_a_key_mapped_to_several_clients_loads_with_this_clients_mapping_only(make_key, protected_client):
+    others = [baker.make_recipe("tests.llm_client", slug=f"other-{number}") for number in range(3)]
+    api_key, _ = make_key(protected_client, *others)
+    decisions = [
+        load_decision(slug, api_key.prefix, using="default") for slug in ("protected-bot", "other-1")
+    ]
+    assert [decision["key"]["client_ids"] for decision in decisions] == [
+        [protected_client.pk],
+        [others[1].pk],
+    ]
+
+
+def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_client, owner):
+    expires_at = timezone.now() + datetime.timedelta(days=3)
+    api_key, _ = make_key(
+        protected_client, scopes=["chat"], allowed_models=["gpt-4o*"], expires_at=expires_at
+    )
+    decision = load_decision("protected-bot", api_key.prefix, using="default")
+    stored = APIKey.objects.get(pk=api_key.pk)
+    assert decision == {
+        "client": {
+            "id": protected_client.pk,
+            "has_active_key": True,
+            "require_api_key": False,
+            "lookup": "protected-bot",
+        },
+        "key": {
+            "id": api_key.pk,
+            "prefix": api_key.prefix,
+            "digest": api_key.digest,
+            "is_active": True,
+            "expires_at": stored.expires_at,  # as the database keeps it
+            "name": "test key",
+            "client_ids": [protected_client.pk],
+            "user": {
+                "id": owner.pk,
+                "username": "owner",
+                "is_active": True,
+                "is_staff": False,
+                "is_superuser": False,
+            },
+            "scopes": ["chat"],
+            "allowed_models": ["gpt-4o*"],
+            "lineage": stored.lineage,
+        },
+    }
+    assert type(decision["key"]["is_active"]) is bool and type(decision["client"]["has_active_key"]) is bool
 
 
 # --- nothing shared for what does not exist -------------------------------------------------

@@ -124,7 +124,7 @@ def test_the_stream_is_the_same_events_and_counts_its_tokens(key, protected_clie
     assert text == "echo: hi"
     ((name, counts),) = usage.counter.pending().items()
     assert name[:2] == (api_key.pk, protected_client.pk)
-    assert counts == (1, 1, 2)  # one request, "hi", "echo: hi"
+    assert counts[:3] == (1, 1, 2)  # one request, "hi", "echo: hi"
 
 
 def test_models_list_only_what_the_key_may_use(make_key, protected_client):

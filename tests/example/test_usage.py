@@ -43,7 +43,7 @@ def test_every_completion_is_recorded_streamed_ones_included(budget_server, key)
 
 
 def test_a_key_over_its_token_budget_gets_a_rate_limit_error(budget_server, key):
-    _, plaintext = key
+    api_key, plaintext = key
     client = openai_client(budget_server, "protected-bot", plaintext)
     for _ in range(3):  # 15 tokens: the third is admitted with 10 spent, under the 12
         client.chat.completions.create(model="echo", messages=HELLO)
@@ -53,6 +53,9 @@ def test_a_key_over_its_token_budget_gets_a_rate_limit_error(budget_server, key)
     assert refused.value.body["type"] == "rate_limit_error"
     assert refused.value.body["code"] == "throttled"
     assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 3600
+    # The server's last usage write done (the refused request counts as one), so that it
+    # cannot meet the flush of the test database (a deadlock on PostgreSQL).
+    harness.wait_until(lambda: figures(api_key) == (4, 6, 9), 30, "usage not recorded")
 
 
 def test_anthropic_messages_are_recorded_and_shown_by_the_usage_command(budget_server, key):
@@ -65,11 +68,18 @@ def test_anthropic_messages_are_recorded_and_shown_by_the_usage_command(budget_s
     harness.wait_until(lambda: figures(api_key) == (2, 4, 6), 30, "usage not recorded")
     out = StringIO()
     call_command("llm_keys", "usage", api_key.prefix, "--json", stdout=out)
-    assert json.loads(out.getvalue())["totals"] == {"requests": 2, "prompt_tokens": 4, "completion_tokens": 6}
+    # Echo at 1.00 and 2.00 per million: 4 x 1 + 6 x 2 millionths.
+    assert json.loads(out.getvalue())["totals"] == {
+        "requests": 2,
+        "prompt_tokens": 4,
+        "completion_tokens": 6,
+        "cost": "0.000016",
+        "unpriced_tokens": 0,
+    }
 
 
 def test_anthropic_over_the_token_budget_gets_its_rate_limit_error(budget_server, key):
-    _, plaintext = key
+    api_key, plaintext = key
     client = anthropic_client(budget_server, "protected-bot", plaintext)
     for _ in range(3):  # 15 tokens: the third is admitted with 10 spent, under the 12
         client.messages.create(model="echo", max_tokens=64, messages=HELLO)
@@ -78,3 +88,6 @@ def test_anthropic_over_the_token_budget_gets_its_rate_limit_error(budget_server
     assert refused.value.status_code == 429
     assert refused.value.body["error"]["type"] == "rate_limit_error"
     assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 3600
+    # The server's last usage write done (the refused request counts as one), so that it
+    # cannot meet the flush of the test database (a deadlock on PostgreSQL).
+    harness.wait_until(lambda: figures(api_key) == (4, 6, 9), 30, "usage not recorded")

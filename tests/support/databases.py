@@ -1,5 +1,5 @@
-"""A database that is not there, for the outage tests; a connection kept as deployments
-keep theirs; a PostgreSQL standby that lags, for the read replica test and the soak."""
+"""A database that is not there, for the outage tests; a connection on which psycopg
+prepares its statements; a PostgreSQL standby that lags, for the read replica test and the soak."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.db import connections
-
-from drf_llm_keys import decisions
 
 from . import free_port
 
@@ -36,26 +34,25 @@ def database_outage(tmp_path: os.PathLike[str]) -> Iterator[None]:
 
 
 @contextmanager
-def kept_connection() -> Iterator[Any]:
-    """The default connection, new, kept as a deployment keeps it (``CONN_MAX_AGE``): on
-    PostgreSQL the decision's statement then runs prepared. Closed at the end, with what
-    it prepared."""
+def psycopg_prepared() -> Iterator[Any]:
+    """The default connection, new, with psycopg 3 preparing every statement it runs
+    (docs/ecosystem.md's options, with a threshold of 0: prepared at once). Closed at the
+    end, with what it prepared."""
     connection = connections["default"]
+    saved = dict(connection.settings_dict["OPTIONS"])
     connection.close()
-    decisions.reset()
-    connection.settings_dict["CONN_MAX_AGE"] = 60
+    connection.settings_dict["OPTIONS"].update(server_side_binding=True, prepare_threshold=0)
     try:
         yield connection
     finally:
-        connection.settings_dict["CONN_MAX_AGE"] = 0
         connection.close()
-        decisions.reset()
+        connection.settings_dict["OPTIONS"] = saved
 
 
 def prepared_statements() -> list[str]:
-    """Names of the statements this library prepared on the default connection's session."""
+    """The statements prepared on the default connection's session."""
     with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'drf_llm_keys%'")
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
         return [row[0] for row in cursor.fetchall()]
 
 

@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from django.contrib.auth import get_user_model
@@ -38,7 +39,7 @@ from drf_llm_keys.decisions import invalidation
 from drf_llm_keys.models import APIKey, KeyUsage, decision_db
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
-USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens")
+USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens", "cost", "unpriced_tokens")
 MAX_USAGE_DAYS = 36600
 
 # The actions that change keys or clients: each publishes what the outbox holds first.
@@ -365,12 +366,30 @@ class Command(BaseCommand):
             }
             for row in rows.order_by("day", "api_key__prefix", "llm_client__pk")
         ]
-        totals = {figure: sum(r[figure] for r in records) for figure in USAGE_FIGURES}
+        totals: dict[str, Any] = {figure: sum(r[figure] for r in records) for figure in USAGE_FIGURES}
+        for figures in (*records, totals):  # exact decimal text, never a float
+            figures["cost"] = _decimal_text(Decimal(figures["cost"]))
         if options["json"]:
-            document = {"since": since.isoformat(), "days": days, "usage": records, "totals": totals}
+            document = {
+                "since": since.isoformat(),
+                "days": days,
+                "currency": conf.CURRENCY,
+                "usage": records,
+                "totals": totals,
+            }
             self.stdout.write(json.dumps(document, indent=2))
             return
-        header = ("DAY", "CLIENT", "PREFIX", "NAME", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS")
+        header = (
+            "DAY",
+            "CLIENT",
+            "PREFIX",
+            "NAME",
+            "REQUESTS",
+            "PROMPT TOKENS",
+            "COMPLETION TOKENS",
+            f"COST ({conf.CURRENCY})",
+            "UNPRICED TOKENS",
+        )
         total = ("total", "", "", "", *(str(totals[f]) for f in USAGE_FIGURES))
         table = [
             header,
@@ -711,3 +730,9 @@ def accept_negative_values(parser: CommandParser) -> None:
     """Read ``--grace -5d`` as a value (then refused with the duration rules) rather than as an
     unknown option: argparse below Python 3.13 takes only ``-5`` or ``-1.5`` for a value."""
     parser._negative_number_matcher = re.compile(r"-\.?\d")  # Python 3.13's pattern
+
+
+def _decimal_text(value: Decimal) -> str:
+    """An amount as exact decimal text, without trailing zeros ("0.0125", "3", not a float)."""
+    text = f"{value.normalize():f}"
+    return text
