@@ -97,6 +97,9 @@ def spawn(settings: Any, tmp_path: Any) -> Iterator[Callable[[], Worker]]:
     )
     if "DRF_LLM_KEYS_TEST_REDIS_URL" in env:  # the prefix this process's cache uses
         env["DRF_LLM_KEYS_TEST_CACHE_KEY_PREFIX"] = settings.CACHES["default"].get("KEY_PREFIX", "")
+    # A change returns one PUSH_HEARTBEAT after its write: well within LAG, so that the
+    # requests right after it still meet the standby's old rows.
+    env["DRF_LLM_KEYS_TEST_SETTINGS"] = json.dumps({"PUSH_HEARTBEAT": 0.2})
     started: list[Worker] = []
 
     def start() -> Worker:
@@ -187,8 +190,9 @@ def test_the_last_key_guard_counts_keys_on_the_primary(standby, spawn, make_key)
 
 
 def test_an_admin_form_read_on_a_lagging_replica_never_makes_a_revoked_key_active_again(
-    standby, spawn, make_key, protected_client, admin_user
+    standby, spawn, make_key, protected_client, admin_user, settings
 ):
+    settings.DRF_LLM_KEYS = {"PUSH_HEARTBEAT": 0.2}  # this process revokes: within LAG
     operator = spawn()  # an admin whose pages read from the standby
     harness.wait_until(
         lambda: standby.value("SELECT 1 FROM auth_user WHERE username = %s", admin_user.username) == 1,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis
 from model_bakery import baker
 
 from drf_llm_keys import keys as key_operations
@@ -194,7 +195,16 @@ def evict_generations(server: RedisServer) -> None:
 def failover(cell: Cell) -> None:
     old = cell.server()
     sentinel = cell.sentinel
-    sentinel.client.execute_command("SENTINEL", "FAILOVER", sentinel.service)
+    # Sentinel refuses (NOGOODSLAVE) until it has seen the last failover's replica settle.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sentinel.client.execute_command("SENTINEL", "FAILOVER", sentinel.service)
+            break
+        except redis.ResponseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     wait_until(lambda: sentinel.master_port() not in (None, old.port), 30, "Sentinel names the new master")
     # The old master stays up and a master for a while: the readers' connections are there.
 
