@@ -20,6 +20,11 @@ from .models import APIKey
 parse_rate = windows.parse_rate
 
 
+def key_counter_name(client_value: str, api_key: APIKey, seconds: int, window: int) -> str:
+    """The request counter of a key (and the keys that replace it) on a client, in a window."""
+    return windows.throttle_name(client_value, f"key:{api_key.allowance}", seconds, window)
+
+
 class WindowThrottle(BaseThrottle):
     """A throttle counted in fixed windows: a refusal waits for the end of the window."""
 
@@ -54,9 +59,12 @@ class APIKeyRateThrottle(WindowThrottle):
         if limit is None:
             return True
         requests, seconds = limit
-        ident = f"key:{api_key.allowance}" if api_key is not None else f"ip:{self.get_ident(request)}"
         window = windows.current(seconds)
-        count = self.hit(windows.throttle_name(lookup, ident, seconds, window), seconds)
+        if api_key is not None:
+            name = key_counter_name(lookup, api_key, seconds, window)
+        else:
+            name = windows.throttle_name(lookup, f"ip:{self.get_ident(request)}", seconds, window)
+        count = self.hit(name, seconds)
         if count is None:
             return True
         headers.note_limit(request, "requests", requests, requests - count, windows.end_of(window, seconds))
