@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from . import usage, windows
+from . import headers, usage, windows
 from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
 from .decisions import Entry
@@ -18,6 +18,11 @@ from .models import APIKey
 
 # Importable from here as before.
 parse_rate = windows.parse_rate
+
+
+def key_counter_name(client_value: str, api_key: APIKey, seconds: int, window: int) -> str:
+    """The request counter of a key (and the keys that replace it) on a client, in a window."""
+    return windows.throttle_name(client_value, f"key:{api_key.allowance}", seconds, window)
 
 
 class WindowThrottle(BaseThrottle):
@@ -54,12 +59,19 @@ class APIKeyRateThrottle(WindowThrottle):
         if limit is None:
             return True
         requests, seconds = limit
-        ident = f"key:{api_key.allowance}" if api_key is not None else f"ip:{self.get_ident(request)}"
         window = windows.current(seconds)
-        count = self.hit(windows.throttle_name(lookup, ident, seconds, window), seconds)
-        if count is None or count <= requests:
+        if api_key is not None:
+            name = key_counter_name(lookup, api_key, seconds, window)
+        else:
+            name = windows.throttle_name(lookup, f"ip:{self.get_ident(request)}", seconds, window)
+        count = self.hit(name, seconds)
+        if count is None:
+            return True
+        headers.note_limit(request, "requests", requests, requests - count, windows.end_of(window, seconds))
+        if count <= requests:
             return True
         self.retry_at = windows.end_of(window, seconds)
+        headers.note_refusal(request, self.retry_at)
         return False
 
     def get_client(self, request: Request) -> Entry | None:
@@ -104,7 +116,11 @@ class TokenRateThrottle(WindowThrottle):
         window = windows.current(seconds)
         spent = windows.read(usage.token_counter_name(subject, seconds, window))
         # A cache outage lets requests through: a budget protects spending, not access.
-        if spent is None or spent < tokens:
+        if spent is None:
+            return True
+        headers.note_limit(request, "tokens", tokens, tokens - spent, windows.end_of(window, seconds))
+        if spent < tokens:
             return True
         self.retry_at = windows.end_of(window, seconds)
+        headers.note_refusal(request, self.retry_at)
         return False

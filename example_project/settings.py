@@ -54,6 +54,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # x-ratelimit-* on a limited key's responses, retry-after-ms on a rate's 429.
+    "drf_llm_keys.headers.RateLimitHeadersMiddleware",
 ]
 TEMPLATES = [
     {

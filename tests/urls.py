@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import path
 
+from drf_llm_keys.views import KeyInfoView
+
 from . import async_views, views
 
 urlpatterns = [
@@ -15,6 +17,7 @@ urlpatterns = [
     path("clients/<str:llm_client>/tokens/", views.TokenEcho.as_view()),
     path("clients/<str:llm_client>/tokens/stream/", views.StreamedTokenEcho.as_view()),
     path("clients/<str:llm_client>/tokens/metered/", views.MeteredTokenEcho.as_view()),
+    path("clients/<str:llm_client>/key/", KeyInfoView.as_view()),
 ]
 
 # The async front doors over the same decision (tests/async_views.py).

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from drf_llm_keys import get_client_model, usage
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.permissions import HasScopes, require_model
-from drf_llm_keys.throttling import TokenRateThrottle
+from drf_llm_keys.throttling import APIKeyRateThrottle, TokenRateThrottle
 
 
 class DefaultEcho(APIView):
@@ -82,9 +82,10 @@ class ModelEcho(APIView):
 
 
 class TokenEcho(PerViewEcho):
-    """Reports ``?prompt=N&completion=M`` tokens as a completion's usage; budgeted per key."""
+    """Reports ``?prompt=N&completion=M`` tokens as a completion's usage; budgeted per key
+    in requests and tokens."""
 
-    throttle_classes = [TokenRateThrottle]
+    throttle_classes = [APIKeyRateThrottle, TokenRateThrottle]
 
     def get(self, request: Request, **kwargs: Any) -> Response:
         usage.record_tokens(request, **tokens_asked(request))

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models
-from django.db.models import DEFERRED, BooleanField, Exists, F, OuterRef, QuerySet, Value
+from django.db.models import BooleanField, Exists, F, OuterRef, QuerySet, Value
 
 from .. import get_client_model
 from ..conf import conf
@@ -88,7 +88,8 @@ def decision_query(value: str, prefix: str | None, using: str) -> QuerySet[Any, 
     if prefix is None:
         query = client_only.filter(**{name: value})
     else:
-        query = key_part.filter(prefix=prefix).union(client_part.filter(**{name: value}), all=True)
+        # Unordered: Django 6.1 would order the union by APIKey's Meta.ordering.
+        query = key_part.filter(prefix=prefix).union(client_part.filter(**{name: value}), all=True).order_by()
     return query
 
 
@@ -190,12 +191,12 @@ def _copied(value: Any) -> Any:
 
 
 def _from_db(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    # What a queryset's row does: from_db() with every concrete field's value in order,
-    # DEFERRED for those not loaded (a value of no concrete field, a computed is_active
-    # say, is left out).
-    attnames = _concrete_attnames(model)
-    loaded = [name for name in attnames if name in values]
-    instance: ModelT = model.from_db(db, loaded, [values.get(name, DEFERRED) for name in attnames])
+    # As a queryset calls it: the loaded fields' names in the order of the model's concrete
+    # fields, with their values in that order (a value of no concrete field, a computed
+    # is_active say, is left out). A dict of names: from_db() asks each field whether it
+    # was loaded.
+    names = dict.fromkeys(name for name in _concrete_attnames(model) if name in values)
+    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
     return instance
 
 

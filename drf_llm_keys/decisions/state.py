@@ -73,8 +73,6 @@ class DecisionCache:
         self.unknown_keys = HeldEntries(UNKNOWN_KEY_ENTRIES)
         # Equal parts of held entries as one object (store.shared), emptied at LOCAL_ENTRIES.
         self.shared_parts: dict[Any, Any] = {}
-        # What entries.load_decision builds once per database.
-        self.queries: dict[Any, Any] = {}
         # Generation names whose new token could not be written, with when that first failed.
         self.pending: dict[str, float] = {}
         self.pending_lock = threading.Lock()

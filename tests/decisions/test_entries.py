@@ -16,7 +16,7 @@ from model_bakery import baker
 from drf_llm_keys import crypto
 from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import get_decision_cache, state
-from drf_llm_keys.decisions.entries import load_decision
+from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.models import APIKey, LLMClientAPIKey
 from tests.support import bearer, databases
@@ -173,6 +173,20 @@ def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_
         },
     }
     assert type(decision["key"]["is_active"]) is bool and type(decision["client"]["has_active_key"]) is bool
+
+
+def test_a_key_rebuilt_from_its_entry_saves_only_what_changed(make_key, protected_client):
+    # request.auth comes from a cached entry, which may predate a revocation: a save of
+    # another field must not write the entry's is_active back.
+    api_key, _ = make_key(protected_client)
+    rebuilt = api_key_from_entry(
+        load_decision("protected-bot", api_key.prefix, using="default")["key"], "default"
+    )
+    APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
+    rebuilt.description = "edited"
+    rebuilt.save()
+    stored = APIKey.objects.get(pk=api_key.pk)
+    assert (stored.description, stored.is_active) == ("edited", False)
 
 
 # --- nothing shared for what does not exist -------------------------------------------------
