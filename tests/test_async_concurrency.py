@@ -23,7 +23,10 @@ DOORS = ["/async/clients/{}/echo/", "/ninja/clients/{}/async/", "/ninja/clients/
 
 
 @pytest.mark.django_db(transaction=True)  # committed rows: decisions are held, most made on the loop
-def test_concurrent_requests_never_see_each_others_key_client_or_usage(make_key):
+def test_concurrent_requests_never_see_each_others_key_client_or_usage(make_key, settings):
+    # The counts are read from this process's counter: no background write may take them
+    # first, however long the requests take on a loaded machine.
+    settings.DRF_LLM_KEYS = {"USAGE_FLUSH_INTERVAL": 3600}
     clients = {slug: baker.make_recipe("tests.llm_client", slug=slug) for slug in ("bot-a", "bot-b", "bot-c")}
     baker.make_recipe("tests.llm_client", slug="open-bot")
     keys = []  # (plaintext, prefix, client slug, scopes)
