@@ -37,9 +37,9 @@ from django.utils.text import capfirst, format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import decisions, get_client_model, keys, usage
+from . import decisions, get_client_model, keys, prices, usage
 from .conf import conf
-from .models import APIKey, KeyUsage, LLMClient, LLMClientAPIKey
+from .models import APIKey, KeyUsage, LLMClient, LLMClientAPIKey, OwnerBudget, clients_of_owners
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -52,12 +52,14 @@ if TYPE_CHECKING:
     _APIKeyLinkInlineBase = admin.TabularInline[LLMClientAPIKey, models.Model]
     _LLMClientAdminBase = admin.ModelAdmin[models.Model]
     _KeyUsageAdminBase = admin.ModelAdmin[KeyUsage]
+    _OwnerBudgetAdminBase = admin.ModelAdmin[OwnerBudget]
 else:
     _APIKeyAddFormBase = forms.ModelForm
     _APIKeyAdminBase = admin.ModelAdmin
     _APIKeyLinkInlineBase = admin.TabularInline
     _LLMClientAdminBase = admin.ModelAdmin
     _KeyUsageAdminBase = admin.ModelAdmin
+    _OwnerBudgetAdminBase = admin.ModelAdmin
 
 # Where the plaintexts of a request's new keys wait for the response, on the request only.
 _NEW_KEYS = "_drf_llm_keys_new_keys"
@@ -160,7 +162,10 @@ class APIKeyAddForm(APIKeyForm):
 
     class Meta:
         model = APIKey
-        fields = ("name", "user", "llm_clients", "description", "expires_at", "scopes", "allowed_models")
+        fields = (
+            *("name", "user", "llm_clients", "description", "expires_at", "scopes", "allowed_models"),
+            *("budget_limit", "budget_period", "max_concurrent"),
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -260,6 +265,8 @@ class APIKeyAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _A
         "last_used_at",
         "scope_list",
         "model_list",
+        "budget",
+        "max_concurrent",
     )
     list_filter = (KeyStateFilter,)
     list_select_related = ("user",)
@@ -285,6 +292,9 @@ class APIKeyAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _A
         "expires_at",
         "scopes",
         "allowed_models",
+        "budget_limit",
+        "budget_period",
+        "max_concurrent",
         "last_used_at",
         "created_at",
         "updated_at",
@@ -327,6 +337,10 @@ class APIKeyAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _A
     @admin.display(description=_("allowed models"))
     def model_list(self, api_key: APIKey) -> str:
         return ", ".join(map(str, api_key.allowed_models or [])) or str(_("any"))
+
+    @admin.display(description=_("budget"), ordering="budget_limit")
+    def budget(self, api_key: APIKey) -> str:
+        return budget_text(api_key.budget_limit, api_key.budget_period)
 
     @admin.display(description=_("usage, last 7 days"))
     def usage_7_days(self, api_key: APIKey) -> str:
@@ -395,6 +409,9 @@ class APIKeyAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _A
             expires_at=data["expires_at"],
             scopes=data["scopes"],
             allowed_models=data["allowed_models"],
+            max_concurrent=data["max_concurrent"],
+            budget_limit=data["budget_limit"],
+            budget_period=data["budget_period"],
         )
         # The admin carries on with ``obj`` (to log the addition): make it the saved key.
         for field in APIKey._meta.concrete_fields:
@@ -574,6 +591,14 @@ class APIKeyAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _A
         return left
 
 
+def budget_text(limit: Any, period: str) -> str:
+    """``25 per month``, in the prices' currency; a dash for no budget."""
+    if limit is None:
+        return "-"
+    per = _("in total") if period == "total" else _("per %s") % period
+    return f"{prices.amount_text(limit)} {conf.CURRENCY} {per}"
+
+
 def left_public_clients(left_public: dict[Any, list[str]]) -> list[str]:
     return sorted({name for names in left_public.values() for name in names})
 
@@ -688,6 +713,35 @@ class KeyUsageAdmin(_KeyUsageAdminBase):
     def has_delete_permission(self, request: HttpRequest, obj: KeyUsage | None = None) -> bool:
         # A key's history goes with the key (CASCADE); revoke a key to keep it.
         return False
+
+
+@admin.register(OwnerBudget)
+class OwnerBudgetAdmin(ReadsWhereItWrites, PicksUsersBySearch, ReportsUnpublished, _OwnerBudgetAdminBase):
+    """A user's budget, shared by all the keys they own (see ``keys.set_owner_budget``)."""
+
+    list_display = ("user", "budget", "updated_at")
+    list_select_related = ("user",)
+    fields = ("user", "limit", "period")
+    user_fields = raw_id_fields = ("user",)
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return (f"user__{get_user_model().USERNAME_FIELD}",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: OwnerBudget | None = None) -> tuple[str, ...]:
+        # Moved to another user, the budget would stay in the first one's cached decisions.
+        return () if obj is None else ("user",)
+
+    @admin.display(description=_("budget"), ordering="limit")
+    def budget(self, owner_budget: OwnerBudget) -> str:
+        return budget_text(owner_budget.limit, owner_budget.period)
+
+    def save_model(
+        self, request: HttpRequest, obj: OwnerBudget, form: forms.ModelForm[OwnerBudget], change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        # Its post_save receiver invalidates these; named in the message if that is pending.
+        clients = clients_of_owners([obj.user_id], router.db_for_write(OwnerBudget))
+        setattr(request, _CHANGED_CLIENTS, sorted(map(str, clients)))
 
 
 if get_client_model() is LLMClient:

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, NoReturn, TypeVar, cast
 
 from django.conf import settings
@@ -30,7 +31,16 @@ from django.utils.dateparse import parse_date, parse_datetime
 from . import decisions, get_client_model, signals
 from .conf import conf
 from .decisions import invalidation
-from .models import APIKey, LLMClientAPIKey, clean_allowed_models, clean_scopes, decision_db
+from .models import (
+    APIKey,
+    LLMClientAPIKey,
+    OwnerBudget,
+    clean_allowed_models,
+    clean_budget,
+    clean_max_concurrent,
+    clean_scopes,
+    decision_db,
+)
 
 logger = logging.getLogger("drf_llm_keys")
 
@@ -226,16 +236,24 @@ def create_key(
     description: str = "",
     scopes: Sequence[str] = (),
     allowed_models: Sequence[str] = (),
+    max_concurrent: int | None = None,
+    budget_limit: Decimal | str | int | None = None,
+    budget_period: str = "",
 ) -> tuple[APIKey, str]:
     """Create a key mapped to ``llm_clients``; returns ``(api_key, plaintext)``.
 
-    Empty ``scopes`` or ``allowed_models`` leave the key unrestricted in that respect;
-    invalid ones raise ``ValidationError`` before anything is written.
+    Empty ``scopes`` or ``allowed_models`` leave the key unrestricted in that respect, no
+    ``max_concurrent`` leaves its requests in flight uncapped, no ``budget_limit`` its spend
+    (see ``set_budget``); invalid ones raise ``ValidationError`` before anything is written.
     """
     check_new_key(user=user, name=name, expires_at=expires_at)
+    limit, period = clean_budget(budget_limit, budget_period)
     restrictions = {
         "scopes": clean_scopes(scopes),
         "allowed_models": clean_allowed_models(allowed_models),
+        "max_concurrent": clean_max_concurrent(max_concurrent),
+        "budget_limit": limit,
+        "budget_period": period,
     }
     using = router.db_for_write(APIKey)
     with transaction.atomic(using=using):
@@ -250,15 +268,16 @@ def create_key(
         api_key=api_key,
         llm_clients=list(llm_clients),
     )
-    return _published(using, llm_clients, (api_key, plaintext))
+    return published(using, llm_clients, (api_key, plaintext))
 
 
 def rotate_key(
     api_key: APIKey, grace: timedelta = DEFAULT_GRACE, *, expires_at: datetime | None = None
 ) -> tuple[APIKey, str]:
-    """Issue a replacement (same owner, name, description, clients, scopes and allowed
-    models, and the same ``allowance``: both spend one rate allowance; it expires at
-    ``expires_at``, by default never) and make ``api_key`` expire after ``grace``.
+    """Issue a replacement (same owner, name, description, clients, scopes, allowed
+    models, budget and cap in flight, and the same ``allowance``: both spend one rate
+    allowance and one budget; it expires at ``expires_at``, by default never) and make
+    ``api_key`` expire after ``grace``.
 
     Both happen in one transaction. The old key's expiry only ever moves earlier, so
     running this again never extends it; each run issues one more replacement.
@@ -286,6 +305,9 @@ def rotate_key(
             expires_at=expires_at,
             scopes=old.scopes,
             allowed_models=old.allowed_models,
+            budget_limit=old.budget_limit,
+            budget_period=old.budget_period,
+            max_concurrent=old.max_concurrent,
             lineage=old.allowance,
         )
         retire_at = timezone.now() + grace
@@ -307,7 +329,7 @@ def rotate_key(
         grace=grace,
         llm_clients=clients,
     )
-    return _published(using, clients, (new, plaintext))
+    return published(using, clients, (new, plaintext))
 
 
 def rotate_client_key(
@@ -335,7 +357,7 @@ def rotate_client_key(
             )
         new, plaintext = rotate_key(working[0], grace, expires_at=expires_at)
         clients = list(clients_of(new).using(using))
-    return _published(using, clients, (working[0], new, plaintext))
+    return published(using, clients, (working[0], new, plaintext))
 
 
 def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Model]:
@@ -370,7 +392,7 @@ def revoke_key(api_key: APIKey, *, allow_public: bool = False) -> list[models.Mo
     )
     # The caller's instance tells the truth too, and its next save() compares with it.
     api_key.refresh_from_db(using=using, fields=["is_active", "updated_at"])
-    return _published(using, clients, made_public)
+    return published(using, clients, made_public)
 
 
 def revoke_key_keep_protected(api_key: APIKey) -> list[models.Model]:
@@ -392,7 +414,7 @@ def revoke_key_keep_protected(api_key: APIKey) -> list[models.Model]:
             revoke_key(api_key)  # nested: one commit, and its signal follows it
     if already_revoked:
         _republish_revoked(locked, clients, using)
-    return _published(using, clients, at_risk)
+    return published(using, clients, at_risk)
 
 
 def require_api_key(llm_client: models.Model) -> None:
@@ -423,6 +445,57 @@ def update_restrictions(
         changes["scopes"] = clean_scopes(scopes)
     if allowed_models is not None:
         changes["allowed_models"] = clean_allowed_models(allowed_models)
+    return _update_key(api_key, changes)
+
+
+def set_budget(api_key: APIKey, limit: Decimal | str | int | None, period: str = "") -> APIKey:
+    """Give the key a budget: ``limit`` (in ``CURRENCY``, 0 or more) per ``period`` (one of
+    ``models.BUDGET_PERIODS``), spent by the key and the keys that replace it through
+    rotations; ``limit=None`` removes it. Applied like ``update_restrictions``; an invalid
+    amount or period raises ``ValidationError`` and changes nothing."""
+    budget_limit, budget_period = clean_budget(limit, period)
+    return _update_key(api_key, {"budget_limit": budget_limit, "budget_period": budget_period})
+
+
+def set_max_concurrent(api_key: APIKey, max_concurrent: int | None) -> APIKey:
+    """Cap the key's requests in flight at once, across all processes (``None``: no cap).
+    Applied like ``update_restrictions``; anything but a whole number of 1 or more raises
+    ``ValidationError`` and changes nothing."""
+    return _update_key(api_key, {"max_concurrent": clean_max_concurrent(max_concurrent)})
+
+
+def set_owner_budget(user: Any, limit: Decimal | str | int | None, period: str = "") -> OwnerBudget | None:
+    """Give ``user`` a budget shared by all the keys they own, now and later: ``limit`` per
+    ``period`` as ``set_budget``'s; ``limit=None`` removes it. Returns the budget (None when
+    removed). Every client of the owner's keys applies it on its next request."""
+    budget_limit, budget_period = clean_budget(limit, period)
+    if getattr(user, "pk", None) is None:
+        raise KeyLifecycleError("An owner budget needs a saved user.")
+    using = router.db_for_write(OwnerBudget)
+    budget: OwnerBudget | None = None
+    with transaction.atomic(using=using):
+        clients = list(
+            get_client_model()._base_manager.using(using).filter(api_key_links__api_key__user=user)
+        )
+        budgets = OwnerBudget._base_manager.using(using)
+        if budget_limit is None:
+            # The pre_delete receiver invalidates the owner's clients once this commits.
+            budgets.filter(user=user).delete()
+        else:
+            budget, _created = budgets.update_or_create(
+                user=user, defaults={"limit": budget_limit, "period": budget_period}
+            )
+    log = {"user_id": user.pk, "limit": budget_limit, "period": budget_period}
+    _log_on_commit("owner_budget_set", log, using)
+    return published(using, clients, budget)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _update_key(api_key: APIKey, changes: dict[str, Any]) -> APIKey:
+    """Write ``changes`` (cleaned field values) to the key, log them, and wait for the
+    invalidation of its clients; returns the key as written."""
     if not changes:
         return api_key
     using = router.db_for_write(APIKey)
@@ -432,21 +505,22 @@ def update_restrictions(
             setattr(locked, field, value)
         # The post_save receiver invalidates the key's clients once this commits.
         locked.save(update_fields=[*changes, "updated_at"])
-    log = {"prefix": locked.prefix, **changes}
+    _log_on_commit("key_updated", {"prefix": locked.prefix, **changes}, using)
+    # The caller's instance tells the truth too, and its next save() compares with it.
+    api_key.refresh_from_db(using=using, fields=[*changes, "updated_at"])
+    return published(using, clients, locked)
+
+
+def _log_on_commit(event: str, log: dict[str, Any], using: str) -> None:
     transaction.on_commit(
         lambda: logger.info(
-            "drf_llm_keys: key_updated %s",
+            "drf_llm_keys: %s %s",
+            event,
             " ".join(f"{name}={value}" for name, value in log.items()),
-            extra={"event": "key_updated", **log},
+            extra={"event": event, **log},
         ),
         using=using,
     )
-    # The caller's instance tells the truth too, and its next save() compares with it.
-    api_key.refresh_from_db(using=using, fields=[*changes, "updated_at"])
-    return _published(using, clients, locked)
-
-
-# --- helpers ----------------------------------------------------------------------------
 
 
 def _create_mapped(clients: Sequence[models.Model], **fields: Any) -> tuple[APIKey, str]:
@@ -501,8 +575,8 @@ def _republish_revoked(api_key: APIKey, clients: Sequence[models.Model], using: 
     try:
         invalidation.publish_clients(_names(clients))
     except invalidation.CacheUnreachable:
-        pass  # kept and retried by this process: _published() waits for it
-    _published(using, clients, [])
+        pass  # kept and retried by this process: published() waits for it
+    published(using, clients, [])
     raise AlreadyRevoked(
         f"Key {api_key.prefix} is already revoked; its clients' cached decisions were invalidated again."
     )
@@ -511,8 +585,11 @@ def _republish_revoked(api_key: APIKey, clients: Sequence[models.Model], using: 
 ResultT = TypeVar("ResultT")
 
 
-def _published(using: str, clients: Sequence[models.Model], result: ResultT) -> ResultT:
-    """``result`` once the change's invalidation is in the cache; else InvalidationPending."""
+def published(using: str, clients: Sequence[models.Model], result: ResultT) -> ResultT:
+    """``result`` once the change's invalidation is in the cache; else InvalidationPending.
+
+    Operations run inside a caller's transaction return without waiting: the caller calls
+    this once its transaction has committed."""
     if connections[using].in_atomic_block:
         # The caller's transaction has not committed: nothing is published yet. Theirs to
         # check, with decisions.wait_published(), once it has.

@@ -3,11 +3,13 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Collection, Iterable, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models, router, transaction
 from django.db.models.base import ModelBase
 from django.dispatch import Signal
@@ -30,6 +32,10 @@ decisions_changed = Signal()
 RESTRICTION_FIELDS = ("scopes", "allowed_models")
 # A model pattern ending in it matches every name that starts with the rest.
 MODEL_WILDCARD = "*"
+# A budget's amount, in DRF_LLM_KEYS["CURRENCY"]: up to a trillion, to a millionth.
+BUDGET_DIGITS, BUDGET_DECIMAL_PLACES = 18, 6
+# What a budget's amount is spent over, each in UTC (``budgets.period_bounds``).
+BUDGET_PERIODS = ("day", "week", "month", "total")
 
 
 def client_lookup_values(clients: models.QuerySet[Any]) -> set[Any]:
@@ -372,6 +378,101 @@ def model_pattern_matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
+def clean_budget(limit: Any, period: Any) -> tuple[Decimal | None, str]:
+    """``(limit, period)`` checked: an amount of 0 or more spent over one of
+    ``BUDGET_PERIODS``, or ``(None, "")`` for no budget. ValidationError otherwise, with the
+    code ``"limit"`` or ``"period"``: which of the two is wrong."""
+    if limit is None or limit == "":
+        if period:
+            raise ValidationError(
+                f"A budget period ({period!r}) needs an amount: give both, or neither for no budget.",
+                code="limit",
+            )
+        return None, ""
+    amount = clean_budget_amount(limit)
+    if not period:
+        raise ValidationError(
+            f"A budget amount needs a period: one of {', '.join(BUDGET_PERIODS)}.", code="period"
+        )
+    if period not in BUDGET_PERIODS:
+        raise ValidationError(
+            f"Invalid budget period {period!r}: use one of {', '.join(BUDGET_PERIODS)}.", code="period"
+        )
+    return amount, str(period)
+
+
+def clean_budget_amount(value: Any) -> Decimal:
+    """A budget's amount as a Decimal that the column holds exactly; ValidationError otherwise."""
+    # A float is not an exact amount (0.1 is not a tenth); True is not an amount at all.
+    if isinstance(value, float | bool) or not isinstance(value, int | str | Decimal):
+        raise ValidationError(
+            f"Invalid budget amount {value!r}: give a decimal number as text, an int or a Decimal.",
+            code="limit",
+        )
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValidationError(f"Invalid budget amount {value!r}: not a number.", code="limit") from None
+    largest = Decimal(10) ** (BUDGET_DIGITS - BUDGET_DECIMAL_PLACES)
+    if not amount.is_finite() or amount < 0 or amount >= largest:
+        raise ValidationError(
+            f"Invalid budget amount {value!r}: from 0 to less than {largest:,}.", code="limit"
+        )
+    if amount != amount.quantize(Decimal(10) ** -BUDGET_DECIMAL_PLACES):
+        raise ValidationError(
+            f"Invalid budget amount {value!r}: at most {BUDGET_DECIMAL_PLACES} decimal places.",
+            code="limit",
+        )
+    return amount
+
+
+def clean_max_concurrent(value: Any) -> int | None:
+    """A cap on requests in flight: a whole number of 1 or more, or None for no cap."""
+    if value is None:
+        return None
+    largest = 2**31 - 1  # what a PositiveIntegerField holds on every backend
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+        raise ValidationError(
+            f"Invalid cap on concurrent requests {value!r}: a whole number from 1 to {largest}, "
+            "or None for no cap."
+        )
+    return value
+
+
+def _budget_errors(exc: ValidationError, limit_field: str, period_field: str) -> dict[str, list[str]]:
+    field = period_field if exc.code == "period" else limit_field
+    return {field: exc.messages}
+
+
+def budget_amount_field(**options: Any) -> models.DecimalField[Any, Any]:
+    """The column of a budget's amount (a key's and an owner's are the same)."""
+    return models.DecimalField(
+        max_digits=BUDGET_DIGITS,
+        decimal_places=BUDGET_DECIMAL_PLACES,
+        validators=[MinValueValidator(Decimal(0))],
+        **options,
+    )
+
+
+def budget_period_field(**options: Any) -> models.CharField[Any, Any]:
+    return models.CharField(
+        max_length=max(map(len, BUDGET_PERIODS)),
+        choices=[
+            ("day", _("day (UTC)")),
+            ("week", _("week (UTC, from Monday)")),
+            ("month", _("calendar month (UTC)")),
+            ("total", _("total")),
+        ],
+        **options,
+    )
+
+
+def clients_of_owners(users: Any, using: str) -> set[Any]:
+    """Lookup values of the clients of every key of ``users`` (pks or a queryset)."""
+    links = LLMClientAPIKey._base_manager.using(using).filter(api_key__user__in=users)
+    return set(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True))
+
+
 class APIKeyManager(models.Manager["APIKey"]):
     def get_queryset(self) -> APIKeyQuerySet:
         return APIKeyQuerySet(self.model, using=self._db)
@@ -434,6 +535,26 @@ class APIKey(DeleteLocksFirst, SavesChanges):
         editable=False,
         help_text=_("The prefix of the first key this one replaces, through rotations."),
     )
+    # Spent under ``allowance``: a key and its replacements spend one budget.
+    budget_limit = budget_amount_field(
+        verbose_name=_("budget"),
+        null=True,
+        blank=True,
+        help_text=_("What the key may spend per budget period, in the prices' currency. Empty: no budget."),
+    )
+    budget_period = budget_period_field(
+        verbose_name=_("budget period"),
+        blank=True,
+        default="",
+        help_text=_("What the budget is spent over; empty when there is no budget."),
+    )
+    max_concurrent = models.PositiveIntegerField(
+        _("max concurrent requests"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_("Requests in flight at once with this key, across all processes. Empty: no cap."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -484,6 +605,17 @@ class APIKey(DeleteLocksFirst, SavesChanges):
         replaces it through rotations (``keys.rotate_key``), which share one allowance."""
         return self.lineage or self.prefix
 
+    @functools.cached_property
+    def owner_budget(self) -> tuple[Decimal, str] | None:
+        """The owner's budget (``OwnerBudget``), shared by all the owner's keys, as
+        ``(limit, period)``; None for none. A key that authenticated a request has it from
+        its decision entry: no query. Read once per instance."""
+        if self.user_id is None:
+            return None
+        found = OwnerBudget._base_manager.using(decision_db()).filter(user_id=self.user_id)
+        row = found.values_list("limit", "period").first()
+        return None if row is None else (row[0], row[1])
+
     def clean(self) -> None:
         errors = {}
         for field, clean_names in (("scopes", clean_scopes), ("allowed_models", clean_allowed_models)):
@@ -491,6 +623,10 @@ class APIKey(DeleteLocksFirst, SavesChanges):
                 setattr(self, field, clean_names(getattr(self, field)))
             except ValidationError as exc:
                 errors[field] = exc.messages
+        try:
+            self.budget_limit, self.budget_period = clean_budget(self.budget_limit, self.budget_period)
+        except ValidationError as exc:
+            errors.update(_budget_errors(exc, "budget_limit", "budget_period"))
         if errors:
             raise ValidationError(errors)
 
@@ -579,6 +715,54 @@ class LLMClientAPIKey(SavesChanges):
         if not cls.has_active_api_key(llm_client, invalidate=invalidate):
             return cast("models.QuerySet[LLMClientAPIKey]", cls.objects.none())
         return rows.filter(llm_client=llm_client)  # type: ignore[misc,no-any-return]  # swappable client model
+
+
+class OwnerBudgetQuerySet(InvalidatingQuerySet):
+    def affected_clients(self, pks: Iterable[Any]) -> set[Any]:
+        owners = OwnerBudget._base_manager.using(self.db).filter(pk__in=list(pks)).values("user")
+        return clients_of_owners(owners, self.db)
+
+    def affected_clients_of(self, objs: Iterable[Any]) -> set[Any]:
+        return clients_of_owners([o.user_id for o in objs], self.db)
+
+
+class OwnerBudget(models.Model):
+    """A budget of a user, shared by all the keys they own: minting more keys does not
+    multiply what they may spend. Held in each key's decision entry, so a change
+    invalidates the clients of every key of the owner."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        on_delete=models.CASCADE,
+        related_name="llm_budget",
+    )
+    limit = budget_amount_field(
+        verbose_name=_("budget"),
+        help_text=_("What all the owner's keys together may spend per period, in the prices' currency."),
+    )
+    period = budget_period_field(verbose_name=_("budget period"))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = OwnerBudgetQuerySet.as_manager()
+
+    class Meta:
+        base_manager_name = "objects"  # as LLMClient's
+        verbose_name = _("owner budget")
+        verbose_name_plural = _("owner budgets")
+
+    def __str__(self) -> str:
+        return f"{self.limit} per {self.period} for user {self.user_id}"
+
+    def clean(self) -> None:
+        try:
+            limit, self.period = clean_budget(self.limit, self.period)
+        except ValidationError as exc:
+            raise ValidationError(_budget_errors(exc, "limit", "period")) from None
+        if limit is None:
+            raise ValidationError({"limit": "An owner budget needs an amount: delete it for no budget."})
+        self.limit = limit
 
 
 class KeyUsage(models.Model):

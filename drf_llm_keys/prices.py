@@ -74,3 +74,8 @@ def cost_of(
     fresh = prompt_tokens - cached_prompt_tokens
     total = fresh * price.input + cached_prompt_tokens * price.cached_input + completion_tokens * price.output
     return (total / TOKENS_PER_PRICE).quantize(COST_QUANTUM)
+
+
+def amount_text(value: Decimal) -> str:
+    """An amount as exact decimal text without trailing zeros ("0.0125", "3"), never a float."""
+    return f"{value.normalize():f}"

@@ -18,7 +18,15 @@ from django.dispatch import Signal
 from . import decisions, get_client_model
 from .conf import CLIENT_MODEL_SETTING, conf
 from .decisions.entries import owner_activity_is_computed, user_cache_fields
-from .models import APIKey, APIKeyQuerySet, LLMClientAPIKey, client_lookup_values, decisions_changed
+from .models import (
+    APIKey,
+    APIKeyQuerySet,
+    LLMClientAPIKey,
+    OwnerBudget,
+    client_lookup_values,
+    clients_of_owners,
+    decisions_changed,
+)
 
 # --- public signals -------------------------------------------------------------------
 # The lifecycle signals are sent by ``drf_llm_keys.keys`` (the command and the admin both go
@@ -134,13 +142,17 @@ def user_pre_delete(sender: type[models.Model], instance: models.Model, using: s
     _invalidate_keys_of(instance, using)
 
 
+def owner_budget_changed(sender: type[OwnerBudget], instance: OwnerBudget, using: str, **kwargs: Any) -> None:
+    # Every key of the owner holds the budget in its entry.
+    decisions.invalidate(clients_of_owners([instance.user_id], using), using)
+
+
 def bulk_changed(sender: Any, client_values: set[Any], using: str, **kwargs: Any) -> None:
     decisions.invalidate(client_values, using)
 
 
 def _invalidate_keys_of(user: models.Model, using: str) -> None:
-    links = LLMClientAPIKey._base_manager.using(using).filter(api_key__user=user)
-    decisions.invalidate(links.values_list(f"llm_client__{conf.CLIENT_LOOKUP_FIELD}", flat=True), using)
+    decisions.invalidate(clients_of_owners([user.pk], using), using)
 
 
 # What this process keeps (held entries, pending invalidations, push channels, prebuilt
@@ -166,5 +178,9 @@ def connect() -> None:
     pre_delete.connect(link_changed, sender=LLMClientAPIKey, dispatch_uid=f"{uid}.link_pre_delete")
     post_save.connect(user_post_save, sender=user_model, dispatch_uid=f"{uid}.user_post_save")
     pre_delete.connect(user_pre_delete, sender=user_model, dispatch_uid=f"{uid}.user_pre_delete")
+    post_save.connect(owner_budget_changed, sender=OwnerBudget, dispatch_uid=f"{uid}.owner_budget_post_save")
+    pre_delete.connect(
+        owner_budget_changed, sender=OwnerBudget, dispatch_uid=f"{uid}.owner_budget_pre_delete"
+    )
     decisions_changed.connect(bulk_changed, dispatch_uid=f"{uid}.bulk_changed")
     setting_changed.connect(reset_process_state, dispatch_uid=f"{uid}.reset_process_state")

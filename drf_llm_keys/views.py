@@ -1,12 +1,14 @@
 """A view a key calls to learn about itself: its client, restrictions, expiry, usage today,
-cost, and where it stands against its rates (like OpenRouter's ``GET /api/v1/key``).
+cost, and where it stands against its rates and budgets (like OpenRouter's
+``GET /api/v1/key``).
 
 Mount it under a client's URL, as any view of that client::
 
     path("clients/<str:llm_client>/key/", KeyInfoView.as_view())
 
 Only a key of that client may call it (401 otherwise, a public client's too). It costs
-one SQL query (today's written usage) and one cache read per rate that applies.
+one SQL query (today's written usage), one cache read per rate that applies, and two
+queries per budget (``budgets.spent_in_db``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import usage, windows
+from . import budgets, prices, usage, windows
 from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
 from .headers import reset_text
-from .models import APIKey, KeyUsage
+from .models import BUDGET_PERIODS, APIKey, KeyUsage
 from .throttling import APIKeyRateThrottle, key_counter_name
 
 
@@ -53,6 +55,18 @@ class UsageTodaySerializer(serializers.Serializer[Any]):
     unpriced_tokens = serializers.IntegerField(help_text="Tokens of models without a price: not in `cost`.")
 
 
+class BudgetSerializer(serializers.Serializer[Any]):
+    limit = serializers.CharField(help_text="A decimal string, in `currency`, per period.")
+    period = serializers.ChoiceField(choices=BUDGET_PERIODS, help_text="UTC; a week starts on Monday.")
+    spent = serializers.CharField(
+        help_text="In the current period, as written: trails by up to the flush interval."
+    )
+    remaining = serializers.CharField(help_text="What is left in the current period, 0 at least.")
+    resets_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the period ends; null: never (total)."
+    )
+
+
 class KeyInfoSerializer(serializers.Serializer[Any]):
     prefix = serializers.CharField()
     name = serializers.CharField()
@@ -64,6 +78,13 @@ class KeyInfoSerializer(serializers.Serializer[Any]):
     usage_today = UsageTodaySerializer(help_text="UTC day, as written: trails by up to the flush interval.")
     requests = LimitSerializer(allow_null=True, help_text="The request rate; null: none.")
     tokens = LimitSerializer(allow_null=True, help_text="The token rate; null: none.")
+    budget = BudgetSerializer(allow_null=True, help_text="The key's own budget; null: none.")
+    owner_budget = BudgetSerializer(
+        allow_null=True, help_text="The budget shared by all the owner's keys; null: none."
+    )
+    max_concurrent = serializers.IntegerField(
+        allow_null=True, help_text="Requests in flight at once with this key; null: no cap."
+    )
 
 
 class KeyInfoView(APIView):
@@ -93,7 +114,12 @@ class KeyInfoView(APIView):
             "usage_today": figures,
             "requests": self.request_limit(api_key, subject),
             "tokens": self.token_limit(subject),
+            "budget": None,
+            "owner_budget": None,
+            "max_concurrent": api_key.max_concurrent,
         }
+        for budget in budgets.budgets_of(api_key):
+            info["budget" if budget.scope == budgets.KEY else "owner_budget"] = _budget(budget)
         return Response(KeyInfoSerializer(info).data)
 
     def request_limit(self, api_key: APIKey, subject: usage.Subject) -> dict[str, Any] | None:
@@ -110,6 +136,17 @@ class KeyInfoView(APIView):
         return _limit(
             rate, windows.read(usage.token_counter_name(subject, rate[1], windows.current(rate[1])))
         )
+
+
+def _budget(budget: budgets.Budget) -> dict[str, Any]:
+    standing = budgets.standing(budget)
+    return {
+        "limit": prices.amount_text(budget.limit),
+        "period": budget.period,
+        "spent": prices.amount_text(standing.spent),
+        "remaining": prices.amount_text(standing.remaining),
+        "resets_at": standing.end,
+    }
 
 
 def _limit(rate: tuple[int, int], spent: int | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 import re
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from model_bakery import baker
 
 from drf_llm_keys import crypto, keys
 from drf_llm_keys.admin import APIKeyAdmin
-from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from drf_llm_keys.models import APIKey, LLMClientAPIKey, OwnerBudget
 from tests.support import bearer
 
 pytestmark = pytest.mark.django_db
@@ -644,3 +645,74 @@ def test_the_owner_is_picked_by_id_on_a_site_without_a_user_admin(rf, admin_user
     assert model_admin.get_autocomplete_fields(request) == ()
     field = model_admin.formfield_for_dbfield(APIKey._meta.get_field("user"), request)
     assert isinstance(field.widget, ForeignKeyRawIdWidget)
+
+
+# --- budgets and the cap on requests in flight ------------------------------------------------
+
+OWNER_BUDGETS = reverse("admin:drf_llm_keys_ownerbudget_changelist")
+INFO = "/clients/protected-bot/key/"
+
+
+def test_the_change_form_edits_the_budget_and_the_cap(admin_client, make_key, protected_client):
+    api_key, _ = make_key(protected_client)
+    data = change_data(api_key, budget_limit="25.50", budget_period="month", max_concurrent="3")
+    assert post(admin_client, change_url(api_key), data).status_code == 302
+    api_key.refresh_from_db()
+    assert (api_key.budget_limit, api_key.budget_period, api_key.max_concurrent) == (
+        Decimal("25.5"),
+        "month",
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"budget_limit": "25"}, "needs a period"),
+        ({"budget_period": "week"}, "needs an amount"),
+        ({"budget_limit": "-1", "budget_period": "week"}, "greater than or equal to 0"),
+        ({"max_concurrent": "0"}, "greater than or equal to 1"),
+    ],
+)
+def test_the_change_form_refuses_half_a_budget_or_a_zero_cap(
+    admin_client, make_key, protected_client, fields, message
+):
+    api_key, _ = make_key(protected_client)
+    response = post(admin_client, change_url(api_key), change_data(api_key, **fields))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    api_key.refresh_from_db()
+    assert (api_key.budget_limit, api_key.budget_period, api_key.max_concurrent) == (None, "", None)
+
+
+def test_adding_a_key_sets_its_budget_and_cap(admin_client, owner, protected_client):
+    data = add_data(owner, protected_client, budget_limit="10", budget_period="day", max_concurrent="2")
+    assert post(admin_client, ADD, data).status_code == 302
+    api_key = APIKey.objects.get()
+    assert (api_key.budget_limit, api_key.budget_period, api_key.max_concurrent) == (Decimal(10), "day", 2)
+
+
+def test_the_changelist_shows_the_budget_and_the_cap(admin_client, make_key, protected_client):
+    make_key(protected_client, budget_limit=Decimal("12.5"), budget_period="week", max_concurrent=4)
+    make_key(protected_client, budget_limit=Decimal("3"), budget_period="total")
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert '<td class="field-budget">12.5 USD per week</td>' in page
+    assert '<td class="field-budget">3 USD in total</td>' in page
+    assert '<td class="field-max_concurrent">4</td>' in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_owner_budget_added_in_the_admin_applies_to_the_owners_keys_at_once(admin_client, api, key, owner):
+    _, plaintext = key
+    assert api.get(INFO, **bearer(plaintext)).json()["owner_budget"] is None  # now held
+    add = reverse("admin:drf_llm_keys_ownerbudget_add")
+    response = admin_client.post(add, {"user": owner.pk, "limit": "100", "period": "month"})
+    assert response.status_code == 302
+    assert api.get(INFO, **bearer(plaintext)).json()["owner_budget"]["limit"] == "100"
+    budget = OwnerBudget.objects.get()
+    change = reverse("admin:drf_llm_keys_ownerbudget_change", args=[budget.pk])
+    assert 'name="user"' not in admin_client.get(change).content.decode()  # moved, it would stay stale
+    assert admin_client.post(change, {"limit": "40", "period": "week"}).status_code == 302
+    assert api.get(INFO, **bearer(plaintext)).json()["owner_budget"]["limit"] == "40"
+    page = admin_client.get(OWNER_BUDGETS).content.decode()
+    assert '<td class="field-budget">40 USD per week</td>' in page

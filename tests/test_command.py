@@ -174,10 +174,12 @@ def test_list_shows_prefix_name_owner_clients_and_state(make_key, protected_clie
     out, _ = run("list")
     header, row = out.splitlines()
     assert header.split() == [
-        *("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST", "USED", "SCOPES", "MODELS")
+        *("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST", "USED", "SCOPES", "MODELS"),
+        *("BUDGET", "MAX", "CONCURRENT"),
     ]
     assert row.split() == [
-        *(api_key.prefix, "test", "key", "owner", "protected-bot", "yes", "never", "never", "all", "any")
+        *(api_key.prefix, "test", "key", "owner", "protected-bot", "yes", "never", "never", "all", "any"),
+        *("-", "-"),
     ]
 
 
@@ -225,6 +227,8 @@ def test_list_json_gives_each_field(make_key, protected_client):
         "created_at": timezone.localtime(api_key.created_at).isoformat(timespec="seconds"),
         "scopes": [],
         "allowed_models": [],
+        "budget": None,
+        "max_concurrent": None,
     }
 
 
@@ -638,7 +642,7 @@ def test_create_json_and_list_show_scopes_and_models(owner, protected_client):
     (record,) = json.loads(run("list", "--json")[0])
     assert (record["scopes"], record["allowed_models"]) == (["chat"], ["echo"])
     row = run("list")[0].splitlines()[1].split()
-    assert row[-2:] == ["chat", "echo"]
+    assert row[-4:-2] == ["chat", "echo"]
 
 
 BAD_NAMES = [
@@ -668,8 +672,8 @@ def test_update_replaces_only_the_lists_given(make_key, protected_client):
     api_key.refresh_from_db()
     assert (api_key.scopes, api_key.allowed_models) == (["files", "chat"], ["echo"])
     assert out.strip() == (
-        f"Updated key {api_key.prefix} (test key): scopes files,chat; models echo. "
-        "Applied from the next request on."
+        f"Updated key {api_key.prefix} (test key): scopes files,chat; models echo; "
+        "max concurrent no cap. Applied from the next request on."
     )
     run("update", api_key.prefix, "--model", "gpt-4o*")
     api_key.refresh_from_db()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
@@ -33,6 +34,12 @@ USER_CACHE_FIELDS = ("is_active", "is_staff", "is_superuser")
 
 # The key's fields in an entry, besides its prefix ("user_id" becomes the owner's fields).
 KEY_FIELDS = ("id", "digest", "is_active", "expires_at", "name", "user_id", *RESTRICTION_FIELDS, "lineage")
+# What the budgets and the cap in flight need (drf_llm_keys.budgets), the owner's included.
+LIMIT_FIELDS = ("budget_limit", "budget_period", "max_concurrent")
+OWNER_BUDGET_FIELDS = {
+    "owner_budget_limit": "user__llm_budget__limit",
+    "owner_budget_period": "user__llm_budget__period",
+}
 
 
 def user_cache_fields() -> list[str]:
@@ -110,7 +117,9 @@ def _selects(using: str, name: str, client_model: Any, user_model: Any) -> tuple
     if _has_field(client_model, "require_api_key"):  # else never protected by it
         client["require_api_key"] = F("require_api_key")
         client_fields["require_api_key"] = client_model._meta.get_field("require_api_key")
-    key: dict[str, Any] = {f"key_{field}": F(field) for field in KEY_FIELDS}
+    key: dict[str, Any] = {f"key_{field}": F(field) for field in (*KEY_FIELDS, *LIMIT_FIELDS)}
+    # LEFT JOINs: a key without an owner, an owner without a budget.
+    key.update({name: F(path) for name, path in OWNER_BUDGET_FIELDS.items()})
     # A row for each client the key is mapped to (a key has few): the entry needs this one.
     key["key_client"] = F("client_links__llm_client")
     key.update({f"owner_{field}": F(f"user__{field}") for field in user_cache_fields()})
@@ -180,9 +189,23 @@ def api_key_from_entry(entry: Entry, db: str) -> APIKey:
         # An entry written by a version without them leaves them deferred.
         if name in entry:
             values[name] = _copied(entry[name])
+    if "budget" in entry:  # the same
+        limit, values["budget_period"] = _budget_of(entry["budget"]) or (None, "")
+        values["budget_limit"], values["max_concurrent"] = limit, entry["max_concurrent"]
     api_key = _from_db(APIKey, db, values)
     api_key.user = user  # held in the key's fields cache: request.user costs no query
+    if "owner_budget" in entry:
+        api_key.owner_budget = _budget_of(entry["owner_budget"])  # no query to read it
     return api_key
+
+
+def _budget_of(held: Any) -> tuple[Decimal, str] | None:
+    return None if held is None else (Decimal(held[0]), str(held[1]))
+
+
+def _held_budget(limit: Any, period: Any) -> list[str] | None:
+    # As text: the entry is serialized, and a Decimal is exact only as text.
+    return None if limit is None else [str(limit), str(period)]
 
 
 def _copied(value: Any) -> Any:
@@ -245,7 +268,8 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         return decision
     if not (client["require_api_key"] or client["has_active_key"]):
         return decision  # public: the key decides nothing
-    key = {field: key_rows[0][_COLUMN.format(f"key_{field}")] for field in KEY_FIELDS}
+    key = {field: key_rows[0][_COLUMN.format(f"key_{field}")] for field in (*KEY_FIELDS, *LIMIT_FIELDS)}
+    owner_budget = [key_rows[0][_COLUMN.format(name)] for name in OWNER_BUDGET_FIELDS]
     user_id = key.pop("user_id")
     user = None
     if user_id is not None:
@@ -266,6 +290,9 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
         "scopes": key["scopes"],
         "allowed_models": key["allowed_models"],
         "lineage": key["lineage"],  # rate windows are counted under APIKey.allowance
+        "budget": _held_budget(key["budget_limit"], key["budget_period"]),
+        "owner_budget": _held_budget(*owner_budget),
+        "max_concurrent": key["max_concurrent"],
     }
     return decision
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
+from decimal import Decimal
 
 import pytest
 from django.conf import settings as django_settings
@@ -18,7 +19,7 @@ from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import get_decision_cache, state
 from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
-from drf_llm_keys.models import APIKey, LLMClientAPIKey
+from drf_llm_keys.models import APIKey, LLMClientAPIKey, OwnerBudget
 from tests.support import bearer, databases
 from tests.support.redis import commands
 
@@ -141,8 +142,15 @@ def test_a_key_mapped_to_several_clients_loads_with_this_clients_mapping_only(ma
 def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_client, owner):
     expires_at = timezone.now() + datetime.timedelta(days=3)
     api_key, _ = make_key(
-        protected_client, scopes=["chat"], allowed_models=["gpt-4o*"], expires_at=expires_at
+        protected_client,
+        scopes=["chat"],
+        allowed_models=["gpt-4o*"],
+        expires_at=expires_at,
+        budget_limit=Decimal("25"),
+        budget_period="month",
+        max_concurrent=3,
     )
+    OwnerBudget.objects.create(user=owner, limit=Decimal("100.5"), period="week")
     decision = load_decision("protected-bot", api_key.prefix, using="default")
     stored = APIKey.objects.get(pk=api_key.pk)
     assert decision == {
@@ -170,6 +178,9 @@ def test_a_key_entry_holds_the_rows_values_and_nothing_else(make_key, protected_
             "scopes": ["chat"],
             "allowed_models": ["gpt-4o*"],
             "lineage": stored.lineage,
+            "budget": ["25.000000", "month"],
+            "owner_budget": ["100.500000", "week"],
+            "max_concurrent": 3,
         },
     }
     assert type(decision["key"]["is_active"]) is bool and type(decision["client"]["has_active_key"]) is bool

@@ -33,17 +33,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, IntegrityError, models, router, transaction
 from django.utils import timezone
 
-from drf_llm_keys import crypto, decisions, get_client_model, keys, usage
+from drf_llm_keys import budgets, crypto, decisions, get_client_model, keys, prices, usage
 from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import invalidation
-from drf_llm_keys.models import APIKey, KeyUsage, decision_db
+from drf_llm_keys.models import BUDGET_PERIODS, APIKey, KeyUsage, OwnerBudget, decision_db
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
 USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens", "cost", "unpriced_tokens")
 MAX_USAGE_DAYS = 36600
 
 # The actions that change keys or clients: each publishes what the outbox holds first.
-CHANGES = frozenset({"create", "rotate", "update", "revoke", "client_create"})
+CHANGES = frozenset({"create", "rotate", "update", "revoke", "budget", "client_create"})
 
 ParsedT = TypeVar("ParsedT")
 ResultT = TypeVar("ResultT")
@@ -53,6 +53,7 @@ RESTRICTION_HELP = {
     "scope": "Give the key this scope, for views' required_scopes; repeat for more.",
     "model": 'Restrict the key to this model; repeat to allow more ("gpt-4o*": every name that starts so).',
 }
+MAX_CONCURRENT_HELP = "At most N requests with the key in flight at once, across all server processes."
 
 
 class Command(BaseCommand):
@@ -72,6 +73,9 @@ class Command(BaseCommand):
         create.add_argument("--description", default="", metavar="TEXT", help="Notes on the key (optional).")
         self._add_expiry(create, "The key expires")
         self._add_restrictions(create)
+        create.add_argument(
+            "--max-concurrent", type=int, metavar="N", help=MAX_CONCURRENT_HELP + " None: no cap."
+        )
         create.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
         listing = actions.add_parser(
@@ -123,6 +127,7 @@ class Command(BaseCommand):
 
         self.add_client_parsers(actions)
         self._add_usage(actions)
+        self._add_budget(actions)
         self._add_invalidate(actions)
 
     def _add_invalidate(self, actions: Any) -> None:
@@ -142,6 +147,33 @@ class Command(BaseCommand):
             help="The clients of committed changes whose invalidation is not known to have "
             "reached the cache (kept in the database).",
         )
+
+    def _add_budget(self, actions: Any) -> None:
+        budget = actions.add_parser(
+            "budget",
+            help="Show or set a key's spend budget, or an owner's (shared by all their keys), "
+            "with what was spent this period.",
+        )
+        budget.add_argument("prefix", metavar="PREFIX", nargs="?", help="The key's prefix.")
+        budget.add_argument(
+            "--owner",
+            metavar="USERNAME",
+            help="This user's budget, shared by all their keys, instead of a key's.",
+        )
+        change = budget.add_mutually_exclusive_group()
+        change.add_argument(
+            "--limit",
+            metavar="AMOUNT",
+            help="What may be spent per period, in the prices' currency: 25, 12.50.",
+        )
+        change.add_argument("--clear", action="store_true", help="Remove the budget.")
+        budget.add_argument(
+            "--period",
+            choices=BUDGET_PERIODS,
+            help="With --limit: what it is spent over, in UTC (a week starts on Monday; total: "
+            "never resets). Default: the budget's current period.",
+        )
+        budget.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
     def _add_usage(self, actions: Any) -> None:
         usage = actions.add_parser("usage", help="Requests and tokens per key, client and UTC day.")
@@ -184,10 +216,17 @@ class Command(BaseCommand):
 
     def _add_update(self, actions: Any) -> None:
         update = actions.add_parser(
-            "update", help="Replace a key's scopes or allowed models; applied at once everywhere."
+            "update",
+            help="Replace a key's scopes, allowed models or cap on requests in flight; applied at "
+            "once everywhere.",
         )
         update.add_argument("prefix", metavar="PREFIX")
         self._add_restrictions(update, clear=True)
+        cap = update.add_mutually_exclusive_group()
+        cap.add_argument("--max-concurrent", type=int, metavar="N", help=MAX_CONCURRENT_HELP)
+        cap.add_argument(
+            "--clear-max-concurrent", action="store_true", help="No cap on the key's requests in flight."
+        )
         update.add_argument("--json", action="store_true", help="Write JSON to stdout.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -238,6 +277,7 @@ class Command(BaseCommand):
             expires_at=self.get_expiry(options),
             scopes=options["scopes"] or (),
             allowed_models=options["allowed_models"] or (),
+            max_concurrent=options["max_concurrent"],
         )
         self.say(f"Created key {api_key.prefix} ({api_key.name}) for {keys.lookup_value(llm_client)}.")
         self.show_plaintext(plaintext, {"key": plaintext, **self.record(api_key)}, options)
@@ -283,9 +323,21 @@ class Command(BaseCommand):
             for field, what in (("scopes", "scope"), ("allowed_models", "model"))
             if options[f"clear_{what}s"] or options[field] is not None
         }
-        if not changes:
-            raise CommandError("Nothing to update: give --scope, --model, --clear-scopes or --clear-models.")
-        api_key = self.committed(keys.update_restrictions, self.get_key(options["prefix"]), **changes)
+        cap = options["clear_max_concurrent"] or options["max_concurrent"] is not None
+        if not changes and not cap:
+            raise CommandError(
+                "Nothing to update: give --scope, --model, --max-concurrent, --clear-scopes, "
+                "--clear-models or --clear-max-concurrent."
+            )
+        api_key = self.get_key(options["prefix"])
+        using = router.db_for_write(APIKey)
+        # One transaction, so one change: its invalidation is waited for once, after it.
+        with transaction.atomic(using=using):
+            if changes:
+                api_key = keys.update_restrictions(api_key, **changes)
+            if cap:
+                api_key = keys.set_max_concurrent(api_key, options["max_concurrent"])
+        self.committed(keys.published, using, list(keys.clients_of(api_key).using(using)), api_key)
         if options["json"]:
             self.stdout.write(json.dumps(self.record(api_key), indent=2))
             return
@@ -293,7 +345,8 @@ class Command(BaseCommand):
             return  # not "applied from the next request on": handle() says why
         self.stdout.write(
             f"Updated key {api_key.prefix} ({api_key.name}): scopes {self.listed(api_key.scopes, 'all')}; "
-            f"models {self.listed(api_key.allowed_models, 'any')}. Applied from the next request on."
+            f"models {self.listed(api_key.allowed_models, 'any')}; "
+            f"max concurrent {api_key.max_concurrent or 'no cap'}. Applied from the next request on."
         )
 
     def handle_revoke(self, options: dict[str, Any]) -> None:
@@ -368,7 +421,7 @@ class Command(BaseCommand):
         ]
         totals: dict[str, Any] = {figure: sum(r[figure] for r in records) for figure in USAGE_FIGURES}
         for figures in (*records, totals):  # exact decimal text, never a float
-            figures["cost"] = _decimal_text(Decimal(figures["cost"]))
+            figures["cost"] = prices.amount_text(Decimal(figures["cost"]))
         if options["json"]:
             document = {
                 "since": since.isoformat(),
@@ -410,6 +463,90 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells).rstrip())
         if not records:
             self.stderr.write(f"No usage recorded since {since.isoformat()}.", style_func=lambda text: text)
+
+    def handle_budget(self, options: dict[str, Any]) -> None:
+        if (options["prefix"] is None) == (options["owner"] is None):
+            raise CommandError(
+                "Name a key by its PREFIX, or an owner with --owner USERNAME (one of the two)."
+            )
+        if options["period"] is not None and options["limit"] is None:
+            raise CommandError("--period goes with --limit: give the amount too.")
+        if options["owner"] is not None:
+            user = self.get_user(options["owner"])
+            current = OwnerBudget._base_manager.using(decision_db()).filter(user=user).first()
+            if options["clear"] or options["limit"] is not None:
+                period = self.budget_period(options, current.period if current else "")
+                self.committed(keys.set_owner_budget, user, options["limit"], period)
+            who = f"Owner {user.get_username()} (all their keys)"
+            shown = [(who, self.owner_budget_of(user))]
+            document: dict[str, Any] = {"owner": user.get_username()}
+        else:
+            api_key = self.get_key(options["prefix"])
+            if options["clear"] or options["limit"] is not None:
+                period = self.budget_period(options, api_key.budget_period)
+                api_key = self.committed(keys.set_budget, api_key, options["limit"], period)
+            key_budget, owner_budget = self.budgets_of(api_key)
+            owner = api_key.user.get_username() if api_key.user else None
+            shown = [(f"Key {api_key.prefix} ({api_key.name})", key_budget)]
+            if owner_budget is not None:
+                shown.append((f"Owner {owner} (all their keys)", owner_budget))
+            document = {"prefix": api_key.prefix, "name": api_key.name, "owner": owner}
+            document["owner_budget"] = self.standing_record(owner_budget)
+        document["budget"] = self.standing_record(shown[0][1])
+        if options["json"]:
+            self.stdout.write(json.dumps({**document, "currency": conf.CURRENCY}, indent=2))
+            return
+        if self.unpublished is not None:
+            return  # handle() says why the change is not applied everywhere yet
+        if options["clear"] or options["limit"] is not None:
+            self.say("Applied from the next request on.")
+        for who, standing in shown:
+            self.stdout.write(f"{who}: {self.standing_text(standing)}")
+
+    def budget_period(self, options: dict[str, Any], current: str) -> str:
+        """The period a change gives: --period, else the budget's own; "" to remove it."""
+        if options["clear"]:
+            return ""
+        period: str = options["period"] or current
+        if not period:
+            raise CommandError(f"--limit needs --period: one of {', '.join(BUDGET_PERIODS)}.")
+        return period
+
+    def budgets_of(self, api_key: APIKey) -> tuple[budgets.Standing | None, budgets.Standing | None]:
+        found = {budget.scope: budgets.standing(budget) for budget in budgets.budgets_of(api_key)}
+        return found.get(budgets.KEY), found.get(budgets.OWNER)
+
+    def owner_budget_of(self, user: Any) -> budgets.Standing | None:
+        budget = OwnerBudget._base_manager.using(decision_db()).filter(user=user).first()
+        if budget is None:
+            return None
+        return budgets.standing(budgets.Budget(budgets.OWNER, str(user.pk), budget.limit, budget.period))
+
+    def standing_record(self, standing: budgets.Standing | None) -> dict[str, Any] | None:
+        if standing is None:
+            return None
+        return {
+            "limit": prices.amount_text(standing.budget.limit),
+            "period": standing.budget.period,
+            "spent": prices.amount_text(standing.spent),
+            "remaining": prices.amount_text(standing.remaining),
+            "period_start": standing.start.isoformat(),
+            "resets_at": None if standing.end is None else standing.end.isoformat(),
+        }
+
+    def standing_text(self, standing: budgets.Standing | None) -> str:
+        if standing is None:
+            return "no budget."
+        record = self.standing_record(standing)
+        assert record is not None
+        currency = conf.CURRENCY
+        per = "in total" if standing.end is None else f"per {standing.budget.period} (UTC)"
+        since = "" if standing.end is None else f" since {record['period_start']}"
+        resets = "never resets" if standing.end is None else f"resets at {record['resets_at']}"
+        return (
+            f"{record['limit']} {currency} {per}; spent {record['spent']}{since}, "
+            f"{record['remaining']} left; {resets}."
+        )
 
     def handle_invalidate(self, options: dict[str, Any]) -> None:
         values: list[str] = options["clients"]
@@ -566,10 +703,19 @@ class Command(BaseCommand):
             "created_at": self.iso(api_key.created_at),
             "scopes": api_key.scopes,
             "allowed_models": api_key.allowed_models,
+            "budget": (
+                None
+                if api_key.budget_limit is None
+                else {"limit": prices.amount_text(api_key.budget_limit), "period": api_key.budget_period}
+            ),
+            "max_concurrent": api_key.max_concurrent,
         }
 
     def write_table(self, records: list[dict[str, Any]]) -> None:
-        header = ("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST USED", "SCOPES", "MODELS")
+        header = (
+            *("PREFIX", "NAME", "OWNER", "CLIENTS", "ACTIVE", "EXPIRES", "LAST USED", "SCOPES", "MODELS"),
+            *("BUDGET", "MAX CONCURRENT"),
+        )
         rows = [header] + [
             (
                 r["prefix"],
@@ -581,6 +727,8 @@ class Command(BaseCommand):
                 r["last_used_at"] or "never",
                 self.listed(r["scopes"], "all"),
                 self.listed(r["allowed_models"], "any"),
+                f"{r['budget']['limit']}/{r['budget']['period']}" if r["budget"] else "-",
+                str(r["max_concurrent"] or "-"),
             )
             for r in records
         ]
@@ -730,9 +878,3 @@ def accept_negative_values(parser: CommandParser) -> None:
     """Read ``--grace -5d`` as a value (then refused with the duration rules) rather than as an
     unknown option: argparse below Python 3.13 takes only ``-5`` or ``-1.5`` for a value."""
     parser._negative_number_matcher = re.compile(r"-\.?\d")  # Python 3.13's pattern
-
-
-def _decimal_text(value: Decimal) -> str:
-    """An amount as exact decimal text, without trailing zeros ("0.0125", "3", not a float)."""
-    text = f"{value.normalize():f}"
-    return text
