@@ -58,6 +58,17 @@ DEFAULTS: dict[str, Any] = {
     "USAGE_FLUSH_INTERVAL": 10.0,
     # (key, client, day) counters a process keeps waiting at most; beyond, counts are dropped.
     "USAGE_MAX_PENDING": 10000,
+    # Requests in flight at once per key and client, across processes, for keys without
+    # their own max_concurrent (drf_llm_keys.limits); per client lookup value, overriding it:
+    "MAX_CONCURRENT": None,
+    "MAX_CONCURRENT_RATES": {},
+    # Seconds a reservation of limits.admit() holds if its process never settles it (killed):
+    # longer than the longest response, streams included.
+    "RESERVATION_LEASE": 900.0,
+    # When the cache cannot be reached, budgets and caps refuse (503); True admits instead.
+    "LIMITS_FAIL_OPEN": False,
+    # Share of a budget whose spending sends signals.budget_threshold_reached, once a period.
+    "BUDGET_ALERT_THRESHOLD": 0.8,
 }
 
 CLIENT_MODEL_SETTING = "DRF_LLM_KEYS_CLIENT_MODEL"
@@ -196,6 +207,27 @@ class Settings:
     @functools.cached_property
     def USAGE_MAX_PENDING(self) -> int:
         return int(self._get("USAGE_MAX_PENDING"))
+
+    @functools.cached_property
+    def MAX_CONCURRENT(self) -> int | None:
+        cap = self._get("MAX_CONCURRENT")
+        return None if cap is None else int(cap)
+
+    @functools.cached_property
+    def MAX_CONCURRENT_RATES(self) -> dict[str, int | None]:
+        return {str(client): cap for client, cap in self._get("MAX_CONCURRENT_RATES").items()}
+
+    @functools.cached_property
+    def RESERVATION_LEASE(self) -> float:
+        return float(self._get("RESERVATION_LEASE"))
+
+    @functools.cached_property
+    def LIMITS_FAIL_OPEN(self) -> bool:
+        return bool(self._get("LIMITS_FAIL_OPEN"))
+
+    @functools.cached_property
+    def BUDGET_ALERT_THRESHOLD(self) -> float:
+        return float(self._get("BUDGET_ALERT_THRESHOLD"))
 
     @property
     def CLIENT_MODEL(self) -> str:

@@ -2,7 +2,7 @@
 on a rate's 429 (the ``openai`` client prefers it to ``Retry-After``).
 
 The throttles note what they counted on the request (``note_limit``, ``note_refusal``);
-``RateLimitHeadersMiddleware`` writes it on the response: ``x-ratelimit-limit-requests``,
+``middleware.LimitsMiddleware`` writes it on the response: ``x-ratelimit-limit-requests``,
 ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests`` and the same three for
 ``-tokens``. A request no throttle counted (no rate, a cache outage) gets none of them.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 # Where the throttles leave what they counted, on Django's request (DRF's reads through).
 LIMITS_ATTRIBUTE = "drf_llm_keys_limits"
 RETRY_AT_ATTRIBUTE = "drf_llm_keys_retry_at"
+# Headers a refusal asks for as they are (drf_llm_keys.limits).
+EXTRA_ATTRIBUTE = "drf_llm_keys_headers"
 
 
 def _django_request(request: Any) -> Any:
@@ -42,6 +42,16 @@ def note_refusal(request: Any, retry_at: float) -> None:
     setattr(target, RETRY_AT_ATTRIBUTE, max(retry_at, getattr(target, RETRY_AT_ATTRIBUTE, 0.0)))
 
 
+def note_headers(request: Any, **values: str) -> None:
+    """Headers for the response as they are: ``x-should-retry`` of a spent budget."""
+    target = _django_request(request)
+    extra = getattr(target, EXTRA_ATTRIBUTE, None)
+    if extra is None:
+        extra = {}
+        setattr(target, EXTRA_ATTRIBUTE, extra)
+    extra.update({name.replace("_", "-"): value for name, value in values.items()})
+
+
 def reset_text(seconds: float) -> str:
     """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: "1s", "6m0s", "1h0m0s"."""
     seconds = max(0.0, seconds)
@@ -59,34 +69,11 @@ def add_headers(request: HttpRequest, response: HttpResponseBase) -> None:
         response[f"x-ratelimit-limit-{kind}"] = str(limit)
         response[f"x-ratelimit-remaining-{kind}"] = str(remaining)
         response[f"x-ratelimit-reset-{kind}"] = reset_text(reset_at - now)
+    for name, value in getattr(request, EXTRA_ATTRIBUTE, {}).items():
+        response[name] = value
     retry_at = getattr(request, RETRY_AT_ATTRIBUTE, None)
     if retry_at is not None and response.status_code == 429:
         wait = max(0.0, retry_at - now)
         response["retry-after-ms"] = str(math.ceil(wait * 1000))
         if not response.has_header("Retry-After"):
             response["Retry-After"] = str(math.ceil(wait))
-
-
-class RateLimitHeadersMiddleware:
-    """Add the headers the throttles noted; for sync and async stacks alike."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        response: HttpResponseBase = self.get_response(request)
-        add_headers(request, response)
-        return response
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
-        response = await get_response(request)
-        add_headers(request, response)
-        return response

@@ -32,7 +32,7 @@ from ninja.security.base import AuthBase
 from ninja.throttling import BaseThrottle
 from rest_framework import exceptions
 
-from . import permissions, throttling
+from . import limits, permissions, throttling
 from .access import ClientKeyCheck, meta_name
 from .conf import conf
 from .models import APIKey
@@ -43,7 +43,9 @@ __all__ = [
     "LLMClientAPIKeyAuth",
     "Refused",
     "TokenRateThrottle",
+    "aadmit",
     "add_exception_handlers",
+    "admit",
     "api_key_of",
     "require_model",
     "require_scopes",
@@ -189,6 +191,22 @@ def require_model(request: HttpRequest, name: str) -> None:
     try:
         permissions.require_model(request, name)  # type: ignore[arg-type]  # it reads request.auth only
     except exceptions.PermissionDenied as exc:
+        raise Refused(exc) from None
+
+
+def admit(request: HttpRequest, **worst_case: Any) -> limits.Admission | None:
+    """``limits.admit`` in a Ninja operation: its refusals (429, 403, 503) as ``Refused``."""
+    try:
+        return limits.admit(request, **worst_case)
+    except exceptions.APIException as exc:
+        raise Refused(exc) from None
+
+
+async def aadmit(request: HttpRequest, **worst_case: Any) -> limits.Admission | None:
+    """``admit`` for async operations (``limits.aadmit``)."""
+    try:
+        return await limits.aadmit(request, **worst_case)
+    except exceptions.APIException as exc:
         raise Refused(exc) from None
 
 

@@ -53,6 +53,13 @@ key_revoked = Signal()
 # prefix (public part of the key presented, or None), reason (the refusal message, str).
 authentication_refused = Signal()
 
+# A budget's spend this period reached BUDGET_ALERT_THRESHOLD of its limit: sent once per
+# budget and period across processes, by the process whose settlement crossed it
+# (drf_llm_keys.limits); ``sender`` is ``budgets.Budget``.
+# Arguments: budget (budgets.Budget: scope "key" or "owner", ident, limit, period),
+# spent (Decimal), limit (Decimal).
+budget_threshold_reached = Signal()
+
 # --- receivers --------------------------------------------------------------------------
 
 # Set on an instance by pre_save: the clients it touched before the save, as lookup values.

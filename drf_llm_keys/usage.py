@@ -58,6 +58,8 @@ logger = logging.getLogger("drf_llm_keys")
 
 # Where count_request leaves what record_tokens and TokenRateThrottle need, on the request.
 SUBJECT_ATTRIBUTE = "drf_llm_keys_usage"
+# Where limits.admit() leaves the request's admission, which record_tokens tells the cost.
+ADMISSION_ATTRIBUTE = "drf_llm_keys_admission"
 
 FIGURES = ("requests", "prompt_tokens", "completion_tokens", "cost", "unpriced_tokens")
 ZERO = Decimal(0)
@@ -135,6 +137,9 @@ def record_tokens(
         cost, unpriced = ZERO, tokens
     else:
         cost, unpriced = prices.cost_of(price, prompt_tokens, completion_tokens, cached_prompt_tokens), 0
+    admission = getattr(request, ADMISSION_ATTRIBUTE, None)
+    if admission is not None:  # limits.admit(): settled with this cost when the response ends
+        admission.spend(None if price is None else cost)
     counter.add(
         subject,
         prompt_tokens=prompt_tokens,

@@ -55,7 +55,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # x-ratelimit-* on a limited key's responses, retry-after-ms on a rate's 429.
-    "drf_llm_keys.headers.RateLimitHeadersMiddleware",
+    "drf_llm_keys.middleware.LimitsMiddleware",
 ]
 TEMPLATES = [
     {

@@ -15,7 +15,9 @@ from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.ninja import (
     APIKeyRateThrottle,
     LLMClientAPIKeyAuth,
+    aadmit,
     add_exception_handlers,
+    admit,
     api_key_of,
     require_model,
     require_scopes,
@@ -125,6 +127,22 @@ async def limited_async(request: HttpRequest, llm_client: str) -> dict[str, Any]
 @api.get("/tokens/{llm_client}/")
 async def token_echo(request: HttpRequest, llm_client: str, prompt: int = 0) -> dict[str, Any]:
     usage.record_tokens(request, prompt_tokens=prompt)
+    return described(api_key_of(request), llm_client)
+
+
+@api.get("/admitted/{llm_client}/sync/")
+def admitted_sync(
+    request: HttpRequest, llm_client: str, model: str = "", max_tokens: int = 0
+) -> dict[str, Any]:
+    admit(request, model=model or None, max_tokens=max_tokens)
+    return described(api_key_of(request), llm_client)
+
+
+@api.get("/admitted/{llm_client}/async/")
+async def admitted_async(
+    request: HttpRequest, llm_client: str, model: str = "", max_tokens: int = 0
+) -> dict[str, Any]:
+    await aadmit(request, model=model or None, max_tokens=max_tokens)
     return described(api_key_of(request), llm_client)
 
 

@@ -36,7 +36,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "drf_llm_keys.headers.RateLimitHeadersMiddleware",
+    "drf_llm_keys.middleware.LimitsMiddleware",
 ]
 TEMPLATES = [
     {

@@ -18,6 +18,7 @@ urlpatterns = [
     path("clients/<str:llm_client>/tokens/stream/", views.StreamedTokenEcho.as_view()),
     path("clients/<str:llm_client>/tokens/metered/", views.MeteredTokenEcho.as_view()),
     path("clients/<str:llm_client>/key/", KeyInfoView.as_view()),
+    path("clients/<str:llm_client>/admitted/", views.AdmittedEcho.as_view()),
 ]
 
 # The async front doors over the same decision (tests/async_views.py).

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from drf_llm_keys import get_client_model, usage
+from drf_llm_keys import get_client_model, limits, usage
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.permissions import HasScopes, require_model
 from drf_llm_keys.throttling import APIKeyRateThrottle, TokenRateThrottle
@@ -129,3 +129,26 @@ def tokens_asked(request: Request) -> dict[str, int]:
         "prompt_tokens": int(request.query_params.get("prompt", 0)),
         "completion_tokens": int(request.query_params.get("completion", 0)),
     }
+
+
+class AdmittedEcho(PerViewEcho):
+    """Admitted by ``limits.admit`` for ``?model=M&prompt=P&max_tokens=N``, then records
+    ``?completion=C`` tokens; ``?stream=1`` streams the answer (settled when it closes),
+    ``?fail=1`` raises after the admission."""
+
+    def get(self, request: Request, **kwargs: Any) -> Any:
+        params = request.query_params
+        model = params.get("model")
+        prompt = int(params.get("prompt", 0))
+        limits.admit(request, model=model, prompt_tokens=prompt, max_tokens=int(params.get("max_tokens", 0)))
+        if params.get("fail"):
+            raise RuntimeError("the upstream broke")
+        if params.get("stream"):
+            pairs = ((b"x", 1) for _ in range(int(params.get("completion", 0))))
+            return StreamingHttpResponse(
+                usage.MeteredStream(request, pairs, prompt_tokens=prompt, model=model)
+            )
+        usage.record_tokens(
+            request, prompt_tokens=prompt, completion_tokens=int(params.get("completion", 0)), model=model
+        )
+        return super().get(request, **kwargs)

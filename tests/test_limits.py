@@ -1,0 +1,264 @@
+"""The ledger (drf_llm_keys.ledger) and the in-flight cap (drf_llm_keys.limits), on the
+local-memory cache and on a private Redis; requests through the real middleware."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import request_finished
+from django.db import close_old_connections
+from django.test import RequestFactory
+from rest_framework.test import APIClient
+
+from drf_llm_keys import ledger, limits
+from drf_llm_keys.access import CLIENT_ATTRIBUTE
+from drf_llm_keys.decisions import reset
+from tests.support import race
+from tests.support.redis import RedisServer, cache_config
+
+LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "limits"}
+
+
+@pytest.fixture(params=["locmem", "redis"])
+def cache_kind(request: pytest.FixtureRequest, redis_server: RedisServer, settings: Any) -> Iterator[str]:
+    """Each test on the local-memory cache and on Redis (the Lua scripts)."""
+    if request.param == "redis":
+        redis_server.resume()
+        redis_server.flush()
+        settings.CACHES = {"default": cache_config(redis_server)}
+    else:
+        settings.CACHES = {"default": LOCMEM}
+    reset()
+    yield request.param
+    redis_server.resume()
+    reset()
+
+
+def account(name: str, limit: int, **fields: Any) -> ledger.Account:
+    return ledger.Account(f"drf_llm_keys-test:{name}", limit, **fields)
+
+
+def test_admits_up_to_the_limit_and_refuses_beyond(cache_kind: str) -> None:
+    slots = account("slots", 3)
+    held = [ledger.get_ledger().reserve([(slots, 1)], lease=60) for _ in range(3)]
+    with pytest.raises(ledger.Refused) as refused:
+        ledger.get_ledger().reserve([(slots, 1)], lease=60)
+    assert refused.value.used == 3 and refused.value.account == slots
+    held[0].settle()
+    ledger.get_ledger().reserve([(slots, 1)], lease=60)  # the freed slot
+    assert ledger.get_ledger().standing([slots]) == [(0, 3)]
+
+
+def test_all_or_none(cache_kind: str) -> None:
+    roomy, full = account("roomy", 10), account("full", 1)
+    ledger.get_ledger().reserve([(full, 1)], lease=60)
+    with pytest.raises(ledger.Refused) as refused:
+        ledger.get_ledger().reserve([(roomy, 4), (full, 1)], lease=60)
+    assert refused.value.account == full
+    assert ledger.get_ledger().standing([roomy, full]) == [(0, 0), (0, 1)]
+
+
+def test_settles_once_and_adds_the_spend(cache_kind: str) -> None:
+    budget = account("budget", 100, ends_at=time.time() + 60, seed=lambda: 0)
+    reservation = ledger.get_ledger().reserve([(budget, 40)], lease=60)
+    assert ledger.get_ledger().standing([budget]) == [(0, 40)]
+    assert reservation.settle({budget.name: 25}) == {budget.name: 25}
+    assert reservation.settle({budget.name: 25}) == {}  # a second settlement adds nothing
+    assert ledger.get_ledger().standing([budget]) == [(25, 0)]
+    with pytest.raises(ledger.Refused) as refused:
+        ledger.get_ledger().reserve([(budget, 76)], lease=60)
+    assert refused.value.used == 25
+
+
+def test_a_lease_that_runs_out_frees_its_amount(cache_kind: str) -> None:
+    """A process killed before it settles: its reservation ends with its lease."""
+    slots = account("leased", 1)
+    ledger.get_ledger().reserve([(slots, 1)], lease=0.3)
+    with pytest.raises(ledger.Refused):
+        ledger.get_ledger().reserve([(slots, 1)], lease=0.3)
+    time.sleep(0.4)
+    ledger.get_ledger().reserve([(slots, 1)], lease=60)
+
+
+def test_a_lost_spent_counter_is_seeded_from_the_database_before_admitting(cache_kind: str) -> None:
+    seeds = []
+
+    def seed() -> int:
+        seeds.append(1)
+        return 70
+
+    budget = account("seeded", 100, ends_at=time.time() + 60, seed=seed)
+    first = ledger.get_ledger().reserve([(budget, 20)], lease=60)
+    assert seeds == [1] and ledger.get_ledger().standing([budget]) == [(70, 20)]
+    with pytest.raises(ledger.Refused):  # 70 spent + 20 held + 20 > 100
+        ledger.get_ledger().reserve([(budget, 20)], lease=60)
+    from django.core.cache import cache
+
+    cache.clear()  # the cache loses everything: a flush, a restart
+    # The settlement does not make a counter of its own spend alone: the next seed counts it.
+    assert first.settle({budget.name: 5}) == {}
+    ledger.get_ledger().reserve([(budget, 30)], lease=60)
+    assert seeds == [1, 1] and ledger.get_ledger().standing([budget]) == [(70, 30)]
+
+
+def test_the_threshold_mark_is_set_once(cache_kind: str) -> None:
+    assert ledger.get_ledger().mark_once("drf_llm_keys-test:mark", 60) is True
+    assert ledger.get_ledger().mark_once("drf_llm_keys-test:mark", 60) is False
+
+
+def test_an_unreachable_cache_is_unavailable_not_admitted(
+    redis_server: RedisServer, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.resume()
+    settings.CACHES = {"default": cache_config(redis_server, timeout=0.2)}
+    reset()
+    redis_server.pause()
+    try:
+        with pytest.raises(ledger.Unavailable):
+            ledger.get_ledger().reserve([(account("down", 5), 1)], lease=60)
+    finally:
+        redis_server.resume()
+        reset()
+
+
+def test_processes_racing_never_admit_more_than_the_limit(redis_server: RedisServer) -> None:
+    """4 processes, 60 tries each, at once, for 100 units: exactly 100 admitted."""
+    redis_server.resume()
+    redis_server.flush()
+    context = multiprocessing.get_context("spawn")
+    start = context.Manager().Event()
+    with context.Pool(4) as pool:
+        args = (redis_server.url, ledger._RESERVE, 100, 60, start)
+        results = [pool.apply_async(race.reserve_units, args) for _ in range(4)]
+        time.sleep(0.5)
+        start.set()
+        admitted = [result.get(timeout=60) for result in results]
+    assert sum(admitted) == 100, admitted
+
+
+# --- through the middleware, with the in-flight cap --------------------------------------
+
+
+@pytest.fixture
+def capped(cache_kind: str, settings: Any, key: Any) -> tuple[APIClient, str]:
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "MAX_CONCURRENT": 2}
+    api_key, plaintext = key
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    return client, f"/clients/{api_key.client_links.get().llm_client.slug}/admitted/"
+
+
+def server_closes(response: Any) -> None:
+    """``response.close()`` as the server calls it, keeping the test's database connection
+    (the ``request_finished`` it sends would close it)."""
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+
+
+def test_requests_in_flight_are_capped_and_freed_when_their_response_ends(
+    capped: tuple[APIClient, str],
+) -> None:
+    client, url = capped
+    first, second = client.get(url, {"stream": 1, "completion": 3}), client.get(url, {"stream": 1})
+    assert first.status_code == second.status_code == 200
+    refused = client.get(url)
+    assert refused.status_code == 429
+    assert refused.json()["detail"].startswith("Too many requests in flight for this key: at most 2 at once.")
+    assert refused["retry-after-ms"] == "1000" and refused["Retry-After"] == "1"
+    assert b"".join(first.streaming_content) == b"xxx"
+    server_closes(first)  # as a server does when the stream is sent
+    assert client.get(url).status_code == 200  # plain: settled as it returned
+    server_closes(second)  # a client that leaves mid-stream: the server closes it too
+    assert [client.get(url).status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_a_view_that_raises_after_its_admission_frees_its_slot(capped: tuple[APIClient, str]) -> None:
+    client, url = capped
+    client.raise_request_exception = False
+    assert [client.get(url, {"fail": 1}).status_code for _ in range(3)] == [500, 500, 500]
+    assert client.get(url).status_code == 200
+
+
+def test_keys_without_limits_pay_no_call(cache_kind: str, key: Any, django_assert_num_queries: Any) -> None:
+    api_key, plaintext = key
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    url = f"/clients/{api_key.client_links.get().llm_client.slug}/admitted/"
+    assert client.get(url).status_code == 200  # warm the decision
+    calls = []
+    real = ledger.Ledger.reserve
+    ledger.Ledger.reserve = lambda *args, **kwargs: calls.append(args) or real(*args, **kwargs)  # type: ignore[method-assign]
+    try:
+        assert client.get(url).status_code == 200
+    finally:
+        ledger.Ledger.reserve = real  # type: ignore[method-assign]
+    assert calls == []
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_limits_fail_closed_when_the_cache_is_down_unless_told_to_open(
+    fail_open: bool, redis_server: RedisServer, settings: Any, key: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decision made (a held one), then the ledger unreachable: 503, or admitted and
+    logged with LIMITS_FAIL_OPEN."""
+    redis_server.resume()
+    settings.CACHES = {"default": cache_config(redis_server, timeout=0.2)}
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "MAX_CONCURRENT": 2, "LIMITS_FAIL_OPEN": fail_open}
+    reset()
+    api_key, _ = key
+    request = RequestFactory().get("/")
+    request.auth = api_key  # type: ignore[attr-defined]
+    setattr(request, CLIENT_ATTRIBUTE, {"lookup": api_key.client_links.get().llm_client.slug})
+    setattr(request, limits.MIDDLEWARE_ATTRIBUTE, True)
+    redis_server.pause()
+    try:
+        with caplog.at_level(logging.WARNING, logger="drf_llm_keys"):
+            if fail_open:
+                admission = limits.admit(request)
+                assert admission is not None and admission.reservation is None
+                admission.settle()  # nothing to settle, nothing raised
+            else:
+                with pytest.raises(limits.LimitsUnavailable) as refused:
+                    limits.admit(request)
+                assert refused.value.status_code == 503
+    finally:
+        redis_server.resume()
+        reset()
+    assert "limits unavailable" in caplog.text
+
+
+def test_admit_without_the_middleware_is_a_configuration_error(key: Any) -> None:
+    request = RequestFactory().get("/")
+    request.auth = key[0]  # type: ignore[attr-defined]
+    with pytest.raises(ImproperlyConfigured, match="LimitsMiddleware"):
+        limits.admit(request)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_ninja_operations_admit_with_the_same_answers(
+    kind: str, cache_kind: str, settings: Any, key: Any
+) -> None:
+    """A held slot (admitted by a DRF view, its stream open) refuses Ninja's operation too,
+    with DRF's body and headers; freed, the operation is admitted."""
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "MAX_CONCURRENT": 1}
+    api_key, plaintext = key
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    slug = api_key.client_links.get().llm_client.slug
+    holding = client.get(f"/clients/{slug}/admitted/", {"stream": 1})
+    refused = client.get(f"/ninja/admitted/{slug}/{kind}/")
+    assert refused.status_code == 429
+    assert refused.json()["detail"].startswith("Too many requests in flight for this key: at most 1 at once.")
+    assert refused["retry-after-ms"] == "1000"
+    server_closes(holding)
+    assert client.get(f"/ninja/admitted/{slug}/{kind}/").status_code == 200
+    assert client.get(f"/ninja/admitted/{slug}/{kind}/").status_code == 200  # settled when it returned
