@@ -101,7 +101,11 @@ _BOUNDS: dict[str, tuple[float, bool]] = {
     "PUBLISH_TIMEOUT": (0, True),
     "USAGE_FLUSH_INTERVAL": (0, False),
     "USAGE_MAX_PENDING": (1, True),
+    "RESERVATION_LEASE": (0, False),
+    "BUDGET_ALERT_THRESHOLD": (0, False),
 }
+
+LIMITS_MIDDLEWARE = "drf_llm_keys.middleware.LimitsMiddleware"
 
 
 @register(Tags.models)
@@ -190,4 +194,31 @@ def check_prices(**kwargs: Any) -> list[CheckMessage]:
             parse_price(str(pattern), raw)
         except ImproperlyConfigured as exc:
             messages.append(Error(str(exc), id="drf_llm_keys.E006"))
+    return messages
+
+
+@register()
+def check_limits(**kwargs: Any) -> list[CheckMessage]:
+    caps = {"DRF_LLM_KEYS['MAX_CONCURRENT']": conf._get("MAX_CONCURRENT")}
+    caps |= {
+        f"DRF_LLM_KEYS['MAX_CONCURRENT_RATES'][{c!r}]": cap
+        for c, cap in conf._get("MAX_CONCURRENT_RATES").items()
+    }
+    messages: list[CheckMessage] = [
+        Error(
+            f"{name} is {cap!r}: it must be None (no cap) or an integer of at least 1.",
+            id="drf_llm_keys.E007",
+        )
+        for name, cap in caps.items()
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1)
+    ]
+    if any(cap is not None for cap in caps.values()) and LIMITS_MIDDLEWARE not in settings.MIDDLEWARE:
+        messages.append(
+            Warning(
+                "An in-flight cap is set but LimitsMiddleware is not in MIDDLEWARE: limits.admit() "
+                "refuses every request it would count.",
+                hint=f"Add {LIMITS_MIDDLEWARE!r} to MIDDLEWARE.",
+                id="drf_llm_keys.W006",
+            )
+        )
     return messages

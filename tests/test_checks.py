@@ -125,3 +125,19 @@ def test_our_class_must_come_first(classes, expected):
 
 def test_the_test_project_passes_every_check():
     call_command("check", fail_level="WARNING")
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"MAX_CONCURRENT": 0}, {"MAX_CONCURRENT": "4"}, {"MAX_CONCURRENT": True}, {"MAX_CONCURRENT_RATES": {"bot": -1}}],
+)
+def test_an_in_flight_cap_that_is_not_a_positive_integer_is_an_error(limits):
+    with override_settings(DRF_LLM_KEYS=limits):
+        assert ids(checks.check_limits()) == ["drf_llm_keys.E007"]
+
+
+def test_an_in_flight_cap_without_the_middleware_is_a_warning(settings):
+    settings.DRF_LLM_KEYS = {"MAX_CONCURRENT_RATES": {"bot": 4}}
+    assert ids(checks.check_limits()) == []  # the test project lists the middleware
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != checks.LIMITS_MIDDLEWARE]
+    assert ids(checks.check_limits()) == ["drf_llm_keys.W006"]
