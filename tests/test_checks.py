@@ -129,7 +129,12 @@ def test_the_test_project_passes_every_check():
 
 @pytest.mark.parametrize(
     "limits",
-    [{"MAX_CONCURRENT": 0}, {"MAX_CONCURRENT": "4"}, {"MAX_CONCURRENT": True}, {"MAX_CONCURRENT_RATES": {"bot": -1}}],
+    [
+        {"MAX_CONCURRENT": 0},
+        {"MAX_CONCURRENT": "4"},
+        {"MAX_CONCURRENT": True},
+        {"MAX_CONCURRENT_RATES": {"bot": -1}},
+    ],
 )
 def test_an_in_flight_cap_that_is_not_a_positive_integer_is_an_error(limits):
     with override_settings(DRF_LLM_KEYS=limits):

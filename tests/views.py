@@ -1,3 +1,4 @@
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,7 +135,7 @@ def tokens_asked(request: Request) -> dict[str, int]:
 class AdmittedEcho(PerViewEcho):
     """Admitted by ``limits.admit`` for ``?model=M&prompt=P&max_tokens=N``, then records
     ``?completion=C`` tokens; ``?stream=1`` streams the answer (settled when it closes),
-    ``?fail=1`` raises after the admission."""
+    ``?fail=1`` raises after the admission, ``?delay=S`` waits S seconds before each chunk."""
 
     def get(self, request: Request, **kwargs: Any) -> Any:
         params = request.query_params
@@ -144,9 +145,15 @@ class AdmittedEcho(PerViewEcho):
         if params.get("fail"):
             raise RuntimeError("the upstream broke")
         if params.get("stream"):
-            pairs = ((b"x", 1) for _ in range(int(params.get("completion", 0))))
+            delay = float(params.get("delay", 0))
+
+            def pairs() -> Iterator[tuple[bytes, int]]:
+                for _ in range(int(params.get("completion", 0))):
+                    time.sleep(delay)
+                    yield b"x", 1
+
             return StreamingHttpResponse(
-                usage.MeteredStream(request, pairs, prompt_tokens=prompt, model=model)
+                usage.MeteredStream(request, pairs(), prompt_tokens=prompt, model=model)
             )
         usage.record_tokens(
             request, prompt_tokens=prompt, completion_tokens=int(params.get("completion", 0)), model=model
