@@ -8,6 +8,7 @@ LLM_UPSTREAM_URL      an OpenAI-compatible base URL, e.g. https://api.openai.com
 LLM_UPSTREAM_API_KEY  the key sent upstream (never the client's key)
 LLM_UPSTREAM_TIMEOUT  seconds (default 60)
 LLM_TOKEN_RATE        each key's token budget, e.g. 100000/minute (default: none)
+LLM_MAX_CONCURRENT    each key's requests in flight at once, across processes (default: none)
 LLM_USAGE_FLUSH_INTERVAL  seconds between writes of the usage counts (default 10)
 DJANGO_SECRET_KEY, DJANGO_DEBUG=1, DJANGO_ALLOWED_HOSTS (comma-separated)
 """
@@ -109,6 +110,7 @@ DRF_LLM_KEYS = {
     "CLIENT_URL_KWARG": "llm_client",
     "CLIENT_LOOKUP_FIELD": "slug",
     "TOKEN_RATE": os.environ.get("LLM_TOKEN_RATE") or None,
+    "MAX_CONCURRENT": int(os.environ["LLM_MAX_CONCURRENT"]) if os.environ.get("LLM_MAX_CONCURRENT") else None,
     "USAGE_FLUSH_INTERVAL": float(os.environ.get("LLM_USAGE_FLUSH_INTERVAL") or 10),
     # Per million tokens: llm_keys usage shows the cost of each key's completions. Echo is
     # free to run; a price makes the demo's figures show what a real model's would.

@@ -1,6 +1,7 @@
 """Each completion's tokens, counted for the caller's key by drf-llm-keys
-(``drf_llm_keys.usage``): they show in ``llm_keys usage`` and spend the key's token budget
-(``TOKEN_RATE``, enforced by ``TokenRateThrottle`` on the completion views). Streams go
+(``drf_llm_keys.usage``): they show in ``llm_keys usage``, spend the key's token budget
+(``TOKEN_RATE``, enforced by ``TokenRateThrottle`` on the completion views) and settle what
+``limits.admit`` reserved on its budgets (``worst_case``). Streams go
 through ``MeteredStream``, which records the tokens sent however the stream ends (a client
 that disconnects mid-stream included)."""
 
@@ -15,6 +16,20 @@ from rest_framework.request import Request
 from drf_llm_keys.usage import MeteredStream, record_tokens
 
 from . import echo
+
+# What a completion may produce when its request sets no max_tokens: reserved on the key's
+# budget before the model runs (drf_llm_keys.limits), settled at its real cost after.
+DEFAULT_MAX_TOKENS = 4096
+
+
+def worst_case(body: dict[str, Any]) -> dict[str, int]:
+    """``limits.admit``'s bound of a request: its prompt's tokens, at most the bytes of its
+    messages (a byte-level tokenizer makes no more tokens than bytes, plus a few per message
+    for the chat format), and the completion's ``max_tokens``."""
+    sent = [body.get("system"), *(message.get("content") for message in body["messages"])]
+    prompt = len(json.dumps(sent, ensure_ascii=False).encode()) + 8 * len(sent)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    return {"prompt_tokens": prompt, "max_tokens": int(limit)}
 
 
 def record_usage(request: Request, usage: Any, model: str) -> None:

@@ -49,6 +49,8 @@ def error_body(
         kind = "rate_limit_error"
     if status_code == status.HTTP_403_FORBIDDEN:  # e.g. a model the key may not use
         kind = "permission_error"
+    if code == "insufficient_quota":  # a spent budget: OpenAI's type, which is not to retry
+        kind = "insufficient_quota"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

@@ -16,6 +16,7 @@ from ninja.errors import Throttled
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
 
+from drf_llm_keys import limits
 from drf_llm_keys.ninja import LLMClientAPIKeyAuth, Refused, TokenRateThrottle, require_model
 from drf_llm_keys.permissions import allows_model
 
@@ -51,6 +52,7 @@ async def chat_completion(request: HttpRequest, llm_client: str) -> Any:
     serializer.is_valid(raise_exception=True)
     body: dict[str, Any] = serializer.validated_data
     require_model(request, body["model"])  # a 403 before anything reaches a model
+    await limits.aadmit(request, model=body["model"], **accounting.worst_case(body))  # as the DRF view
     if upstream.configured():
         if body["stream"]:
             lines = await sync_to_async(upstream.chat_completion_stream)(data)

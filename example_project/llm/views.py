@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from drf_llm_keys import get_client_model
+from drf_llm_keys import get_client_model, limits
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.conf import conf
 from drf_llm_keys.permissions import allows_model, require_model
@@ -50,6 +50,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     messages = MessageSerializer(many=True, allow_empty=False)
     stream = serializers.BooleanField(default=False)
     stream_options = serializers.DictField(required=False, allow_null=True)
+    max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    max_completion_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
 
 
 class OpenAICompatibleView(APIView):
@@ -107,6 +109,9 @@ class CompletionView(OpenAICompatibleView):
         serializer.is_valid(raise_exception=True)
         body: dict[str, Any] = serializer.validated_data
         require_model(request, body["model"])
+        # A slot of the key's in-flight cap, and its budgets' room for the worst case: 429
+        # before anything reaches a model; settled when the response ends.
+        limits.admit(request, model=body["model"], **accounting.worst_case(body))
         return self.complete(request, body)
 
     def complete(self, request: Request, body: dict[str, Any]) -> Response | StreamingHttpResponse:
