@@ -52,6 +52,7 @@ from .internals import (  # noqa: E402
 )
 from .labels import (  # noqa: E402
     API_KEY,
+    CAPPED,
     COLD,
     COLD_READ,
     DRF_TOKEN,
@@ -69,12 +70,14 @@ from .views import FloorAuthentication, floor_cache_name  # noqa: E402
 
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
     ours = environ(f"/ours/{seed.PROTECTED}/", f"Bearer {creds.ours}")
+    admitted = environ(f"/ours-admitted/{seed.PROTECTED}/", f"Bearer {creds.ours}")
     return [
         Endpoint(NONE, [environ("/none/")]),
         Endpoint(FLOOR, [environ("/floor/", f"Floor {creds.floor}")]),
         Endpoint(WARM, [ours]),
         Endpoint(WARM_GET, [ours], package_settings={"PUSH_INVALIDATION": False}),
         Endpoint(PUBLIC, [environ(f"/ours/{seed.PUBLIC}/")]),
+        Endpoint(CAPPED, [admitted], package_settings={"MAX_CONCURRENT": 1000}),
         Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED)),
         Endpoint(COLD_READ, [ours], prepare=lambda i: invalidate_unpublished(seed.PROTECTED)),
         Endpoint(EMPTY, [ours], prepare=lambda i: evict(seed.PROTECTED, creds.ours_prefix)),

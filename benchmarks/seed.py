@@ -138,6 +138,7 @@ def seed_scale(target: int) -> None:
                 "updated_at",
                 "scopes",
                 "allowed_models",
+                "lineage",
             ),
             keys,
         )
@@ -171,6 +172,7 @@ def _key_row(index: int, owner_id: Any, now: Any) -> tuple[Any, ...]:
         now,
         "[]",  # no scope restriction (JSON, as the database stores it)
         "[]",  # any model
+        "",  # never rotated
     )
 
 

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_api_key.permissions import HasAPIKey
 
+from drf_llm_keys import limits
 from drf_llm_keys.adrf import DecideOnEventLoop
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.ninja import LLMClientAPIKeyAuth
@@ -75,6 +76,18 @@ class OursWhichWorker(Ours):
 
     def get(self, request: Request, **kwargs: Any) -> Response:
         return Response({"pid": os.getpid()})
+
+
+class OursAdmitted(Ours):
+    """Admitted under the key's limits and settled, as ``LimitsMiddleware`` settles a plain
+    response (the benchmark runs no middleware)."""
+
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        setattr(request._request, limits.MIDDLEWARE_ATTRIBUTE, True)
+        limits.admit(request, model="bench", prompt_tokens=100, max_tokens=100)
+        response = super().get(request, **kwargs)
+        limits.settle(request._request)
+        return response
 
 
 class DrfToken(Trivial):
