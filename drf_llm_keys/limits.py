@@ -234,9 +234,10 @@ def _refusal(
         )
     headers.note_headers(target, x_should_retry="false")
     left = max(Decimal(0), ledger.from_units(refused.account.limit - refused.used))
+    amount, currency = prices.amount_text(budget.limit), conf.CURRENCY
     return BudgetExceeded(
-        f"This key's {budget.scope} budget of {budget.limit} {conf.CURRENCY} per {budget.period} has "
-        f"{left.normalize():f} {conf.CURRENCY} left, less than this request can cost."
+        f"This key's {budget.scope} budget of {amount} {currency} per {budget.period} has "
+        f"{prices.amount_text(left)} {currency} left, less than this request can cost."
     )
 
 

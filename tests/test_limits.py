@@ -7,16 +7,19 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
 from django.db import close_old_connections
 from django.test import RequestFactory
 from rest_framework.test import APIClient
 
-from drf_llm_keys import ledger, limits
+from drf_llm_keys import keys, ledger, limits, signals, usage
 from drf_llm_keys.access import CLIENT_ATTRIBUTE
 from drf_llm_keys.decisions import reset
 from tests.support import race
@@ -98,8 +101,6 @@ def test_a_lost_spent_counter_is_seeded_from_the_database_before_admitting(cache
     assert seeds == [1] and ledger.get_ledger().standing([budget]) == [(70, 20)]
     with pytest.raises(ledger.Refused):  # 70 spent + 20 held + 20 > 100
         ledger.get_ledger().reserve([(budget, 20)], lease=60)
-    from django.core.cache import cache
-
     cache.clear()  # the cache loses everything: a flush, a restart
     # The settlement does not make a counter of its own spend alone: the next seed counts it.
     assert first.settle({budget.name: 5}) == {}
@@ -262,3 +263,121 @@ def test_ninja_operations_admit_with_the_same_answers(
     server_closes(holding)
     assert client.get(f"/ninja/admitted/{slug}/{kind}/").status_code == 200
     assert client.get(f"/ninja/admitted/{slug}/{kind}/").status_code == 200  # settled when it returned
+
+
+# --- budgets, through the middleware ------------------------------------------------------
+
+# 1 USD per million tokens either way: a request of P prompt and N max tokens reserves
+# (P + N) / 1,000,000 USD.
+PRICED = {"PRICES": {"m-*": {"input": "1", "output": "1"}}}
+
+
+@pytest.fixture
+def budgeted(cache_kind: str, settings: Any, key: Any) -> tuple[Any, APIClient, str]:
+    """A key with a budget of 0.001 USD a day (1,000 tokens at the test's price)."""
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, **PRICED}
+    api_key, plaintext = key
+    keys.set_budget(api_key, "0.001", "day")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    return api_key, client, f"/clients/{api_key.client_links.get().llm_client.slug}/admitted/"
+
+
+def spend(client: APIClient, url: str, completion: int = 300, **params: Any) -> Any:
+    return client.get(
+        url, {"model": "m-1", "prompt": 100, "max_tokens": 400, "completion": completion, **params}
+    )
+
+
+def test_a_spent_budget_refuses_with_insufficient_quota_and_no_retry(
+    budgeted: tuple[Any, APIClient, str],
+) -> None:
+    _, client, url = budgeted
+    # 400 tokens each (0.0004): two fit, and a third's worst case (500) no longer does.
+    assert [spend(client, url).status_code for _ in range(2)] == [200, 200]
+    refused = spend(client, url)
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == (
+        "This key's key budget of 0.001 USD per day has 0.0002 USD left, less than this request can cost."
+    )
+    assert refused["x-should-retry"] == "false"
+    assert "Retry-After" not in refused
+    # A smaller request still fits what is left.
+    assert spend(client, url, completion=50, max_tokens=50, prompt=50).status_code == 200
+
+
+def test_reservations_in_flight_count_before_anything_is_spent(budgeted: tuple[Any, APIClient, str]) -> None:
+    _, client, url = budgeted
+    streams = [spend(client, url, stream=1) for _ in range(2)]  # 0.0005 reserved each, open
+    assert [stream.status_code for stream in streams] == [200, 200]
+    assert spend(client, url).status_code == 429
+    for stream in streams:
+        assert b"".join(stream.streaming_content) == b"x" * 300
+        server_closes(stream)  # each settles at 0.0004: 0.0002 left
+    assert spend(client, url, max_tokens=50, prompt=50, completion=10).status_code == 200
+    assert spend(client, url).status_code == 429
+
+
+def test_an_owner_budget_is_shared_by_the_owners_keys(
+    cache_kind: str, settings: Any, make_key: Any, owner: Any, protected_client: Any
+) -> None:
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, **PRICED}
+    keys.set_owner_budget(owner, "0.001", "month")
+    clients = []
+    for _ in range(2):
+        _, plaintext = make_key(protected_client)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+        clients.append(client)
+    url = f"/clients/{protected_client.slug}/admitted/"
+    assert [spend(client, url).status_code for client in clients] == [200, 200]
+    refused = spend(clients[0], url)
+    assert refused.status_code == 429 and "owner budget" in refused.json()["detail"]
+    assert spend(clients[1], url).status_code == 429
+
+
+def test_a_budget_admits_only_priced_models(budgeted: tuple[Any, APIClient, str]) -> None:
+    _, client, url = budgeted
+    refused = client.get(url, {"model": "unpriced", "max_tokens": 10})
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == "This key has a budget: it may only use a model with a price."
+
+
+def test_the_threshold_signal_is_sent_once_per_period(budgeted: tuple[Any, APIClient, str]) -> None:
+    _, client, url = budgeted
+    received = []
+
+    def receiver(sender: Any, budget: Any, spent: Any, limit: Any, **kwargs: Any) -> None:
+        received.append((budget.scope, budget.period, spent, limit))
+
+    signals.budget_threshold_reached.connect(receiver)
+    try:
+        assert spend(client, url, completion=200).status_code == 200  # 0.0003 of 0.001
+        assert received == []
+        assert spend(client, url, completion=400).status_code == 200  # 0.0008: 80 %
+        assert spend(client, url, completion=50, max_tokens=50, prompt=50).status_code == 200  # 0.0009
+    finally:
+        signals.budget_threshold_reached.disconnect(receiver)
+    assert received == [("key", "day", Decimal("0.0008"), Decimal("0.001"))]
+
+
+def test_a_rotated_key_spends_the_same_budget(budgeted: tuple[Any, APIClient, str]) -> None:
+    api_key, client, url = budgeted
+    assert spend(client, url).status_code == 200  # 0.0004
+    _, plaintext = keys.rotate_key(api_key, grace=timedelta(hours=1))
+    rotated = APIClient()
+    rotated.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    assert spend(rotated, url).status_code == 200  # 0.0008 together
+    assert spend(rotated, url).status_code == 429
+    assert spend(client, url).status_code == 429
+
+
+def test_a_lost_spend_counter_is_refilled_from_the_written_usage(
+    budgeted: tuple[Any, APIClient, str],
+) -> None:
+    _, client, url = budgeted
+    assert [spend(client, url).status_code for _ in range(2)] == [200, 200]
+    assert usage.flush()  # 0.0008 written to KeyUsage
+    cache.clear()  # the cache loses the counter (and the decision: made again from the rows)
+    reset()
+    assert spend(client, url).status_code == 429
