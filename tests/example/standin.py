@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ MODEL = "standin-model"
 REFUSED_MODEL = "refuse-me"
 # And answers this one with a 500.
 FAILING_MODEL = "fail-me"
+# Streams 50 words, one every 0.1 s: a completion that holds its slot for 5 s.
+SLOW_MODEL = "slow"
 
 
 @dataclass
@@ -95,7 +98,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for word in reply_text(body).split(" "):
+        slow = body.get("model") == SLOW_MODEL
+        for word in ["word"] * 50 if slow else reply_text(body).split(" "):
+            if slow:
+                time.sleep(0.1)
             chunk = {
                 "id": "standin-1",
                 "object": "chat.completion.chunk",
