@@ -52,6 +52,7 @@ from .internals import (  # noqa: E402
 )
 from .labels import (  # noqa: E402
     API_KEY,
+    BUDGETED,
     CAPPED,
     COLD,
     COLD_READ,
@@ -71,6 +72,7 @@ from .views import FloorAuthentication, floor_cache_name  # noqa: E402
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
     ours = environ(f"/ours/{seed.PROTECTED}/", f"Bearer {creds.ours}")
     admitted = environ(f"/ours-admitted/{seed.PROTECTED}/", f"Bearer {creds.ours}")
+    budgeted = environ(f"/ours-admitted/{seed.PROTECTED}/", f"Bearer {creds.budgeted}")
     return [
         Endpoint(NONE, [environ("/none/")]),
         Endpoint(FLOOR, [environ("/floor/", f"Floor {creds.floor}")]),
@@ -78,6 +80,7 @@ def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
         Endpoint(WARM_GET, [ours], package_settings={"PUSH_INVALIDATION": False}),
         Endpoint(PUBLIC, [environ(f"/ours/{seed.PUBLIC}/")]),
         Endpoint(CAPPED, [admitted], package_settings={"MAX_CONCURRENT": 1000}),
+        Endpoint(BUDGETED, [budgeted], package_settings={"PRICES": {"bench": {"input": "1", "output": "1"}}}),
         Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED)),
         Endpoint(COLD_READ, [ours], prepare=lambda i: invalidate_unpublished(seed.PROTECTED)),
         Endpoint(EMPTY, [ours], prepare=lambda i: evict(seed.PROTECTED, creds.ours_prefix)),

@@ -7,6 +7,7 @@ import hashlib
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -40,6 +41,8 @@ class Credentials:
     drf_token: str
     knox: str
     api_key: str
+    # A key of the protected client with a budget and an in-flight cap (never reached).
+    budgeted: str = ""
 
 
 def reset_database() -> None:
@@ -62,6 +65,14 @@ def create_credentials() -> Credentials:
     LLMClient.objects.create(name="Public", slug=PUBLIC)
     api_key, plaintext = APIKey.objects.create_key(user=owner, name="bench")
     LLMClientAPIKey.objects.create(llm_client=protected, api_key=api_key)
+    budgeted, budgeted_plaintext = APIKey.objects.create_key(
+        user=owner,
+        name="bench budgeted",
+        budget_limit=Decimal(10**9),
+        budget_period="month",
+        max_concurrent=1000,
+    )
+    LLMClientAPIKey.objects.create(llm_client=protected, api_key=budgeted)
     floor = secrets.token_urlsafe(32)
     fill_floor(floor)
     _, knox = AuthToken.objects.create(user=owner)
@@ -73,6 +84,7 @@ def create_credentials() -> Credentials:
         drf_token=Token.objects.create(user=owner).key,
         knox=knox,
         api_key=peer_key,
+        budgeted=budgeted_plaintext,
     )
 
 
@@ -139,6 +151,7 @@ def seed_scale(target: int) -> None:
                 "scopes",
                 "allowed_models",
                 "lineage",
+                "budget_period",
             ),
             keys,
         )
@@ -173,6 +186,7 @@ def _key_row(index: int, owner_id: Any, now: Any) -> tuple[Any, ...]:
         "[]",  # no scope restriction (JSON, as the database stores it)
         "[]",  # any model
         "",  # never rotated
+        "",  # no budget
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from drf_llm_keys import keys
 from tests.support import harness, wait_until
 from tests.support.redis import RedisServer
 
@@ -90,3 +91,34 @@ def test_the_cap_holds_across_workers_and_a_killed_workers_slot_frees_with_its_l
         wait_until(lambda: held(redis_server) == 0, 10, "the abandoned stream's slot was not freed")
     finally:
         servers.stop()
+
+
+def test_workers_racing_for_a_budget_admit_exactly_what_it_holds(key: Any, redis_server: RedisServer) -> None:
+    """24 requests from 6 threads over 3 workers, each costing what it reserved (100 tokens
+    at 1 USD per million), against a budget of 1,000 tokens: exactly 10 admitted."""
+    redis_server.resume()
+    redis_server.flush()
+    api_key, plaintext = key
+    settings = {"PRICES": {"m": {"input": "1", "output": "1"}}, "PUSH_HEARTBEAT": 0.5}
+    env = harness.child_environment(
+        redis_url=redis_server.url, DRF_LLM_KEYS_TEST_SETTINGS=json.dumps(settings)
+    )
+    keys.set_budget(api_key, "0.001", "month")
+    servers = harness.Servers(env, workers=3)
+    path = "/clients/protected-bot/admitted/?model=m&prompt=50&max_tokens=50&completion=50"
+    answers: list[harness.Reply] = []
+    try:
+        threads = [
+            threading.Thread(
+                target=lambda: [stream(servers.port, path, plaintext, answers) for _ in range(4)]
+            )
+            for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        servers.stop()
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [200] * 10 + [429] * 14, servers.output()
