@@ -1,9 +1,12 @@
 """adrf's async views and a Django Ninja API over the same decision as tests/views.py."""
 
+import asyncio
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from ninja import NinjaAPI, Router
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -144,6 +147,25 @@ async def admitted_async(
 ) -> dict[str, Any]:
     await aadmit(request, model=model or None, max_tokens=max_tokens)
     return described(api_key_of(request), llm_client)
+
+
+# Opened by a test: admitted_stream's body waits for it before its last chunk (10 s at most).
+STREAM_GATE = threading.Event()
+
+
+@api.get("/admitted/{llm_client}/stream/")
+async def admitted_stream(request: HttpRequest, llm_client: str, wait: bool = False) -> StreamingHttpResponse:
+    await aadmit(request)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"xx"
+        for _ in range(1000 if wait else 0):
+            if STREAM_GATE.is_set():
+                break
+            await asyncio.sleep(0.01)
+        yield b"x"
+
+    return StreamingHttpResponse(body())
 
 
 @api.get("/by-name/{name}/", auth=LLMClientAPIKeyAuth(client="name"))

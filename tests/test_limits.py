@@ -3,6 +3,7 @@ local-memory cache and on a private Redis; requests through the real middleware.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import time
@@ -12,16 +13,18 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
 from django.db import close_old_connections
-from django.test import RequestFactory
+from django.test import AsyncClient, RequestFactory
 from rest_framework.test import APIClient
 
 from drf_llm_keys import keys, ledger, limits, signals, usage
 from drf_llm_keys.access import CLIENT_ATTRIBUTE
 from drf_llm_keys.decisions import reset
+from tests import async_views
 from tests.support import race
 from tests.support.redis import RedisServer, cache_config
 
@@ -381,3 +384,31 @@ def test_a_lost_spend_counter_is_refilled_from_the_written_usage(
     cache.clear()  # the cache loses the counter (and the decision: made again from the rows)
     reset()
     assert spend(client, url).status_code == 429
+
+
+def test_an_async_stream_holds_its_slot_until_the_handler_closes_it(
+    cache_kind: str, settings: Any, key: Any
+) -> None:
+    """An async operation's stream, through Django's ASGI handler: its slot is held while it
+    streams, and freed when the handler closes the response after the last chunk."""
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "MAX_CONCURRENT": 1}
+    api_key, plaintext = key
+    url = f"/ninja/admitted/{api_key.client_links.get().llm_client.slug}/stream/"
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    async_views.STREAM_GATE.clear()
+
+    async def scenario() -> list[Any]:
+        client = AsyncClient()
+        streaming = asyncio.ensure_future(client.get(url, {"wait": True}, headers=headers))
+        await asyncio.sleep(0.3)  # admitted, its first chunk sent, waiting at the gate
+        refused = await client.get(url, headers=headers)
+        async_views.STREAM_GATE.set()
+        done = await asyncio.wait_for(streaming, 10)
+        body = b"".join([chunk async for chunk in done.streaming_content])
+        after = await client.get(url, headers=headers)
+        return [refused.status_code, done.status_code, body, after.status_code]
+
+    try:
+        assert async_to_sync(scenario)() == [429, 200, b"xxx", 200]
+    finally:
+        async_views.STREAM_GATE.set()
