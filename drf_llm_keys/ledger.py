@@ -158,8 +158,9 @@ class Ledger:
             raise Unavailable(str(exc)) from exc
         return reservation
 
-    def standing(self, accounts: Sequence[Account]) -> list[tuple[int, int]]:
-        """``(spent, reserved)`` of each account now; ``Unavailable`` without the cache."""
+    def standing(self, accounts: Sequence[Account]) -> list[tuple[int | None, int]]:
+        """``(spent, reserved)`` of each account now, spent None while the cache has no
+        counter (nothing spent, or the counter lost); ``Unavailable`` without the cache."""
         try:
             return self._standing(accounts)
         except Exception as exc:
@@ -212,13 +213,14 @@ class Ledger:
                     cache.set(account.name + ":s", totals[account.name], _timeout(account, now))
         return totals
 
-    def _standing(self, accounts: Sequence[Account]) -> list[tuple[int, int]]:
+    def _standing(self, accounts: Sequence[Account]) -> list[tuple[int | None, int]]:
         cache = get_cache()
         now = time.time()
-        answer = []
+        answer: list[tuple[int | None, int]] = []
         for account in accounts:
             reserved = sum(hold[0] for hold in _live_holds(cache, account, now).values())
-            answer.append((int(cache.get(account.name + ":s") or 0), reserved))
+            spent = cache.get(account.name + ":s")
+            answer.append((None if spent is None else int(spent), reserved))
         return answer
 
 
@@ -274,7 +276,7 @@ class RedisLedger(Ledger):
             if int(total) >= 0
         }
 
-    def _standing(self, accounts: Sequence[Account]) -> list[tuple[int, int]]:
+    def _standing(self, accounts: Sequence[Account]) -> list[tuple[int | None, int]]:
         pipeline = self.backend.master().pipeline(transaction=False)
         keys = self._keys(accounts)
         now_ms = int(time.time() * 1000)
@@ -284,12 +286,12 @@ class RedisLedger(Ledger):
             pipeline.hgetall(amounts)
             pipeline.zrangebyscore(leases, now_ms, "+inf")
         found = pipeline.execute()
-        answer = []
+        answer: list[tuple[int | None, int]] = []
         for index in range(len(accounts)):
             spent, amounts, live = found[3 * index : 3 * index + 3]
             live_ids = {_text(rid) for rid in live}
             reserved = sum(int(value) for rid, value in amounts.items() if _text(rid) in live_ids)
-            answer.append((int(spent or 0), reserved))
+            answer.append((None if spent is None else int(spent), reserved))
         return answer
 
 

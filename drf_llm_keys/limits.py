@@ -215,6 +215,21 @@ def budget_account(budget: budgets.Budget, now: datetime) -> ledger.Account:
     return ledger.Account(name, ledger.to_units(budget.limit), None if end is None else end.timestamp(), seed)
 
 
+def standing(budget: budgets.Budget, now: datetime | None = None) -> tuple[Decimal, Decimal]:
+    """``(spent, reserved)`` of the budget's current period as ``admit`` counts them: the
+    shared counter (else the written usage, as ``admit`` would seed it) and what requests
+    in flight hold; reserved 0 when the cache cannot be reached."""
+    now = now or timezone.now()
+    account = budget_account(budget, now)
+    try:
+        ((spent, reserved),) = ledger.get_ledger().standing([account])
+    except ledger.Unavailable:
+        spent, reserved = None, 0
+    start = budgets.period_bounds(budget.period, now)[0]
+    written = budgets.spent_in_db(budget, start) if spent is None else ledger.from_units(spent)
+    return written, ledger.from_units(reserved)
+
+
 def settle(request: Any) -> None:
     """Settle the request's admission, if it has one (``LimitsMiddleware``, at the end)."""
     admission: Admission | None = getattr(request, ADMISSION_ATTRIBUTE, None)

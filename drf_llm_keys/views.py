@@ -14,9 +14,11 @@ queries per budget (``budgets.spent_in_db``).
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import Sum
+from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.exceptions import NotAuthenticated
 from rest_framework.permissions import BasePermission
@@ -24,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import budgets, prices, usage, windows
+from . import budgets, limits, prices, usage, windows
 from .authentication import CLIENT_ATTRIBUTE, LLMClientAPIKeyAuthentication
 from .conf import conf
 from .headers import reset_text
@@ -58,10 +60,9 @@ class UsageTodaySerializer(serializers.Serializer[Any]):
 class BudgetSerializer(serializers.Serializer[Any]):
     limit = serializers.CharField(help_text="A decimal string, in `currency`, per period.")
     period = serializers.ChoiceField(choices=BUDGET_PERIODS, help_text="UTC; a week starts on Monday.")
-    spent = serializers.CharField(
-        help_text="In the current period, as written: trails by up to the flush interval."
-    )
-    remaining = serializers.CharField(help_text="What is left in the current period, 0 at least.")
+    spent = serializers.CharField(help_text="Settled in the current period, as the limits count it.")
+    reserved = serializers.CharField(help_text="Held by requests in flight: their worst case.")
+    remaining = serializers.CharField(help_text="What a new request may still reserve, 0 at least.")
     resets_at = serializers.DateTimeField(
         allow_null=True, help_text="When the period ends; null: never (total)."
     )
@@ -83,7 +84,8 @@ class KeyInfoSerializer(serializers.Serializer[Any]):
         allow_null=True, help_text="The budget shared by all the owner's keys; null: none."
     )
     max_concurrent = serializers.IntegerField(
-        allow_null=True, help_text="Requests in flight at once with this key; null: no cap."
+        allow_null=True,
+        help_text="Requests in flight at once with this key on this client (its own cap, else the settings'); null: none.",
     )
 
 
@@ -116,7 +118,7 @@ class KeyInfoView(APIView):
             "tokens": self.token_limit(subject),
             "budget": None,
             "owner_budget": None,
-            "max_concurrent": api_key.max_concurrent,
+            "max_concurrent": limits.in_flight_cap(api_key, subject.client),
         }
         for budget in budgets.budgets_of(api_key):
             info["budget" if budget.scope == budgets.KEY else "owner_budget"] = _budget(budget)
@@ -139,13 +141,15 @@ class KeyInfoView(APIView):
 
 
 def _budget(budget: budgets.Budget) -> dict[str, Any]:
-    standing = budgets.standing(budget)
+    now = timezone.now()
+    spent, reserved = limits.standing(budget, now)
     return {
         "limit": prices.amount_text(budget.limit),
         "period": budget.period,
-        "spent": prices.amount_text(standing.spent),
-        "remaining": prices.amount_text(standing.remaining),
-        "resets_at": standing.end,
+        "spent": prices.amount_text(spent),
+        "reserved": prices.amount_text(reserved),
+        "remaining": prices.amount_text(max(Decimal(0), budget.limit - spent - reserved)),
+        "resets_at": budgets.period_bounds(budget.period, now)[1],
     }
 
 

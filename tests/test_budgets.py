@@ -280,6 +280,7 @@ def test_the_key_info_view_answers_budgets_with_spend_and_reset(api, make_key, p
         "limit": "2",
         "period": "total",
         "spent": "2.5",
+        "reserved": "0",
         "remaining": "0",
         "resets_at": None,
     }

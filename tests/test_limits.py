@@ -412,3 +412,21 @@ def test_an_async_stream_holds_its_slot_until_the_handler_closes_it(
         assert async_to_sync(scenario)() == [429, 200, b"xxx", 200]
     finally:
         async_views.STREAM_GATE.set()
+
+
+def test_the_key_info_view_answers_what_admit_counts(budgeted: tuple[Any, APIClient, str]) -> None:
+    """Spent as settled, and the worst case of a request in flight as reserved."""
+    api_key, client, url = budgeted
+    assert spend(client, url).status_code == 200  # 0.0004 settled
+    stream = spend(client, url, stream=1)  # 0.0005 reserved while it is open
+    info = client.get(url.replace("/admitted/", "/key/")).json()
+    assert info["budget"] == {
+        "limit": "0.001",
+        "period": "day",
+        "spent": "0.0004",
+        "reserved": "0.0005",
+        "remaining": "0.0001",
+        "resets_at": info["budget"]["resets_at"],
+    }
+    assert info["max_concurrent"] is None
+    server_closes(stream)
