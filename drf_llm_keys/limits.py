@@ -158,7 +158,8 @@ def admit(
         account = budget_account(budget, now)
         labels[account.name] = budget
         budget_accounts.append(account)
-        holds.append((account, ledger.to_units(worst, up=True)))
+        # At least one unit: a spent budget refuses a request that claims to cost nothing.
+        holds.append((account, max(1, ledger.to_units(worst, up=True))))
     if not holds:
         return None
     try:

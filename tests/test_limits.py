@@ -58,7 +58,7 @@ def test_admits_up_to_the_limit_and_refuses_beyond(cache_kind: str) -> None:
     assert refused.value.used == 3 and refused.value.account == slots
     held[0].settle()
     ledger.get_ledger().reserve([(slots, 1)], lease=60)  # the freed slot
-    assert ledger.get_ledger().standing([slots]) == [(0, 3)]
+    assert ledger.get_ledger().standing([slots]) == [(None, 3)]  # nothing spent on slots
 
 
 def test_all_or_none(cache_kind: str) -> None:
@@ -67,7 +67,7 @@ def test_all_or_none(cache_kind: str) -> None:
     with pytest.raises(ledger.Refused) as refused:
         ledger.get_ledger().reserve([(roomy, 4), (full, 1)], lease=60)
     assert refused.value.account == full
-    assert ledger.get_ledger().standing([roomy, full]) == [(0, 0), (0, 1)]
+    assert ledger.get_ledger().standing([roomy, full]) == [(None, 0), (None, 1)]
 
 
 def test_settles_once_and_adds_the_spend(cache_kind: str) -> None:
@@ -430,3 +430,12 @@ def test_the_key_info_view_answers_what_admit_counts(budgeted: tuple[Any, APICli
     }
     assert info["max_concurrent"] is None
     server_closes(stream)
+
+
+def test_a_spent_budget_refuses_even_a_request_that_claims_to_cost_nothing(
+    budgeted: tuple[Any, APIClient, str],
+) -> None:
+    api_key, client, url = budgeted
+    keys.set_budget(api_key, "0.0004", "day")
+    assert spend(client, url, max_tokens=300).status_code == 200  # 0.0004: all of it
+    assert spend(client, url, prompt=0, max_tokens=0, completion=0).status_code == 429
