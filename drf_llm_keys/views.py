@@ -85,7 +85,8 @@ class KeyInfoSerializer(serializers.Serializer[Any]):
     )
     max_concurrent = serializers.IntegerField(
         allow_null=True,
-        help_text="Requests in flight at once with this key on this client (its own cap, else the settings'); null: none.",
+        help_text="Requests in flight at once with this key on this client (its own cap, else "
+        "the settings'); null: none.",
     )
 
 

@@ -416,7 +416,7 @@ def test_an_async_stream_holds_its_slot_until_the_handler_closes_it(
 
 def test_the_key_info_view_answers_what_admit_counts(budgeted: tuple[Any, APIClient, str]) -> None:
     """Spent as settled, and the worst case of a request in flight as reserved."""
-    api_key, client, url = budgeted
+    _, client, url = budgeted
     assert spend(client, url).status_code == 200  # 0.0004 settled
     stream = spend(client, url, stream=1)  # 0.0005 reserved while it is open
     info = client.get(url.replace("/admitted/", "/key/")).json()
