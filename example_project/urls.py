@@ -11,6 +11,8 @@ from example_project.llm import anthropic, views
 client_urls = [
     path("chat/completions", views.ChatCompletionView.as_view(), name="chat-completions"),
     path("models", views.ModelListView.as_view(), name="models"),
+    # The calling key's client, limits, budgets and usage (as OpenRouter's GET /api/v1/key).
+    path("key", views.KeyView.as_view(), name="key-info"),
 ]
 
 urlpatterns = [

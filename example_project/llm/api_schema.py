@@ -22,6 +22,8 @@ from drf_spectacular.utils import (
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 
+from drf_llm_keys.views import KeyInfoSerializer
+
 from . import anthropic, views
 
 OPENAI_ERROR = inline_serializer(
@@ -55,7 +57,10 @@ REFUSALS = {
     403: "The key may not use the requested model.",
     404: "No such LLM client, or no such model.",
     415: "The body is not JSON.",
-    429: "The key spent its token budget (TOKEN_RATE): Retry-After says when to come back.",
+    429: "The key spent its token budget (TOKEN_RATE: Retry-After says when to come back), its spend"
+    " budget (code insufficient_quota: not before the period ends), or has MAX_CONCURRENT requests"
+    " in flight.",
+    503: "The limits cannot be checked (the cache is down).",
     502: "The upstream LLM API failed (LLM_UPSTREAM_URL).",
     504: "The upstream LLM API did not answer in time.",
 }
@@ -70,7 +75,7 @@ def completion_responses(error: Any, *more_statuses: int) -> dict[Any, Any]:
     return {
         (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="The answer."),
         (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The answer, streamed."),
-        **refusals(error, 400, 401, 403, 404, 415, 429, *more_statuses),
+        **refusals(error, 400, 401, 403, 404, 415, 429, 503, *more_statuses),
     }
 
 
@@ -88,6 +93,14 @@ extend_schema_view(
         }
     )
 )(views.ModelListView)
+extend_schema_view(
+    get=extend_schema(
+        responses={
+            200: OpenApiResponse(KeyInfoSerializer, description="The calling key."),
+            **refusals(OPENAI_ERROR, 401, 404),
+        }
+    )
+)(views.KeyView)
 extend_schema_view(
     post=extend_schema(
         request=views.ChatCompletionRequestSerializer,

@@ -23,6 +23,7 @@ from drf_llm_keys.conf import conf
 from drf_llm_keys.permissions import allows_model, require_model
 from drf_llm_keys.throttling import TokenRateThrottle
 from drf_llm_keys.usage import MeteredStream
+from drf_llm_keys.views import KeyInfoView
 
 from . import accounting, echo, upstream
 from .errors import openai_exception_handler
@@ -86,6 +87,14 @@ class ModelListView(OpenAICompatibleView):
             if isinstance(m, dict) and allows_model(request, str(m.get("id")))
         ]
         return Response(listing)
+
+
+class KeyView(KeyInfoView):
+    """``GET key``: the calling key's client, limits, budgets and usage (drf-llm-keys'
+    ``KeyInfoView``), refusals in OpenAI's error shape."""
+
+    def get_exception_handler(self) -> Any:
+        return openai_exception_handler
 
 
 class CompletionView(OpenAICompatibleView):

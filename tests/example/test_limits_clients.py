@@ -99,3 +99,17 @@ def test_openai_retries_a_full_cap_after_retry_after_ms(capped_server: str, key:
     assert sent.count == 2
     # The client waited the server's retry-after-ms (1000), not its own first backoff (0.5 s).
     assert sent.at[1] - sent.at[0] >= 0.95
+
+
+def test_a_key_reads_its_budget_from_the_example(capped_server: str, key: Any) -> None:
+    api_key, plaintext = key
+    keys.set_budget(api_key, "5", "month")
+    reply = httpx.get(
+        f"{capped_server}/v1/clients/protected-bot/key",
+        headers={"Authorization": f"Bearer {plaintext}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    info = reply.json()
+    assert (info["budget"]["limit"], info["budget"]["period"], info["max_concurrent"]) == ("5", "month", 1)
+    assert httpx.get(f"{capped_server}/v1/clients/protected-bot/key", timeout=30).status_code == 401
