@@ -177,7 +177,7 @@ def test_requests_in_flight_are_capped_and_freed_when_their_response_ends(
     refused = client.get(url)
     assert refused.status_code == 429
     assert refused.json()["detail"].startswith("Too many requests in flight for this key: at most 2 at once.")
-    assert refused["retry-after-ms"] == "1000" and refused["Retry-After"] == "1"
+    assert 900 < int(refused["retry-after-ms"]) <= 1000 and refused["Retry-After"] == "1"
     assert b"".join(first.streaming_content) == b"xxx"
     server_closes(first)  # as a server does when the stream is sent
     assert client.get(url).status_code == 200  # plain: settled as it returned
@@ -262,7 +262,7 @@ def test_ninja_operations_admit_with_the_same_answers(
     refused = client.get(f"/ninja/admitted/{slug}/{kind}/")
     assert refused.status_code == 429
     assert refused.json()["detail"].startswith("Too many requests in flight for this key: at most 1 at once.")
-    assert refused["retry-after-ms"] == "1000"
+    assert 900 < int(refused["retry-after-ms"]) <= 1000
     server_closes(holding)
     assert client.get(f"/ninja/admitted/{slug}/{kind}/").status_code == 200
     assert client.get(f"/ninja/admitted/{slug}/{kind}/").status_code == 200  # settled when it returned
