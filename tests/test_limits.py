@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.test import AsyncClient, RequestFactory
 from rest_framework.test import APIClient
 
@@ -439,3 +439,17 @@ def test_a_spent_budget_refuses_even_a_request_that_claims_to_cost_nothing(
     keys.set_budget(api_key, "0.0004", "day")
     assert spend(client, url, max_tokens=300).status_code == 200  # 0.0004: all of it
     assert spend(client, url, prompt=0, max_tokens=0, completion=0).status_code == 429
+
+
+def test_a_database_error_while_seeding_reserves_nothing(cache_kind: str) -> None:
+    """The counter lost and the database failing as it is read again: Unavailable (503, or
+    admitted under LIMITS_FAIL_OPEN), and nothing held on any account."""
+
+    def failing_seed() -> int:
+        raise DatabaseError("the database went away")
+
+    slots = account("slots-beside", 5)
+    budget = account("unseeded", 100, ends_at=time.time() + 60, seed=failing_seed)
+    with pytest.raises(ledger.Unavailable, match="went away"):
+        ledger.get_ledger().reserve([(slots, 1), (budget, 10)], lease=60)
+    assert ledger.get_ledger().standing([slots, budget]) == [(None, 0), (None, 0)]
