@@ -222,3 +222,30 @@ def check_limits(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+# Session engines that keep the session's data outside the database: the admin's new-key
+# plaintext, waiting there for the page that shows it once, would pass through them.
+_SESSION_ELSEWHERE = {
+    "django.contrib.sessions.backends.cache": "the cache",
+    "django.contrib.sessions.backends.cached_db": "the cache",
+    "django.contrib.sessions.backends.signed_cookies": "a cookie",
+}
+
+
+@register(Tags.security)
+def check_session_engine(**kwargs: Any) -> list[CheckMessage]:
+    if "django.contrib.admin" not in settings.INSTALLED_APPS:
+        return []
+    where = _SESSION_ELSEWHERE.get(getattr(settings, "SESSION_ENGINE", ""))
+    if where is None:
+        return []
+    return [
+        Warning(
+            f"SESSION_ENGINE keeps sessions in {where}: a key created in the admin waits there, "
+            "in plaintext, until the page that shows it once is opened.",
+            hint="Use the database session engine (Django's default), or create keys with the "
+            "llm_keys command.",
+            id="drf_llm_keys.W007",
+        )
+    ]

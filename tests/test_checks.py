@@ -146,3 +146,20 @@ def test_an_in_flight_cap_without_the_middleware_is_a_warning(settings):
     assert ids(checks.check_limits()) == []  # the test project lists the middleware
     settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != checks.LIMITS_MIDDLEWARE]
     assert ids(checks.check_limits()) == ["drf_llm_keys.W006"]
+
+
+@pytest.mark.parametrize(
+    ("engine", "expected"),
+    [
+        ("django.contrib.sessions.backends.db", []),
+        ("django.contrib.sessions.backends.file", []),
+        ("django.contrib.sessions.backends.cache", ["drf_llm_keys.W007"]),
+        ("django.contrib.sessions.backends.cached_db", ["drf_llm_keys.W007"]),
+        ("django.contrib.sessions.backends.signed_cookies", ["drf_llm_keys.W007"]),
+    ],
+)
+def test_a_session_engine_that_would_keep_a_new_key_outside_the_database_is_a_warning(
+    settings, engine, expected
+):
+    settings.SESSION_ENGINE = engine
+    assert ids(checks.check_session_engine()) == expected
