@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import StringIO
 
 import pytest
 from django.core.cache import caches
+from django.core.management import call_command
+from django.urls import reverse
 
 from drf_llm_keys import keys
 from drf_llm_keys.decisions.names import decision_name
@@ -61,3 +64,54 @@ def test_a_scope_change_here_is_applied_there_at_once(worker, make_key, protecte
     api_key.scopes = ["chat", "files"]
     api_key.save()
     assert worker.status("/scoped/protected-bot/echo/", plaintext) == 200
+
+
+# --- budgets and caps: held in the key's entry there, changed here ---------------------------
+
+INFO = "/clients/protected-bot/key/"
+
+
+def held_info(worker: Worker, plaintext: str) -> dict:
+    worker.json(INFO, plaintext)  # its decision now held there
+    return worker.json(INFO, plaintext)
+
+
+def test_a_budget_set_here_through_keys_is_applied_there_at_once(worker, key, owner):
+    api_key, plaintext = key
+    assert held_info(worker, plaintext)["budget"] is None
+    keys.set_budget(api_key, "25", "month")
+    keys.set_max_concurrent(api_key, 3)
+    info = worker.json(INFO, plaintext)
+    assert (info["budget"]["limit"], info["budget"]["period"], info["max_concurrent"]) == ("25", "month", 3)
+
+
+def test_an_owner_budget_set_here_by_the_command_is_applied_there_at_once(worker, key, owner):
+    _, plaintext = key
+    assert held_info(worker, plaintext)["owner_budget"] is None
+    call_command(
+        "llm_keys", "budget", "--owner", "owner", "--limit", "100", "--period", "week", stdout=StringIO()
+    )
+    assert worker.json(INFO, plaintext)["owner_budget"]["limit"] == "100"
+    call_command("llm_keys", "budget", "--owner", "owner", "--clear", stdout=StringIO(), stderr=StringIO())
+    assert worker.json(INFO, plaintext)["owner_budget"] is None
+
+
+def test_a_budget_saved_here_in_the_admin_is_applied_there_at_once(worker, key, admin_client):
+    api_key, plaintext = key
+    assert held_info(worker, plaintext)["budget"] is None
+    change = reverse("admin:drf_llm_keys_apikey_change", args=[api_key.pk])
+    form = {
+        "name": api_key.name,
+        "user": api_key.user_id,
+        "description": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "scopes": "",
+        "allowed_models": "",
+        "budget_limit": "7.5",
+        "budget_period": "day",
+        "max_concurrent": "2",
+    }
+    assert admin_client.post(change, form).status_code == 302
+    info = worker.json(INFO, plaintext)
+    assert (info["budget"]["limit"], info["budget"]["period"], info["max_concurrent"]) == ("7.5", "day", 2)

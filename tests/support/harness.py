@@ -266,6 +266,10 @@ class Worker:
     def status(self, slug: str, key: str = "") -> int:
         return int(self.ask(f"{slug} {key}"))
 
+    def json(self, path: str, key: str = "") -> Any:
+        """The JSON body of a GET of ``path`` there."""
+        return json.loads(self.ask(f"json {path} {key}"))
+
     def manage(self, *args: str) -> str:
         """Run a management command there: "ok", or "CommandError: " and its message."""
         return self.ask(shlex.join(["manage", *args]))

@@ -8,7 +8,7 @@ the line ``die-after-commit`` (answered "armed"), the next transaction that save
 kills this process (SIGKILL) once it has committed, before any of its on-commit work runs:
 a writer that dies between its commit and its publish. ``login USERNAME`` logs the
 requests that follow in ("ok"); ``post PATH JSON`` posts that form data, answered with the
-status code.
+status code; ``json PATH [KEY]`` gets the path and answers its JSON body on one line.
 """
 
 import io
@@ -52,6 +52,11 @@ for line in sys.stdin:
     if line.startswith("post "):
         _, path, data = line.split(" ", 2)
         print(client.post(path, json.loads(data)).status_code, flush=True)
+        continue
+    if line.startswith("json "):
+        _, path, *key = line.split()
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {key[0]}"} if key else {}
+        print(json.dumps(client.get(path, **headers).json()), flush=True)
         continue
     if line.startswith("manage "):
         try:
