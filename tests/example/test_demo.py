@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,15 @@ def test_demo_walks_through_every_step_on_a_fresh_database(fresh_env):
     ]
     listed = json.loads(manage(fresh_env, "llm_keys", "list", "--all", "--json").stdout)
     assert all(record["last_used_at"] for record in listed) and len(listed) == 3
+    # The other key's budget, spent by its echo answer at the echo model's demo price.
+    (budgeted,) = [record for record in listed if record["budget"]]
+    assert (budgeted["name"], budgeted["budget"]) == ("other bot's key", {"limit": "0.05", "period": "day"})
+    assert f"llm_keys budget {budgeted['prefix']}" in output
+    budget = json.loads(manage(fresh_env, "llm_keys", "budget", budgeted["prefix"], "--json").stdout)[
+        "budget"
+    ]
+    assert Decimal(budget["spent"]) > 0
+    assert Decimal(budget["spent"]) + Decimal(budget["remaining"]) == Decimal("0.05")
 
 
 def test_demo_names_the_superuser_to_log_in_to_the_admin_with(fresh_env):

@@ -19,11 +19,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from drf_llm_keys import get_client_model, keys
+from drf_llm_keys.conf import conf
 from drf_llm_keys.models import APIKey
 from example_project.llm.server import MANAGE_PY, running_server
 
 USERNAME = "demo"
 PUBLIC, PROTECTED, OTHER = "demo-public", "demo-protected", "demo-other"
+OTHER_BUDGET = "0.05"
 ADMIN_URL = "http://127.0.0.1:8000/admin/"
 
 
@@ -94,12 +96,19 @@ class Command(BaseCommand):
         self.protected_key, self.protected_plaintext = keys.create_key(
             [self.protected], user=self.user, name="demo key"
         )
-        _, self.other_plaintext = keys.create_key(
-            [other], user=self.user, name="other bot's key", allowed_models=["echo"]
+        # A spend budget too, at the echo model's demo price (PRICES in settings.py).
+        self.other_key, self.other_plaintext = keys.create_key(
+            [other],
+            user=self.user,
+            name="other bot's key",
+            allowed_models=["echo"],
+            budget_limit=OTHER_BUDGET,
+            budget_period="day",
         )
         self.say(
             f"Created clients {PUBLIC} (public: no key), {PROTECTED} (key {self.protected_key.prefix}) "
-            f"and {OTHER} (a key of its own, for the model echo only)."
+            f"and {OTHER} (a key of its own, {self.other_key.prefix}, for the model echo only, with a "
+            f"budget of {OTHER_BUDGET} {conf.CURRENCY} per day)."
         )
 
     def walk_through(self) -> None:
@@ -152,6 +161,10 @@ class Command(BaseCommand):
         self.say(
             f"  Then {where}: the demo's clients and keys are under LLM clients and API keys, "
             "and what each key served under Key usage."
+        )
+        self.say(
+            f"  What {self.other_key.prefix} spent of its budget today:  "
+            f"{manage} llm_keys budget {self.other_key.prefix}"
         )
 
     # --- helpers ------------------------------------------------------------------
