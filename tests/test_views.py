@@ -93,4 +93,7 @@ def test_it_is_in_the_openapi_schema():
     validate_schema(schema)
     response = schema["paths"]["/clients/{llm_client}/key/"]["get"]["responses"]["200"]
     assert response["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/KeyInfo"
-    assert "usage_today" in schema["components"]["schemas"]["KeyInfo"]["properties"]
+    properties = schema["components"]["schemas"]["KeyInfo"]["properties"]
+    assert {"usage_today", "budget", "owner_budget", "max_concurrent"} <= set(properties)
+    budget = schema["components"]["schemas"]["Budget"]["properties"]
+    assert set(budget) == {"limit", "period", "spent", "remaining", "resets_at"}
