@@ -37,10 +37,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
@@ -216,6 +217,46 @@ class MeteredStream(Generic[ChunkT]):
                 completion_tokens=max(0, self.completion_tokens),
                 model=self.model,
             )
+
+
+class AsyncMeteredStream(MeteredStream[ChunkT]):
+    """``MeteredStream`` for async views (ASGI): ``chunks`` is an async iterable of
+    ``(chunk, completion_tokens)`` pairs, and the stream is one too. The tokens are recorded
+    as ``MeteredStream`` records them, in a thread (recording may reach the cache): when the
+    producer ends or fails, or when Django closes the response (the client gone)::
+
+        return StreamingHttpResponse(AsyncMeteredStream(request, pairs(), model="gpt-4o"))
+    """
+
+    # Async only: Django streams what iter() accepts as a sync iterator.
+    __iter__ = None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        request: HttpRequest | Request,
+        chunks: AsyncIterable[tuple[ChunkT, int]],
+        *,
+        prompt_tokens: int = 0,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(request, (), prompt_tokens=prompt_tokens, model=model)
+        self._async_chunks = aiter(chunks)
+
+    def __aiter__(self) -> AsyncMeteredStream[ChunkT]:
+        return self
+
+    async def __anext__(self) -> ChunkT:
+        self.completion_tokens += self._handed
+        self._handed = 0
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            chunk, tokens = await anext(self._async_chunks)
+        except BaseException:
+            await sync_to_async(self.close)()
+            raise
+        self._handed = tokens
+        return chunk
 
 
 def token_budget(subject: Subject) -> tuple[int, int] | None:

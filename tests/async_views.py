@@ -168,6 +168,21 @@ async def admitted_stream(request: HttpRequest, llm_client: str, wait: bool = Fa
     return StreamingHttpResponse(body())
 
 
+@api.get("/metered/{llm_client}/")
+async def metered_stream(
+    request: HttpRequest, llm_client: str, chunks: int, size: int = 1024, prompt: int = 0
+) -> StreamingHttpResponse:
+    """``chunks`` chunks of ``size`` bytes, one completion token each, through
+    ``usage.AsyncMeteredStream`` with ``prompt`` prompt tokens."""
+
+    async def pairs() -> AsyncIterator[tuple[bytes, int]]:
+        for _ in range(chunks):
+            await asyncio.sleep(0)  # as a model's stream waits for its next chunk
+            yield b"x" * size, 1
+
+    return StreamingHttpResponse(usage.AsyncMeteredStream(request, pairs(), prompt_tokens=prompt))
+
+
 @api.get("/by-name/{name}/", auth=LLMClientAPIKeyAuth(client="name"))
 async def by_name(request: HttpRequest, name: str) -> dict[str, Any]:
     return described(api_key_of(request), name)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.db import connection, connections, transaction
 from django.db.models.signals import pre_delete
@@ -19,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 
 from drf_llm_keys import usage
+from drf_llm_keys.asgi import get_asgi_application
 from drf_llm_keys.models import APIKey, KeyUsage
 from tests.support import bearer, harness
 from tests.support.databases import database_outage
@@ -517,3 +519,23 @@ def test_writing_usage_invalidates_no_decision(api, quiet, key):
     with CaptureQueriesContext(connection) as queries:
         assert api.get(ECHO.format("protected-bot"), **bearer(plaintext)).status_code == 200
     assert len(queries) == 0, [q["sql"] for q in queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_asgi_lifespan_shutdown_writes_what_waits(api, quiet, key):
+    """drf_llm_keys.asgi: startup answered, and at shutdown the waiting counts written
+    (what uvicorn runs before it ends its process without atexit)."""
+    api_key, plaintext = key
+    assert api.get(TOKENS.format("protected-bot", 4, 6), **bearer(plaintext)).status_code == 200
+    received = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        return next(received)
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    async_to_sync(get_asgi_application())({"type": "lifespan"}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert stored(api_key) == [("protected-bot", usage.today(), 1, 4, 6)]

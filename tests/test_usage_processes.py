@@ -193,19 +193,46 @@ def read_then_reset(port: int, path: str, plaintext: str, size: int) -> None:
 
 
 @pytest.mark.slow
-def test_streams_read_in_part_and_reset_record_the_tokens_sent(key, tmp_path):
-    """Three 1,000-token streams from a gunicorn worker, each read in part by a client that
+@pytest.mark.parametrize(
+    ("asgi", "endpoint"),
+    [(False, "/clients/protected-bot/tokens/metered/"), (True, "/ninja/metered/protected-bot/")],
+    ids=["MeteredStream under gunicorn", "AsyncMeteredStream under uvicorn"],
+)
+def test_streams_read_in_part_and_reset_record_the_tokens_sent(key, tmp_path, asgi, endpoint):
+    """Three 1,000-token streams from a gunicorn or uvicorn worker, each read in part by a client that
     then resets: each records its prompt tokens and at least the chunks the client read,
     never the whole stream (the server's writes fail and it closes the response)."""
     api_key, plaintext = key
     chunk, chunks, read = 4096, 1000, 50
-    servers = harness.Servers(harness.child_environment(cache_dir=str(tmp_path / "cache")), workers=1)
+    env = harness.child_environment(cache_dir=str(tmp_path / "cache"))
+    servers = harness.Servers(env, workers=1, asgi=asgi)
     try:
         for _ in range(3):
-            path = f"/clients/protected-bot/tokens/metered/?prompt=7&chunks={chunks}&size={chunk}"
+            path = f"{endpoint}?prompt=7&chunks={chunks}&size={chunk}"
             read_then_reset(servers.port, path, plaintext, read * chunk)
     finally:
         servers.stop()  # a graceful stop: the worker writes its counts at exit
     requests, prompt, completion = figures(api_key)
     assert (requests, prompt) == (3, 21), servers.output()
     assert 3 * read <= completion < 3 * chunks, servers.output()
+
+
+@pytest.mark.slow
+def test_a_graceful_uvicorn_stop_writes_what_waits(key, tmp_path):
+    """uvicorn runs no atexit (it raises SIGTERM again once stopped): drf_llm_keys.asgi's
+    lifespan shutdown writes the counts instead, every one of them."""
+    api_key, plaintext = key
+    servers = harness.Servers(
+        harness.child_environment(cache_dir=str(tmp_path / "cache")), workers=1, asgi=True
+    )
+    try:
+        for _ in range(5):
+            reply = harness.request(
+                servers.port,
+                "/ninja/metered/protected-bot/?chunks=3&prompt=7",
+                {"Authorization": f"Bearer {plaintext}"},
+            )
+            assert reply.status == 200
+    finally:
+        servers.stop()
+    assert figures(api_key) == (5, 35, 15), servers.output()

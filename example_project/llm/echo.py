@@ -7,7 +7,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 MODEL_ID = "echo"
@@ -103,12 +103,6 @@ def server_sent_event(chunk: dict[str, Any]) -> bytes:
 
 # What ends an OpenAI stream.
 DONE_EVENT = b"data: [DONE]\n\n"
-
-
-def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield server_sent_event(chunk)
-    yield DONE_EVENT
 
 
 def _completion_id() -> str:

@@ -6,7 +6,7 @@ call them, as for the DRF views (``views.py``), and errors have the same OpenAI 
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,9 +19,9 @@ from rest_framework.parsers import JSONParser
 from drf_llm_keys import limits
 from drf_llm_keys.ninja import LLMClientAPIKeyAuth, Refused, TokenRateThrottle, require_model
 from drf_llm_keys.permissions import allows_model
+from drf_llm_keys.usage import AsyncMeteredStream
 
 from . import accounting, echo, upstream
-from .echo import server_sent_events
 from .errors import openai_exception_handler
 from .views import ChatCompletionRequestSerializer
 
@@ -56,7 +56,7 @@ async def chat_completion(request: HttpRequest, llm_client: str) -> Any:
     if upstream.configured():
         if body["stream"]:
             lines = await sync_to_async(upstream.chat_completion_stream)(data)
-            return event_stream(in_a_thread(accounting.upstream_events(request, lines, body["model"])))
+            return event_stream(InAThread(accounting.upstream_events(request, lines, body["model"])))
         reply = await sync_to_async(upstream.chat_completion)(data)
         await sync_to_async(accounting.record_usage)(request, reply.get("usage"), body["model"])
         return reply
@@ -65,30 +65,48 @@ async def chat_completion(request: HttpRequest, llm_client: str) -> Any:
     messages = [dict(message) for message in body["messages"]]
     if body["stream"]:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        events = server_sent_events(echo.completion_chunks(messages, include_usage))
-        return event_stream(then_record(request, events, echo.usage(messages, echo.reply_to(messages))))
+        pairs = accounting.echo_events(echo.completion_chunks(messages, include_usage))
+        prompt = echo.usage(messages, "")["prompt_tokens"]
+        # Its tokens recorded however it ends, the client gone included, as the DRF view's.
+        return event_stream(
+            AsyncMeteredStream(request, as_async(pairs), prompt_tokens=prompt, model=echo.MODEL_ID)
+        )
     reply = echo.completion(messages)
     await sync_to_async(accounting.record_usage)(request, reply["usage"], echo.MODEL_ID)
     return reply
 
 
-async def then_record(
-    request: HttpRequest, events: Iterable[bytes], usage: dict[str, int]
-) -> AsyncIterator[bytes]:
-    """The echo model's events, then its tokens counted (a token budget is a cache write)."""
-    for event in events:
-        yield event
-    await sync_to_async(accounting.record_usage)(request, usage, echo.MODEL_ID)
+async def as_async(pairs: Iterable[tuple[bytes, int]]) -> AsyncIterator[tuple[bytes, int]]:
+    for pair in pairs:
+        yield pair
 
 
-async def in_a_thread(lines: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """A blocking iterator (the upstream's stream), read in a thread, line by line."""
-    done = object()
-    while (line := await sync_to_async(next, thread_sensitive=False)(lines, done)) is not done:
-        yield line
+class InAThread:
+    """A blocking iterator (the upstream's metered stream) as an async one, read in a thread
+    item by item; closed with the response (Django calls ``close``), so a client that leaves
+    has what was sent recorded."""
+
+    __iter__ = None  # async only: Django streams what iter() accepts as a sync iterator
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self.lines = lines
+
+    def __aiter__(self) -> InAThread:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await sync_to_async(next, thread_sensitive=False)(self.lines, None)
+        if line is None:
+            raise StopAsyncIteration
+        return line
+
+    def close(self) -> None:
+        close = getattr(self.lines, "close", None)
+        if close is not None:
+            close()
 
 
-def event_stream(lines: AsyncIterator[bytes]) -> StreamingHttpResponse:
+def event_stream(lines: AsyncIterable[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(lines, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -317,14 +317,15 @@ def worker_environment(settings: Any, cache_dir: str, **extra: str) -> dict[str,
 
 class Servers:
     """One gunicorn master with ``workers`` worker processes on a loopback port; with
-    ``asgi``, uvicorn serving Django's ASGI application instead (async views on its loop)."""
+    ``asgi``, uvicorn serving Django's ASGI application instead (async views on its loop),
+    through ``drf_llm_keys.asgi``, which writes the usage counts when uvicorn stops."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, asgi: bool = False) -> None:
         self.port = free_port()
         self.name = "uvicorn" if asgi else "gunicorn"
         self.log = tempfile.TemporaryFile()
         if asgi:
-            serve = ["uvicorn", "--factory", "django.core.asgi:get_asgi_application", "--no-access-log"]
+            serve = ["uvicorn", "--factory", "drf_llm_keys.asgi:get_asgi_application", "--no-access-log"]
             serve += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
         else:
             serve = ["gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
