@@ -87,13 +87,13 @@ def test_the_reading_example_sums_per_key(api, budget, key):
     for _ in range(2):
         api.get("/clients/protected-bot/tokens/?prompt=2&completion=1", **bearer(plaintext))
     namespace: dict[str, Any] = {}
-    exec(python_blocks(USAGE_DOC)[4], namespace)
+    exec(python_blocks(USAGE_DOC)[6], namespace)
     assert list(namespace["per_key"]) == [{"api_key__prefix": api_key.prefix, "requests": 2, "tokens": 6}]
 
 
 def test_the_budget_settings_example_is_valid(settings):
     namespace: dict[str, Any] = {}
-    exec(python_blocks(USAGE_DOC)[5], namespace)
+    exec(python_blocks(USAGE_DOC)[7], namespace)
     settings.DRF_LLM_KEYS = namespace["DRF_LLM_KEYS"]
     from drf_llm_keys.checks import check_throttle_rates
 
@@ -106,13 +106,13 @@ def test_the_budget_settings_example_is_valid(settings):
 def test_the_prices_example_is_valid_and_costs_what_it_says(api, settings, key):
     api_key, plaintext = key
     namespace: dict[str, Any] = {}
-    exec(python_blocks(USAGE_DOC)[2], namespace)
+    exec(python_blocks(USAGE_DOC)[3], namespace)
     settings.DRF_LLM_KEYS = {**namespace["DRF_LLM_KEYS"], "USAGE_FLUSH_INTERVAL": 3600}
     from drf_llm_keys.checks import check_prices
 
     assert check_prices() == []
     request = api.get("/clients/protected-bot/echo/", **bearer(plaintext)).wsgi_request
-    exec(python_blocks(USAGE_DOC)[3], {"record_tokens": usage.record_tokens, "request": request})
+    exec(python_blocks(USAGE_DOC)[4], {"record_tokens": usage.record_tokens, "request": request})
     assert usage.flush()
     row = KeyUsage.objects.get(api_key=api_key)
     assert (str(row.cost), row.unpriced_tokens) == ("0.011250000", 0)
