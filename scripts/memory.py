@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""What a process keeps: resident memory after a steady working set, then after a flood of
-distinct unknown keys and client slugs (default 1,000,000), which must not grow it beyond
-a few MiB. SQLite and the local-memory cache, ``authenticate()`` called in process; prints
-figures, asserts nothing.
+"""What a process keeps: resident memory after a steady working set, the bytes a held
+entry costs, resident memory after a flood of distinct unknown keys and client slugs
+(default 1,000,000), which must not grow it beyond a few MiB. SQLite and the local-memory
+cache, ``authenticate()`` called in process; prints figures, asserts nothing.
 
-    .venv/bin/python scripts/memory.py --keys 20000 --distinct 1000000
+    .venv/bin/python scripts/memory.py --keys 20000 --held 10000 --distinct 1000000
 
 The steady set: every one of ``--keys`` real keys used twice,
 each time with as many unknown keys and unknown slugs. Then ``--distinct`` requests, each
-with a key prefix or a client slug never seen before, half on real clients.
+with a key prefix or a client slug never seen before, half on real clients. Last, the
+bytes a held entry costs, measured with tracemalloc over ``--held`` entries.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import secrets
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +37,33 @@ def resident_mib() -> float:
     raise SystemExit("no VmRSS in /proc/self/status (Linux only)")
 
 
-def deep_size(root: Any) -> int:
-    """Bytes of ``root`` and everything it holds (dicts, lists, tuples), each object once."""
-    seen: set[int] = set()
-    total, stack = 0, [root]
-    while stack:
-        value = stack.pop()
-        if id(value) in seen:
-            continue
-        seen.add(id(value))
-        total += sys.getsizeof(value)
-        if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-    return total
-
-
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--keys", type=int, default=20000)
+    parser.add_argument(
+        "--held", type=int, default=10_000, help="entries the held-entry cost is measured over"
+    )
     parser.add_argument("--distinct", type=int, default=1_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drf-llm-keys-memory-") as directory:
         os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
         os.environ["DRF_LLM_KEYS_BENCH_DATABASE_URL"] = f"sqlite:///{directory}/memory.sqlite3"
-        run(args.keys, args.distinct)
+        run(args.keys, args.held, args.distinct)
 
 
-def run(working: int, distinct: int) -> None:
+def run(working: int, held_count: int, distinct: int) -> None:
     import logging
 
     import django
 
     django.setup()
     from django.test import RequestFactory
-    from rest_framework.exceptions import AuthenticationFailed
+    from rest_framework.exceptions import AuthenticationFailed, NotFound
     from rest_framework.request import Request
 
     from benchmarks import seed
+    from benchmarks.internals import load_decision, lookup
     from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
     from drf_llm_keys.conf import conf
     from drf_llm_keys.decisions import get_decision_cache
@@ -83,7 +71,7 @@ def run(working: int, distinct: int) -> None:
     logging.getLogger("drf_llm_keys").setLevel(logging.ERROR)  # dropped usage counts: expected
     seed.reset_database()
     seed.create_credentials()
-    seed.seed_scale(working)
+    seed.seed_scale(max(working, held_count))
     authentication, factory = LLMClientAPIKeyAuthentication(), RequestFactory()
 
     def request(slug: str, plaintext: str) -> Any:
@@ -91,7 +79,7 @@ def run(working: int, distinct: int) -> None:
         drf_request.parser_context = {"kwargs": {"llm_client": slug}, "view": None}
         try:
             return authentication.authenticate(drf_request)
-        except AuthenticationFailed:
+        except (AuthenticationFailed, NotFound):  # an unknown key; an unknown client
             return None
 
     def unknown_key() -> str:
@@ -109,11 +97,6 @@ def run(working: int, distinct: int) -> None:
         f"steady ({working:,} keys in use): resident {steady:.1f} MiB; held entries "
         f"{len(local.held.entries):,}, held refusals {len(local.unknown_keys.entries):,}"
     )
-    # What one held entry costs: its name, table slot, generation tag and entry, the parts it
-    # shares with others (an owner's fields) and the table that finds them counted once, as
-    # sys.getsizeof sees them.
-    held = deep_size((local.held.entries, local.shared_parts)) / max(len(local.held.entries), 1)
-    print(f"held entry: {held:,.0f} bytes each")
     started = time.monotonic()
     for number in range(distinct):
         if number % 2:
@@ -127,6 +110,26 @@ def run(working: int, distinct: int) -> None:
         f"resident {after:.1f} MiB, {after - steady:+.1f} MiB; held entries {len(local.held.entries):,}, "
         f"held refusals {len(local.unknown_keys.entries):,}"
     )
+
+    # What one held entry costs: the memory Python frees, as tracemalloc counts it, when the
+    # ``held_count`` entries a process took from the shared cache are dropped again (their
+    # names, table slots, tags and entries, and the parts they share, counted once). The
+    # lookup alone: a request would also count its usage in the process.
+    local.held.entries.clear()
+    local.shared_parts.clear()
+    gc.collect()
+    tracemalloc.start()
+    for i in range(held_count):
+        slug = seed.scale_slug(i)
+        lookup(slug, seed.scale_plaintext(i).partition(".")[0], load_decision, using="default")
+    gc.collect()
+    holding = tracemalloc.get_traced_memory()[0]
+    local.held.entries.clear()
+    local.shared_parts.clear()
+    gc.collect()
+    freed = holding - tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    print(f"held entry: {freed / held_count:,.0f} bytes each (tracemalloc, {held_count:,} entries)")
 
 
 if __name__ == "__main__":
