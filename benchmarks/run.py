@@ -191,7 +191,8 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
     floor_request = Request(factory.get("/", HTTP_AUTHORIZATION=f"Floor {creds.floor}"))
     ours, floor = LLMClientAPIKeyAuthentication(), FloorAuthentication()
     decision = lookup(seed.PROTECTED, creds.ours_prefix, load_decision, using="default")
-    digest = decision["key"]["digest"] if decision["key"] else ""
+    held_key, prefix = decision["key"], creds.ours_prefix
+    digest = held_key["digest"] if held_key else b""
     gen_name = generation_name(seed.PROTECTED)
     entry_name = decision_name(seed.PROTECTED, creds.ours_prefix)
     floor_name = floor_cache_name(crypto.hash_key(creds.floor))
@@ -209,7 +210,7 @@ def breakdown(creds: seed.Credentials, number: int = 2000) -> None:
         ("  (no push: cache get of the generation)", lambda: cache.get(gen_name)),
         ("  (cache get_many, generation and entry)", lambda: cache.get_many([gen_name, entry_name])),
         ("  digest check (SHA-256, constant time)", lambda: crypto.key_matches(creds.ours, digest)),
-        ("  owner and key objects from the entry", lambda: api_key_from_entry(decision["key"], "default")),
+        ("  owner and key objects from the entry", lambda: api_key_from_entry(held_key, prefix, "default")),
         ("floor authenticate()", lambda: floor.authenticate(floor_request)),
         ("  cache get (1 name, 1 round trip)", lambda: cache.get(floor_name)),
     ]  # fmt: skip

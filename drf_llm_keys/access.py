@@ -41,7 +41,7 @@ logger = logging.getLogger("drf_llm_keys")
 CLIENT_ATTRIBUTE = "drf_llm_keys_client"
 
 # Compared against when the prefix is unknown, so both refusals cost one digest comparison.
-_DUMMY_DIGEST = crypto.hash_key("unknown")
+_DUMMY_DIGEST = bytes.fromhex(crypto.hash_key("unknown"))  # as a held key's
 
 # What a request is: Django's, or DRF's around it.
 AnyRequest = HttpRequest | Request
@@ -127,7 +127,7 @@ class ClientKeyCheck:
             # Neither open (fail closed) nor a 500 with a traceback: the client may retry.
             logger.error("drf_llm_keys: database unavailable, refusing with 503", exc_info=True)
             raise ServiceUnavailable() from None
-        client = decision["client"]
+        client = decision.client
         # On Django's request, which DRF's reads through: a request built again (adrf)
         # still finds it. APIKeyRateThrottle then needs no second lookup.
         django_request = getattr(request, "_request", request)
@@ -139,19 +139,20 @@ class ClientKeyCheck:
             return None  # public: served anonymously, whatever it carries
         if plaintext is None:
             raise exceptions.NotAuthenticated(_("This LLM client requires an API key."))
-        key = decision["key"] or {"id": None}
-        if not crypto.key_matches(plaintext, key.get("digest", _DUMMY_DIGEST)) or key["id"] is None:
+        key = decision.key
+        digest = _DUMMY_DIGEST if key is None else key.digest
+        if not crypto.key_matches(plaintext, digest) or key is None or prefix is None:
             self.refuse(_("Invalid API key."))
-        if not key["is_active"]:
+        if not key.is_active:
             self.refuse(_("API key has been revoked."))
-        if key["expires_at"] is not None and key["expires_at"] <= timezone.now():
+        if key.expires_at is not None and key.expires_at <= timezone.now():
             self.refuse(_("API key has expired."))
-        if client["id"] not in key["client_ids"]:
+        if client["id"] not in key.client_ids:
             self.refuse(_("API key is not valid for this LLM client."))
-        owner = key["user"]
+        owner = key.user
         if owner is None or not owner.get("is_active", True):
             self.refuse(_("API key owner is inactive or deleted."))
-        api_key = api_key_from_entry(key, db)
+        api_key = api_key_from_entry(key, prefix, db)
         # In the process, with last_used_at: no SQL, no round trip (drf_llm_keys.usage).
         usage.count_request(django_request, api_key, client)
         return api_key.user, api_key

@@ -42,5 +42,10 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("ascii")).hexdigest()
 
 
-def key_matches(plaintext: str, digest: str) -> bool:
-    return hmac.compare_digest(hash_key(plaintext), digest)
+def key_matches(plaintext: str, digest: str | bytes) -> bool:
+    """Whether ``plaintext`` hashes to ``digest``: hexadecimal as stored, or its bytes as a
+    process holds it; in constant time."""
+    hashed = hashlib.sha256(plaintext.encode("ascii"))
+    if isinstance(digest, bytes):
+        return hmac.compare_digest(hashed.digest(), digest)
+    return hmac.compare_digest(hashed.hexdigest(), digest)

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models, router, transaction
+from django.db.models import DEFERRED
 from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils.translation import gettext_lazy as _
@@ -105,6 +106,20 @@ class SavesChanges(models.Model):
         }
         return instance
 
+    @classmethod
+    def from_held(cls, db: str, values: Sequence[Any]) -> Any:
+        """``from_db()`` for a row read earlier and held since, unchanged (a decision entry):
+        a value for every concrete field in their order, ``DEFERRED`` for those not held.
+
+        ``values`` must never change in place: they are what a save compares with, taken
+        as they are (no copy until a save or a refresh needs one); the instance gets its
+        own copies of the lists and dicts among them.
+        """
+        own = [_snapshot(v) if type(v) in _MUTABLE else v for v in values]
+        instance = super().from_db(db, concrete_attnames(cls), own)
+        instance.__dict__[_LOADED] = values
+        return instance
+
     def refresh_from_db(
         self, using: str | None = None, fields: Iterable[str] | None = None, *args: Any, **kwargs: Any
     ) -> None:
@@ -119,7 +134,7 @@ class SavesChanges(models.Model):
         was read if it was, else None (every field, as Django saves)."""
         if update_fields is not None:
             return list(update_fields)
-        loaded = self.__dict__.get(_LOADED)
+        loaded = self.loaded_values()
         if (
             loaded is None
             or force_insert
@@ -143,19 +158,37 @@ class SavesChanges(models.Model):
             changed += [f.name for f in writable if getattr(f, "auto_now", False) and f.name not in changed]
         return changed
 
+    def loaded_values(self) -> dict[str, Any] | None:
+        """The values the row was read with, by attname; None for a row not read."""
+        loaded = self.__dict__.get(_LOADED)
+        if loaded is not None and not isinstance(loaded, dict):  # held (from_held): as a dict now
+            names = concrete_attnames(type(self))
+            loaded = {name: v for name, v in zip(names, loaded, strict=True) if v is not DEFERRED}
+            self.__dict__[_LOADED] = loaded
+        return loaded
+
     def _remember(self, fields: Iterable[str] | None) -> None:
         """Take what ``fields`` (every field read, for None) now hold as what was read."""
         deferred = self.get_deferred_fields()
         names = None if fields is None else set(fields)
-        loaded = dict(self.__dict__.get(_LOADED, {}))  # a copy: copy.copy(instance) shares it
+        loaded = dict(self.loaded_values() or {})  # a copy: copy.copy(instance) shares it
         for field in self._meta.concrete_fields:
             if field.attname not in deferred and (names is None or names & {field.name, field.attname}):
                 loaded[field.attname] = _snapshot(getattr(self, field.attname))
         self.__dict__[_LOADED] = loaded
 
 
-# Where ``SavesChanges`` keeps the values a row was read with, by attname.
+# Where ``SavesChanges`` keeps the values a row was read with: by attname, or as held
+# (``from_held``) until asked for.
 _LOADED = "_loaded_values"
+# What a field's value may be that can change in place (a JSONField's).
+_MUTABLE = (list, dict)
+
+
+@functools.lru_cache(maxsize=64)
+def concrete_attnames(model: type[models.Model]) -> tuple[str, ...]:
+    """The attnames of ``model``'s concrete fields, in the order ``from_db()`` takes values."""
+    return tuple(field.attname for field in model._meta.concrete_fields)
 
 
 def _snapshot(value: Any) -> Any:
@@ -591,7 +624,7 @@ class APIKey(DeleteLocksFirst, SavesChanges):
         if force_insert or self.pk is None or not writes_active:
             save(using=using)
             return
-        if self.__dict__.get(_LOADED, {}).get("is_active") is False:
+        if (self.loaded_values() or {}).get("is_active") is False:
             raise ReactivationError([self.prefix])
         using = using or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using):

@@ -9,7 +9,8 @@ cache, ``authenticate()`` called in process; prints figures, asserts nothing.
 The steady set: every one of ``--keys`` real keys used twice,
 each time with as many unknown keys and unknown slugs. Then ``--distinct`` requests, each
 with a key prefix or a client slug never seen before, half on real clients. Last, the
-bytes a held entry costs, measured with tracemalloc over ``--held`` entries.
+bytes a held entry costs, measured with tracemalloc over ``--held`` entries: keys on a client
+of their own each, then on one client.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def run(working: int, held_count: int, distinct: int) -> None:
     from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
     from drf_llm_keys.conf import conf
     from drf_llm_keys.decisions import get_decision_cache
+    from drf_llm_keys.models import LLMClient, LLMClientAPIKey
 
     logging.getLogger("drf_llm_keys").setLevel(logging.ERROR)  # dropped usage counts: expected
     seed.reset_database()
@@ -114,22 +116,35 @@ def run(working: int, held_count: int, distinct: int) -> None:
     # What one held entry costs: the memory Python frees, as tracemalloc counts it, when the
     # ``held_count`` entries a process took from the shared cache are dropped again (their
     # names, table slots, tags and entries, and the parts they share, counted once). The
-    # lookup alone: a request would also count its usage in the process.
-    local.held.entries.clear()
-    local.shared_parts.clear()
-    gc.collect()
-    tracemalloc.start()
-    for i in range(held_count):
-        slug = seed.scale_slug(i)
-        lookup(slug, seed.scale_plaintext(i).partition(".")[0], load_decision, using="default")
-    gc.collect()
-    holding = tracemalloc.get_traced_memory()[0]
-    local.held.entries.clear()
-    local.shared_parts.clear()
-    gc.collect()
-    freed = holding - tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    print(f"held entry: {freed / held_count:,.0f} bytes each (tracemalloc, {held_count:,} entries)")
+    # lookup alone: a request would also count its usage in the process. First with a client
+    # of each key's own (its state and generation held for each entry), then with all the
+    # keys on one client, as a deployment's keys share a few clients.
+    own = [(seed.scale_slug(i), seed.scale_plaintext(i).partition(".")[0]) for i in range(held_count)]
+    first = LLMClient.objects.get(slug=seed.scale_slug(0))
+    others = range(1, held_count)
+    LLMClientAPIKey.objects.bulk_create(
+        LLMClientAPIKey(llm_client=first, api_key_id=seed.SCALE_ID_BASE + i) for i in others
+    )
+    one = [(seed.scale_slug(0), prefix) for _, prefix in own]
+    for label, requests in (("a client of its own", own), ("all on one client", one)):
+        for slug, prefix in requests:  # every entry in the shared cache
+            lookup(slug, prefix, load_decision, using="default")
+        local.held.entries.clear()
+        local.shared_parts.clear()
+        gc.collect()
+        tracemalloc.start()
+        for slug, prefix in requests:
+            lookup(slug, prefix, load_decision, using="default")
+        gc.collect()
+        holding = tracemalloc.get_traced_memory()[0]
+        local.held.entries.clear()
+        local.shared_parts.clear()
+        gc.collect()
+        freed = holding - tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        print(
+            f"held entry, {label}: {freed / held_count:,.0f} bytes each (tracemalloc, {held_count:,} entries)"
+        )
 
 
 if __name__ == "__main__":

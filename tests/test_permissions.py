@@ -183,7 +183,7 @@ def test_has_scopes_needs_all_of_them(scopes, names, held):
 def test_a_value_written_around_validation_grants_nothing(make_key, protected_client, stored):
     api_key, _ = make_key(protected_client)
     APIKey.objects.filter(pk=api_key.pk).update(scopes=stored, allowed_models=stored)
-    api_key = api_key_from_entry(key_entry(api_key.prefix), "default")
+    api_key = api_key_from_entry(key_entry(api_key.prefix), api_key.prefix, "default")
     assert not api_key.has_scopes("c")
     assert not api_key.has_scopes("chat")
     assert not api_key.allows_model("c")
@@ -218,17 +218,19 @@ def test_the_key_is_rebuilt_with_its_lists_loaded(make_key, protected_client, dj
     api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
     entry = key_entry(api_key.prefix)
     with django_assert_num_queries(0):
-        rebuilt = api_key_from_entry(entry, "default")
+        rebuilt = api_key_from_entry(entry, api_key.prefix, "default")
         assert (rebuilt.scopes, rebuilt.allowed_models) == (["chat"], ["echo"])
         rebuilt.scopes.append("admin")  # a view changing its copy...
-        assert api_key_from_entry(entry, "default").scopes == ["chat"]  # ...changes no other request's
+        assert api_key_from_entry(entry, api_key.prefix, "default").scopes == [
+            "chat"
+        ]  # ...changes no other request's
 
 
 def test_an_entry_without_the_lists_reads_them_from_the_database(make_key, protected_client):
     # Written by a version that did not hold them: never taken as "unrestricted".
     api_key, _ = make_key(protected_client, scopes=["chat"], allowed_models=["echo"])
     entry = {k: v for k, v in key_entry(api_key.prefix).items() if k not in ("scopes", "allowed_models")}
-    rebuilt = api_key_from_entry(entry, "default")
+    rebuilt = api_key_from_entry(entry, api_key.prefix, "default")
     assert (rebuilt.scopes, rebuilt.allowed_models) == (["chat"], ["echo"])
     assert not rebuilt.has_scopes("files")
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models
-from django.db.models import BooleanField, Exists, F, OuterRef, QuerySet, Value
+from django.db.models import DEFERRED, BooleanField, Exists, F, OuterRef, QuerySet, Value
 
 from .. import get_client_model
 from ..conf import conf
-from ..models import RESTRICTION_FIELDS, APIKey, LLMClientAPIKey, decision_db
+from ..models import RESTRICTION_FIELDS, APIKey, LLMClientAPIKey, concrete_attnames, decision_db
 from . import store
-from .state import Entry, get_decision_cache
+from .state import Entry, HeldKey, get_decision_cache
 from .store import UNCACHEABLE, UNKNOWN_KEY, lookup
-
-ModelT = TypeVar("ModelT", bound=models.Model)
 
 # The key's owner: its field's model is the user model, without get_user_model()'s lookups.
 _USER_MODEL = APIKey.user
@@ -168,34 +167,37 @@ def _can_hold(field: Any, value: str, connection: Any) -> bool:
     return True
 
 
-def api_key_from_entry(entry: Entry, db: str) -> APIKey:
-    """The key and its owner rebuilt from a key entry: no query, no secret field.
+def api_key_from_entry(entry: Mapping[str, Any], prefix: str, db: str) -> APIKey:
+    """The key and its owner rebuilt from a key entry (held, or as loaded) and the key's
+    prefix: no query, no secret field.
 
     New instances on every call (a view may change ``request.user``), with copies of the
     restriction lists (nor ``request.auth.scopes``). The other fields are deferred: reading
     one loads it from the database.
     """
-    user = _from_db(_USER_MODEL.field.related_model, db, entry["user"])
-    values = {
-        "id": entry["id"],
-        "prefix": entry["prefix"],
-        "name": entry["name"],
-        "is_active": entry["is_active"],
-        "expires_at": entry["expires_at"],
-        "user_id": user.pk,
-        "lineage": entry.get("lineage", ""),  # an entry of a version without it: ""
-    }
-    for name in RESTRICTION_FIELDS:
-        # An entry written by a version without them leaves them deferred.
-        if name in entry:
-            values[name] = _copied(entry[name])
-    if "budget" in entry:  # the same
-        limit, values["budget_period"] = _budget_of(entry["budget"]) or (None, "")
-        values["budget_limit"], values["max_concurrent"] = limit, entry["max_concurrent"]
-    api_key = _from_db(APIKey, db, values)
+    if type(entry) is not HeldKey:
+        entry = HeldKey(entry)
+    user_model = _USER_MODEL.field.related_model
+    owner: Entry = entry.user  # type: ignore[assignment]  # access.py refuses a key without one
+    user = user_model.from_db(db, concrete_attnames(user_model), _row(user_model, owner))
+    prefix_at, user_id, lineage, (budget_limit, budget_period, max_concurrent), fields = _key_layout()
+    row: list[Any] = [DEFERRED] * len(concrete_attnames(APIKey))
+    for position, name in fields:
+        # An entry of a version without the restriction fields leaves them deferred.
+        row[position] = getattr(entry, name, DEFERRED)
+    row[prefix_at] = prefix
+    row[user_id] = user.pk
+    row[lineage] = getattr(entry, "lineage", "")  # an entry of a version without it: ""
+    budget = getattr(entry, "budget", _NOT_HELD)
+    if budget is not _NOT_HELD:  # an entry of a version without the limits leaves them deferred
+        limit, period = _budget_of(budget) or (None, "")
+        row[budget_limit], row[budget_period], row[max_concurrent] = limit, period, entry.max_concurrent
+    # The entry's values are the row as read: APIKey.from_held takes them as what a save
+    # compares with, and gives the instance copies of the lists.
+    api_key: APIKey = APIKey.from_held(db, row)
     api_key.user = user  # held in the key's fields cache: request.user costs no query
-    if "owner_budget" in entry:
-        api_key.owner_budget = _budget_of(entry["owner_budget"])  # no query to read it
+    if hasattr(entry, "owner_budget"):
+        api_key.owner_budget = _budget_of(entry.owner_budget)  # no query to read it
     return api_key
 
 
@@ -208,24 +210,40 @@ def _held_budget(limit: Any, period: Any) -> list[str] | None:
     return None if limit is None else [str(limit), str(period)]
 
 
-def _copied(value: Any) -> Any:
-    # Anything but a list stays as it is: has_scopes() and allows_model() grant it nothing.
-    return list(value) if isinstance(value, list) else value
+# What getattr() finds for a field an entry of an earlier version does not hold.
+_NOT_HELD = object()
 
 
-def _from_db(model: type[ModelT], db: str, values: dict[str, Any]) -> ModelT:
-    # As a queryset calls it: the loaded fields' names in the order of the model's concrete
-    # fields, with their values in that order (a value of no concrete field, a computed
-    # is_active say, is left out). A dict of names: from_db() asks each field whether it
-    # was loaded.
-    names = dict.fromkeys(name for name in _concrete_attnames(model) if name in values)
-    instance: ModelT = model.from_db(db, names, [values[name] for name in names])
-    return instance
+@functools.cache
+def _key_layout() -> tuple[int, int, int, tuple[int, int, int], tuple[tuple[int, str], ...]]:
+    """Where ``prefix``, ``user_id``, ``lineage`` and the limits go in the key's row, and the
+    entry's other fields that are the key's: not the digest, which no instance a view gets
+    holds."""
+    attnames = concrete_attnames(APIKey)
+    names = ("id", "name", "is_active", "expires_at", *RESTRICTION_FIELDS)
+    positions = tuple((attnames.index(name), name) for name in names)
+    limits = (
+        attnames.index("budget_limit"),
+        attnames.index("budget_period"),
+        attnames.index("max_concurrent"),
+    )
+    return attnames.index("prefix"), attnames.index("user_id"), attnames.index("lineage"), limits, positions
 
 
-@functools.lru_cache(maxsize=16)
-def _concrete_attnames(model: type[models.Model]) -> tuple[str, ...]:
-    return tuple(field.attname for field in model._meta.concrete_fields)
+def _row(model: type[models.Model], values: dict[str, Any]) -> list[Any]:
+    # As a queryset hands from_db() a row: a value for every concrete field, in their order,
+    # DEFERRED for those not loaded. Those of ``values`` that are fields: a computed
+    # is_active, say, is not one.
+    row: list[Any] = [DEFERRED] * len(concrete_attnames(model))
+    for position, name in _positions(model, tuple(values)):
+        row[position] = values[name]
+    return row
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(model: type[models.Model], names: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    attnames = concrete_attnames(model)
+    return tuple((attnames.index(name), name) for name in names if name in attnames)
 
 
 def load_decision(client_value: str, prefix: str | None, *, using: str | None = None) -> Entry:
@@ -300,9 +318,7 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
 def client_entry(value: Any, refresh: bool = False) -> Entry:
     db = decision_db()
     load = functools.partial(load_decision, using=db)
-    decision = lookup(str(value), None, load, using=db, refresh=refresh)
-    client: Entry = decision["client"]
-    return client
+    return lookup(str(value), None, load, using=db, refresh=refresh).client
 
 
 def _has_field(model: type[models.Model], name: str) -> bool:

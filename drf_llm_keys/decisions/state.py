@@ -3,9 +3,11 @@ on first use, renewed in a forked child and dropped by ``reset()``."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.core.cache import BaseCache, caches
@@ -16,7 +18,94 @@ from .push import PushBackend
 from .redis import RedisBackend
 
 Entry = dict[str, Any]
-Held = tuple[Tag, Entry]
+
+# Set in an entry that must answer its own request only (see entries.load_decision).
+UNCACHEABLE = "uncacheable"
+# Set in an entry for a presented key that no row has: held apart, never shared.
+UNKNOWN_KEY = "unknown_key"
+
+
+class _Slots(Mapping[str, Any]):
+    """A dictionary's items as slots: a held entry is a third of the dictionaries' size.
+    Read-only, and equal to a dictionary with the same items. A name it has no slot for
+    (an entry of a later version) is left out."""
+
+    __slots__ = ()
+    _names: frozenset[str] = frozenset()
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        for name, value in items.items():
+            if name in self._names:
+                object.__setattr__(self, name, value)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._names:
+            try:
+                return getattr(self, name)
+            except AttributeError:  # not set: an entry of an earlier version
+                pass
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        names: tuple[str, ...] = self.__slots__
+        return (name for name in names if hasattr(self, name))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a held {type(self).__name__} does not change")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self)!r})"
+
+
+class HeldKey(_Slots):
+    """A key's entry as a process holds it (``entries.load_decision`` says what each is),
+    but for its prefix, which the entry's name holds, and with the digest's 32 bytes for
+    its 64 hexadecimal digits (``store.held_form``). One more field: one more name here."""
+
+    __slots__ = (  # noqa: RUF023  # in load_decision's order, which iterating follows
+        "id",
+        "digest",
+        "is_active",
+        "expires_at",
+        "name",
+        "client_ids",
+        "user",
+        "scopes",
+        "allowed_models",
+        "lineage",
+        "budget",
+        "owner_budget",
+        "max_concurrent",
+    )
+    _names = frozenset(__slots__)
+    id: Any
+    digest: bytes
+    is_active: bool
+    expires_at: datetime.datetime | None
+    name: str
+    client_ids: list[Any]
+    user: Entry | None
+    scopes: Any  # a list, unless an entry of an earlier version has none
+    allowed_models: Any
+    lineage: str
+    budget: list[str] | None  # [limit, period] as text (entries._held_budget)
+    owner_budget: list[str] | None
+    max_concurrent: int | None
+
+
+class HeldDecision(_Slots):
+    """A decision entry as a process holds it: the client's state, the key's or None."""
+
+    __slots__ = ("client", "key", UNKNOWN_KEY, UNCACHEABLE)
+    _names = frozenset(__slots__)
+    client: Entry
+    key: HeldKey | None
+
+
+Held = tuple[Tag, HeldDecision]
 
 # Entries of presented keys that no row has, held apart and never shared: a flood of random
 # keys cannot push out the entries of real ones.

@@ -14,15 +14,12 @@ from django.db import connections
 
 from .backends import Tag, entry_under, log_fault
 from .names import decision_names
-from .state import DecisionCache, Entry, get_decision_cache
+from .state import UNCACHEABLE, UNKNOWN_KEY, DecisionCache, Entry, HeldDecision, HeldKey, get_decision_cache
 
 # (client lookup value, key prefix or None) -> {"client": ..., "key": ... or None}
 Loader = Callable[[str, "str | None"], Entry]
 
-# Set in an entry that must answer its own request only (see entries.load_decision).
-UNCACHEABLE = "uncacheable"
-# Set in an entry for a presented key that no row has: held apart, never shared.
-UNKNOWN_KEY = "unknown_key"
+__all__ = ["UNCACHEABLE", "UNKNOWN_KEY", "Loader", "lookup", "shared"]
 
 # The only isolation levels where a transaction's snapshot can predate a generation read.
 _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
@@ -30,8 +27,8 @@ _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
 
 def lookup(
     client_value: str, prefix: str | None, load: Loader, *, using: str, refresh: bool = False
-) -> Entry:
-    """The decision entry for a client and a key prefix (or none).
+) -> HeldDecision:
+    """The decision entry for a client and a key prefix (or none), as held (``held_form``).
 
     Held and trusted: no round trip (with push, while Redis announced no change). Else one
     round trip reads the generation, and the shared entry unless one is held; an entry is
@@ -50,35 +47,36 @@ def lookup(
         tag, shared = backend.read(gen_name, entry_name if held is None or backend.announces else None)
     except Exception as exc:  # fail closed: the database decides, and nothing is kept
         log_fault("read", exc)
-        return load(client_value, prefix)
+        return held_form(local, load(client_value, prefix))
     backend.step("generation read")
     if tag is not None and held is not None and held[0] == tag:
         return held[1]
     if tag is not None and not refresh:
         cached = entry_under(shared, tag)
         if cached is not None:
-            entry: Entry = _compact(local, cached)
-            local.held.put(entry_name, (tag, entry))
+            entry = held_form(local, cached)
+            local.held.put(entry_name, (_shared_tag(local, tag), entry))
             return entry
-    entry = load(client_value, prefix)
+    loaded = load(client_value, prefix)
     backend.step("rows read")
-    if entry.get(UNCACHEABLE):
+    entry = held_form(local, loaded)
+    if loaded.get(UNCACHEABLE):
         return entry
     if tag is None:
         _lease(local, gen_name)
     elif tag.fillable and _fill_is_safe(local, using):
-        _fill(local, entry_name, tag, entry)
+        _fill(local, entry_name, _shared_tag(local, tag), loaded, entry)
     return entry
 
 
-def _fill(local: DecisionCache, entry_name: str, tag: Tag, entry: Entry) -> None:
-    if entry.get(UNKNOWN_KEY):  # one per random key sent: kept here, bounded apart
+def _fill(local: DecisionCache, entry_name: str, tag: Tag, loaded: Entry, entry: HeldDecision) -> None:
+    if loaded.get(UNKNOWN_KEY):  # one per random key sent: kept here, bounded apart
         local.unknown_keys.put(entry_name, (tag, entry))
         return
     backend = local.backend
     backend.step("before fill")
     try:
-        backend.fill(entry_name, tag, entry)
+        backend.fill(entry_name, tag, loaded)
     except Exception as exc:
         log_fault("write", exc)
     backend.step("after fill")
@@ -94,15 +92,39 @@ def _lease(local: DecisionCache, gen_name: str) -> None:
     local.backend.step("leased")
 
 
-def _compact(local: DecisionCache, value: Entry) -> Entry:
-    """An entry read from the shared cache, as held: its dictionaries' keys interned (an
-    unpickled entry has its own copy of every one), its parts of plain values ``shared``."""
-    compacted: Entry = {}
-    for name, part in value.items():
-        if type(part) is dict:
-            part = shared(local, _compact(local, part))
-        compacted[sys.intern(name)] = part
-    return compacted
+def held_form(local: DecisionCache, entry: Entry) -> HeldDecision:
+    """An entry as this process holds it: slots, not dictionaries (``state.HeldKey``), the
+    digest's bytes, and each part equal to another entry's part one object (``shared``): an
+    owner's fields, a client's state, a key's restriction lists, the tag. (Read from the
+    shared cache, each entry has its own copy of them until then.)"""
+    key = entry.get("key")
+    if key is not None:
+        parts = {name: _part(local, value) for name, value in key.items()}
+        parts["digest"] = bytes.fromhex(key["digest"])
+        key = HeldKey(parts)
+    return HeldDecision({**entry, "client": _part(local, entry["client"]), "key": key})
+
+
+def _part(local: DecisionCache, value: Any) -> Any:
+    if type(value) is dict:
+        return shared(local, {sys.intern(name): part for name, part in value.items()})
+    if type(value) is list and _PLAIN.issuperset(map(type, value)):
+        # Nothing changes a held list (api_key_from_entry copies them): equal ones are one.
+        return _intern(local, (list, len(value), *map(type, value), *value), value)
+    return value
+
+
+def _shared_tag(local: DecisionCache, tag: Tag) -> Tag:
+    # The client's entries are held under one tag, and one copy of its generation.
+    held: Tag = _intern(local, (Tag, tag.generation, tag.epoch), tag)
+    return held
+
+
+def _intern(local: DecisionCache, name: tuple[Any, ...], value: Any) -> Any:
+    table = local.shared_parts
+    if len(table) >= local.held.size:
+        table.clear()
+    return table.setdefault(name, value)
 
 
 def shared(local: DecisionCache, part: Entry) -> Entry:
@@ -115,10 +137,7 @@ def shared(local: DecisionCache, part: Entry) -> Entry:
     # Its names and their values' types (True == 1, but a client's "id" of True is not one
     # of 1): one tuple per shape of part, held once.
     shape = (*part, *map(type, values))
-    table = local.shared_parts
-    if len(table) >= local.held.size:
-        table.clear()
-    held: Entry = table.setdefault((table.setdefault(shape, shape), *values), part)
+    held: Entry = _intern(local, (local.shared_parts.setdefault(shape, shape), *values), part)
     return held
 
 

@@ -191,7 +191,7 @@ def test_a_key_rebuilt_from_its_entry_saves_only_what_changed(make_key, protecte
     # another field must not write the entry's is_active back.
     api_key, _ = make_key(protected_client)
     rebuilt = api_key_from_entry(
-        load_decision("protected-bot", api_key.prefix, using="default")["key"], "default"
+        load_decision("protected-bot", api_key.prefix, using="default")["key"], api_key.prefix, "default"
     )
     APIKey.objects.filter(pk=api_key.pk).update(is_active=False)
     rebuilt.description = "edited"

@@ -105,15 +105,23 @@ def test_held_entries_share_their_owner_and_client_and_are_unchanged(
         for _, plaintext in made:
             warm(api, plaintext)
     held = [local.held.get(name) for name in names]
-    # Shared as (generation, epoch, entry): held as (Tag(generation, epoch), entry).
+    # Shared as (generation, epoch, entry): held as (Tag(generation, epoch), entry), the key
+    # without its prefix (the entry's name has it) and with its digest's bytes.
     shared = [state.get_cache().get(name) for name in names]
-    assert held == [(Tag(generation, epoch), entry) for generation, epoch, entry in shared]
+
+    def as_held(entry: dict[str, Any]) -> dict[str, Any]:
+        key = {name: value for name, value in entry["key"].items() if name != "prefix"}
+        return {**entry, "key": {**key, "digest": bytes.fromhex(key["digest"])}}
+
+    assert held == [(Tag(generation, epoch), as_held(entry)) for generation, epoch, entry in shared]
     assert [type(part) for part in held[0][1]["key"].values()] == [
-        type(part) for part in shared[0][2]["key"].values()
+        type(part) for part in as_held(shared[0][2])["key"].values()
     ]
     first, second = (entry for _, entry in held)
     assert first["client"] is second["client"]
     assert first["key"]["user"] is second["key"]["user"]
+    assert first["key"]["scopes"] is second["key"]["scopes"]  # equal lists: one
+    assert held[0][0] is held[1][0]  # one client, one generation: one tag
     assert first["key"] is not second["key"]
 
 
