@@ -19,11 +19,6 @@ from .redis import RedisBackend
 
 Entry = dict[str, Any]
 
-# Set in an entry that must answer its own request only (see entries.load_decision).
-UNCACHEABLE = "uncacheable"
-# Set in an entry for a presented key that no row has: held apart, never shared.
-UNKNOWN_KEY = "unknown_key"
-
 
 class _Slots(Mapping[str, Any]):
     """A dictionary's items as slots: a held entry is a third of the dictionaries' size.
@@ -97,9 +92,10 @@ class HeldKey(_Slots):
 
 
 class HeldDecision(_Slots):
-    """A decision entry as a process holds it: the client's state, the key's or None."""
+    """A decision entry as a process holds it: the client's state, the key's or None. (The
+    marks that say how an entry is kept are read from it as loaded, and not held.)"""
 
-    __slots__ = ("client", "key", UNKNOWN_KEY, UNCACHEABLE)
+    __slots__ = ("client", "key")
     _names = frozenset(__slots__)
     client: Entry
     key: HeldKey | None

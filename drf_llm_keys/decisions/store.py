@@ -14,12 +14,15 @@ from django.db import connections
 
 from .backends import Tag, entry_under, log_fault
 from .names import decision_names
-from .state import UNCACHEABLE, UNKNOWN_KEY, DecisionCache, Entry, HeldDecision, HeldKey, get_decision_cache
+from .state import DecisionCache, Entry, HeldDecision, HeldKey, get_decision_cache
 
 # (client lookup value, key prefix or None) -> {"client": ..., "key": ... or None}
 Loader = Callable[[str, "str | None"], Entry]
 
-__all__ = ["UNCACHEABLE", "UNKNOWN_KEY", "Loader", "lookup", "shared"]
+# Set in an entry that must answer its own request only (see entries.load_decision).
+UNCACHEABLE = "uncacheable"
+# Set in an entry for a presented key that no row has: held apart, never shared.
+UNKNOWN_KEY = "unknown_key"
 
 # The only isolation levels where a transaction's snapshot can predate a generation read.
 _SNAPSHOT_LEVELS = {"repeatable read", "serializable"}
