@@ -161,7 +161,7 @@ def test_a_key_rebuilt_from_its_entry_knows_its_budgets_without_a_query(
     OwnerBudget.objects.create(user=owner, limit=Decimal("100"), period="week")
     entry = load_decision("protected-bot", api_key.prefix, using="default")["key"]
     with django_assert_num_queries(0):
-        rebuilt = api_key_from_entry(entry, "default")
+        rebuilt = api_key_from_entry(entry, api_key.prefix, "default")
         assert budgets_of(rebuilt) == [
             Budget("key", api_key.prefix, Decimal("25"), "month"),
             Budget("owner", str(owner.pk), Decimal("100"), "week"),
@@ -174,7 +174,7 @@ def test_a_key_without_budgets_has_none_in_its_entry(make_key, protected_client,
     entry = load_decision("protected-bot", api_key.prefix, using="default")["key"]
     assert (entry["budget"], entry["owner_budget"], entry["max_concurrent"]) == (None, None, None)
     with django_assert_num_queries(0):
-        assert budgets_of(api_key_from_entry(entry, "default")) == []
+        assert budgets_of(api_key_from_entry(entry, api_key.prefix, "default")) == []
 
 
 def test_a_key_read_from_the_database_finds_its_owners_budget(make_key, protected_client, owner):
