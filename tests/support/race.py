@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -15,8 +15,9 @@ def reserve_units(url: str, script_text: str, limit: int, tries: int, start: Any
     script = redis.Redis.from_url(url).register_script(script_text)
     start.wait()
     admitted = 0
-    for number in range(tries):
+    for _ in range(tries):
         now = int(time.time() * 1000)
-        args = [now, f"{os.getpid()}-{number}", now + 60000, 60000, 1, limit, 0]
+        # A fresh id each time, as the ledger's: a pool process may run two of these tasks.
+        args = [now, uuid.uuid4().hex, now + 60000, 60000, 1, limit, 0]
         admitted += script(keys=["race:s", "race:h", "race:l"], args=args)[0] == b"ok"
     return admitted
