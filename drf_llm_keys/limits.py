@@ -10,8 +10,9 @@ cost at most: its prompt and ``max_tokens`` at the model's price. It raises the 
 limit that has no room (``BudgetExceeded``, ``TooManyInFlight``). ``usage.record_tokens``
 (and ``MeteredStream``) notes what the request really cost; ``LimitsMiddleware`` settles
 once, when the response has ended, however it ends: the slot and the reservation go, the
-real cost is added to the budgets' spend. A worker killed before that frees them when
-their lease (``RESERVATION_LEASE``) runs out.
+real cost is added to the budgets' spend (on Redis without waiting for the reply: see
+``ledger.RedisLedger``). A worker killed before that frees them when their lease
+(``RESERVATION_LEASE``) runs out.
 
 A key without a budget or a cap pays nothing here: no call at all.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -103,16 +105,17 @@ class Admission:
             return
         units = ledger.to_units(self.cost)
         try:
-            totals = self.reservation.settle({account.name: units for account in self.budget_accounts})
+            raised = self.reservation.settle({account.name: units for account in self.budget_accounts})
         except ledger.Unavailable:
             logger.warning(
                 "drf_llm_keys: a reservation could not be settled; its lease frees it", exc_info=True
             )
             return
-        for account in self.budget_accounts:
-            total = totals.get(account.name)
-            if total is not None and units:
-                _note_threshold(account, total, self.labels[account.name])
+        for name, total in raised.items():
+            budget = self.labels[name]
+            signals.budget_threshold_reached.send(
+                sender=budgets.Budget, budget=budget, spent=ledger.from_units(total), limit=budget.limit
+            )
 
 
 def admit(
@@ -213,7 +216,10 @@ def budget_account(budget: budgets.Budget, now: datetime) -> ledger.Account:
     def seed() -> int:
         return ledger.to_units(budgets.spent_in_db(budget, start))
 
-    return ledger.Account(name, ledger.to_units(budget.limit), None if end is None else end.timestamp(), seed)
+    limit = ledger.to_units(budget.limit)
+    # The alert's spend: at least one unit, so a threshold of 0 means the first spend.
+    alert_at = max(1, math.ceil(limit * conf.BUDGET_ALERT_THRESHOLD))
+    return ledger.Account(name, limit, None if end is None else end.timestamp(), seed, alert_at)
 
 
 def standing(budget: budgets.Budget, now: datetime | None = None) -> tuple[Decimal, Decimal]:
@@ -255,23 +261,6 @@ def _refusal(
         f"This key's {budget.scope} budget of {amount} {currency} per {budget.period} has "
         f"{prices.amount_text(left)} {currency} left, less than this request can cost."
     )
-
-
-def _note_threshold(account: ledger.Account, total: int, budget: budgets.Budget) -> None:
-    """Send ``budget_threshold_reached`` once per period, in one process, when the spend
-    crosses ``BUDGET_ALERT_THRESHOLD`` of the limit."""
-    if total < account.limit * conf.BUDGET_ALERT_THRESHOLD:
-        return
-    timeout = None if account.ends_at is None else max(1, int(account.ends_at - time.time()) + 1)
-    try:
-        first = ledger.get_ledger().mark_once(account.name + ":alert", timeout)
-    except ledger.Unavailable:
-        logger.warning("drf_llm_keys: budget threshold not checked", exc_info=True)
-        return
-    if first:
-        signals.budget_threshold_reached.send(
-            sender=budgets.Budget, budget=budget, spent=ledger.from_units(total), limit=budget.limit
-        )
 
 
 def _hashed(ident: str) -> str:

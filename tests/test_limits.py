@@ -74,7 +74,7 @@ def test_settles_once_and_adds_the_spend(cache_kind: str) -> None:
     budget = account("budget", 100, ends_at=time.time() + 60, seed=lambda: 0)
     reservation = ledger.get_ledger().reserve([(budget, 40)], lease=60)
     assert ledger.get_ledger().standing([budget]) == [(0, 40)]
-    assert reservation.settle({budget.name: 25}) == {budget.name: 25}
+    assert reservation.settle({budget.name: 25}) == {}  # no alert raised
     assert reservation.settle({budget.name: 25}) == {}  # a second settlement adds nothing
     assert ledger.get_ledger().standing([budget]) == [(25, 0)]
     with pytest.raises(ledger.Refused) as refused:
@@ -111,9 +111,57 @@ def test_a_lost_spent_counter_is_seeded_from_the_database_before_admitting(cache
     assert seeds == [1, 1] and ledger.get_ledger().standing([budget]) == [(70, 30)]
 
 
-def test_the_threshold_mark_is_set_once(cache_kind: str) -> None:
-    assert ledger.get_ledger().mark_once("drf_llm_keys-test:mark", 60) is True
-    assert ledger.get_ledger().mark_once("drf_llm_keys-test:mark", 60) is False
+def test_the_settlement_that_reaches_the_alert_raises_it_once(cache_kind: str) -> None:
+    budget = account("alerted", 100, ends_at=time.time() + 60, seed=lambda: 0, alert_at=80)
+    below = ledger.get_ledger().reserve([(budget, 10)], lease=60)
+    assert not below.near_alert and below.settle({budget.name: 10}) == {}
+    near = ledger.get_ledger().reserve([(budget, 75)], lease=60)  # 10 + 75 in use: near 80
+    assert near.near_alert
+    assert near.settle({budget.name: 72}) == {budget.name: 82}
+    after = ledger.get_ledger().reserve([(budget, 5)], lease=60)
+    assert not after.near_alert  # raised already: nothing more to wait for
+    assert after.settle({budget.name: 5}) == {}
+    assert ledger.get_ledger().standing([budget]) == [(87, 0)]
+
+
+@pytest.mark.parametrize("cache_kind", ["redis"], indirect=True)  # the one that does not wait
+def test_an_alert_missed_by_a_settlement_sent_unanswered_comes_with_the_next(cache_kind: str) -> None:
+    budget = account("late-alert", 100, ends_at=time.time() + 60, seed=lambda: 0, alert_at=80)
+    early = ledger.get_ledger().reserve([(budget, 10)], lease=60)  # 10 in use: far from 80
+    late = ledger.get_ledger().reserve([(budget, 75)], lease=60)  # 85: near
+    assert not early.near_alert and late.near_alert
+    assert late.settle({budget.name: 5}) == {}  # 5 spent: below 80
+    assert early.settle({budget.name: 80}) == {}  # costs more than it reserved: 85, unanswered
+    assert ledger.get_ledger().standing([budget]) == [(85, 0)]
+    following = ledger.get_ledger().reserve([(budget, 1)], lease=60)
+    assert following.near_alert and following.settle({budget.name: 1}) == {budget.name: 86}
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed by the server"])
+def test_settlements_are_sent_without_waiting_and_land_in_order(
+    redis_server: RedisServer, settings: Any, closed: bool
+) -> None:
+    """A settlement that cannot raise an alert is written on the ledger's own connection and
+    not waited for; this process then reads it done, also after the server closed that
+    connection (opened again before the write)."""
+    redis_server.resume()
+    redis_server.flush()
+    settings.CACHES = {"default": cache_config(redis_server)}
+    reset()
+    try:
+        budget = account("unanswered", 1000, ends_at=time.time() + 60, seed=lambda: 0)
+        slots = account("unanswered-slots", 1)
+        shared = ledger.get_ledger()
+        assert isinstance(shared, ledger.RedisLedger)
+        for spent in range(1, 51):
+            reservation = shared.reserve([(slots, 1), (budget, 10)], lease=60)
+            assert reservation.settle({budget.name: 1}) == {}
+            assert shared.standing([slots, budget]) == [(None, 0), (spent, 0)]
+            if closed and spent == 25:
+                redis_server.client().client_kill_filter(_type="normal", skipme=True)
+        assert shared.unanswered.waiting == 0  # replies read before the next reserve
+    finally:
+        reset()
 
 
 def test_an_unreachable_cache_is_unavailable_not_admitted(
@@ -290,6 +338,25 @@ def spend(client: APIClient, url: str, completion: int = 300, **params: Any) -> 
     return client.get(
         url, {"model": "m-1", "prompt": 100, "max_tokens": 400, "completion": completion, **params}
     )
+
+
+@pytest.mark.parametrize("cache_kind", ["redis"], indirect=True)  # the one with round trips
+def test_a_limited_request_waits_for_redis_once(
+    budgeted: tuple[Any, APIClient, str], redis_server: RedisServer, settings: Any
+) -> None:
+    """Admitted with one script whose answer it waits for (EVALSHA); settled with one it does
+    not wait for (EVAL, on the ledger's own connection), below the alert threshold."""
+    settings.DRF_LLM_KEYS = {**settings.DRF_LLM_KEYS, "MAX_CONCURRENT": 2}
+    _, client, url = budgeted
+    assert spend(client, url, completion=10, max_tokens=10).status_code == 200  # warm, and connected
+    server = redis_server.client()
+    server.config_resetstat()
+    for _ in range(3):
+        assert spend(client, url, completion=10, max_tokens=10).status_code == 200
+    calls = {name: stats["calls"] for name, stats in server.info("commandstats").items()}
+    assert calls.get("cmdstat_evalsha") == 3  # the admissions
+    assert calls.get("cmdstat_eval") == 3  # the settlements, sent without waiting
+    assert calls.get("cmdstat_incrby") == 3  # each settlement ran: the spend added
 
 
 def test_a_spent_budget_refuses_with_insufficient_quota_and_no_retry(

@@ -18,6 +18,6 @@ def reserve_units(url: str, script_text: str, limit: int, tries: int, start: Any
     for _ in range(tries):
         now = int(time.time() * 1000)
         # A fresh id each time, as the ledger's: a pool process may run two of these tasks.
-        args = [now, uuid.uuid4().hex, now + 60000, 60000, 1, limit, 0]
-        admitted += script(keys=["race:s", "race:h", "race:l"], args=args)[0] == b"ok"
+        args = [now, uuid.uuid4().hex, now + 60000, 60000, 1, limit, 0, 0]  # no alert
+        admitted += script(keys=["race:s", "race:h", "race:l", "race:a"], args=args)[0] == b"ok"
     return admitted
