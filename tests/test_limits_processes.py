@@ -122,3 +122,27 @@ def test_workers_racing_for_a_budget_admit_exactly_what_it_holds(key: Any, redis
         servers.stop()
     statuses = sorted(answer.status for answer in answers)
     assert statuses == [200] * 10 + [429] * 14, servers.output()
+
+
+def test_a_client_one_request_at_a_time_never_meets_its_own_slot(key: Any, redis_server: RedisServer) -> None:
+    """With a cap of 1, requests sent one after another over 3 workers are all admitted: each
+    settlement, sent without waiting before its response leaves, is done before the next
+    request reaches Redis from any worker."""
+    redis_server.resume()
+    redis_server.flush()
+    _, plaintext = key
+    settings = {"MAX_CONCURRENT": 1, "PUSH_HEARTBEAT": 0.5}
+    env = harness.child_environment(
+        redis_url=redis_server.url, DRF_LLM_KEYS_TEST_SETTINGS=json.dumps(settings)
+    )
+    servers = harness.Servers(env, workers=3)
+    bearer = {"Authorization": f"Bearer {plaintext}"}
+    try:
+        statuses = [
+            harness.request(servers.port, "/clients/protected-bot/admitted/", bearer).status
+            for _ in range(300)
+        ]
+        assert statuses.count(200) == 300, (statuses.count(429), servers.output())
+        assert held(redis_server) == 0
+    finally:
+        servers.stop()
