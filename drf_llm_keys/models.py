@@ -126,6 +126,8 @@ class SavesChanges(models.Model):
         fields = None if fields is None else list(fields)
         super().refresh_from_db(using, fields, *args, **kwargs)
         self._remember(fields)  # what was read now is what a save compares with
+        if fields is None:  # read afresh too: the owner's budget is not a field Django refreshes
+            self.__dict__.pop("owner_budget", None)
 
     def fields_to_write(
         self, update_fields: Iterable[str] | None, force_insert: Any = False, using: str | None = None

@@ -185,6 +185,17 @@ def test_a_key_read_from_the_database_finds_its_owners_budget(make_key, protecte
     ]
 
 
+
+def test_refresh_from_db_reads_the_owners_budget_again(make_key, protected_client, owner):
+    api_key, _ = make_key(protected_client)
+    read = APIKey.objects.get(pk=api_key.pk)
+    assert read.owner_budget is None
+    keys.set_owner_budget(owner, "7", "total")
+    read.refresh_from_db(fields=["description"])  # some fields: the budget as it was read
+    assert read.owner_budget is None
+    read.refresh_from_db()
+    assert read.owner_budget == (Decimal("7"), "total")
+
 # Committed for real: invalidations run once the transaction commits.
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("change", ["key budget", "owner budget", "owner budget removed", "cap"])
