@@ -6,6 +6,7 @@ from collections.abc import Collection, Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+import django
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -413,6 +414,26 @@ def model_pattern_matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
+def check_constraint(condition: models.Q, name: str) -> models.CheckConstraint:
+    """A check constraint on every supported Django: the argument is ``check`` before 5.1
+    and ``condition`` from 5.1, the only one 6.0 takes; the migrations build theirs here too."""
+    argument = "condition" if django.VERSION >= (5, 1) else "check"
+    options: dict[str, Any] = {argument: condition, "name": name}
+    return models.CheckConstraint(**options)
+
+
+def budget_constraints(
+    prefix: str, limit: str, period: str, *, optional: bool
+) -> list[models.BaseConstraint]:
+    """What ``clean_budget`` checks, held by the database too: an amount of 0 or more with one
+    of ``BUDGET_PERIODS`` (or, where ``optional``, neither)."""
+    # Not null spelled out: a check whose expression is NULL passes.
+    both = models.Q(**{f"{limit}__isnull": False, f"{limit}__gte": 0, f"{period}__in": BUDGET_PERIODS})
+    if optional:
+        both |= models.Q(**{f"{limit}__isnull": True, period: ""})
+    return [check_constraint(both, f"{prefix}_budget")]
+
+
 def clean_budget(limit: Any, period: Any) -> tuple[Decimal | None, str]:
     """``(limit, period)`` checked: an amount of 0 or more spent over one of
     ``BUDGET_PERIODS``, or ``(None, "")`` for no budget. ValidationError otherwise, with the
@@ -598,6 +619,13 @@ class APIKey(DeleteLocksFirst, SavesChanges):
     class Meta:
         base_manager_name = "objects"  # as LLMClient's
         ordering = ("-created_at",)
+        constraints = [
+            *budget_constraints("drf_llm_keys_apikey", "budget_limit", "budget_period", optional=True),
+            check_constraint(
+                models.Q(max_concurrent__isnull=True) | models.Q(max_concurrent__gte=1),
+                "drf_llm_keys_apikey_max_concurrent",
+            ),
+        ]
         verbose_name = _("API key")
         verbose_name_plural = _("API keys")
 
@@ -784,6 +812,7 @@ class OwnerBudget(models.Model):
 
     class Meta:
         base_manager_name = "objects"  # as LLMClient's
+        constraints = budget_constraints("drf_llm_keys_ownerbudget", "limit", "period", optional=False)
         verbose_name = _("owner budget")
         verbose_name_plural = _("owner budgets")
 

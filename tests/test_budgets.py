@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from model_bakery import baker
 
 from drf_llm_keys import budgets, keys, usage
@@ -116,6 +117,33 @@ def test_the_model_wants_an_amount_and_a_period_together(owner, fields, errors):
         api_key.full_clean()
     assert set(excinfo.value.message_dict) == errors
 
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"budget_limit": Decimal(5), "budget_period": ""},
+        {"budget_limit": None, "budget_period": "week"},
+        {"budget_limit": Decimal(5), "budget_period": "year"},
+        {"budget_limit": Decimal(-1), "budget_period": "week"},
+        {"max_concurrent": 0},
+    ],
+    ids=["amount alone", "period alone", "unknown period", "negative", "cap of 0"],
+)
+def test_the_database_refuses_what_clean_refuses(make_key, protected_client, fields):
+    """Past the model's validation (a bulk update, raw SQL's ORM twin): the row keeps its
+    budget and cap."""
+    api_key, _ = make_key(protected_client)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        APIKey.objects.filter(pk=api_key.pk).update(**fields)
+    api_key.refresh_from_db()
+    assert (api_key.budget_limit, api_key.budget_period, api_key.max_concurrent) == (None, "", None)
+
+
+def test_the_database_refuses_an_owner_budget_clean_refuses(owner):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        OwnerBudget.objects.create(user=owner, limit=Decimal(1), period="year")
+    assert not OwnerBudget.objects.exists()
 
 def test_set_max_concurrent_stores_a_cap_and_refuses_anything_but_a_positive_int(make_key, protected_client):
     api_key, _ = make_key(protected_client)
