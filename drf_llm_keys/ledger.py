@@ -280,8 +280,16 @@ class RedisLedger(Ledger):
     """
 
     def __init__(self, backend: RedisBackend) -> None:
-        self.backend = backend
-        self.unanswered = Unanswered(backend)
+        # Weakly: the ledger lives as long as its backend (``get_ledger``), not longer.
+        self._backend = weakref.ref(backend)
+        self.unanswered = Unanswered(self)
+
+    @property
+    def backend(self) -> RedisBackend:
+        backend = self._backend()
+        if backend is None:
+            raise Unavailable("the cache was set up again")
+        return backend
 
     def _keys(self, accounts: Sequence[Account]) -> list[str]:
         make_key = self.backend.cache.make_key
@@ -361,8 +369,8 @@ class Unanswered:
     this process's own. Each send first reads the replies that have come: an error is logged,
     and a connection the server closed is opened again before anything is written to it."""
 
-    def __init__(self, backend: RedisBackend) -> None:
-        self.backend = backend
+    def __init__(self, ledger: RedisLedger) -> None:
+        self.ledger = ledger
         self.lock = threading.Lock()
         self.connection: Any = None
         self.pid = 0
@@ -375,7 +383,7 @@ class Unanswered:
             for attempt in range(2):  # once more on a new connection if the server closed this one
                 try:
                     if self.connection is None or self.pid != os.getpid():  # a forked child opens its own
-                        pool = self.backend.master().connection_pool
+                        pool = self.ledger.backend.master().connection_pool
                         self.connection = pool.connection_class(**pool.connection_kwargs)
                         self.pid, self.waiting = os.getpid(), 0
                     self._read_replies(timeout=0)

@@ -118,7 +118,6 @@ def test_the_model_wants_an_amount_and_a_period_together(owner, fields, errors):
     assert set(excinfo.value.message_dict) == errors
 
 
-
 @pytest.mark.parametrize(
     "fields",
     [
@@ -144,6 +143,7 @@ def test_the_database_refuses_an_owner_budget_clean_refuses(owner):
     with pytest.raises(IntegrityError), transaction.atomic():
         OwnerBudget.objects.create(user=owner, limit=Decimal(1), period="year")
     assert not OwnerBudget.objects.exists()
+
 
 def test_set_max_concurrent_stores_a_cap_and_refuses_anything_but_a_positive_int(make_key, protected_client):
     api_key, _ = make_key(protected_client)
@@ -213,7 +213,6 @@ def test_a_key_read_from_the_database_finds_its_owners_budget(make_key, protecte
     ]
 
 
-
 def test_refresh_from_db_reads_the_owners_budget_again(make_key, protected_client, owner):
     api_key, _ = make_key(protected_client)
     read = APIKey.objects.get(pk=api_key.pk)
@@ -223,6 +222,7 @@ def test_refresh_from_db_reads_the_owners_budget_again(make_key, protected_clien
     assert read.owner_budget is None
     read.refresh_from_db()
     assert read.owner_budget == (Decimal("7"), "total")
+
 
 # Committed for real: invalidations run once the transaction commits.
 @pytest.mark.django_db(transaction=True)

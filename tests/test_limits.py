@@ -4,6 +4,7 @@ local-memory cache and on a private Redis; requests through the real middleware.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import time
@@ -135,6 +136,26 @@ def test_an_alert_missed_by_a_settlement_sent_unanswered_comes_with_the_next(cac
     assert ledger.get_ledger().standing([budget]) == [(85, 0)]
     following = ledger.get_ledger().reserve([(budget, 1)], lease=60)
     assert following.near_alert and following.settle({budget.name: 1}) == {budget.name: 86}
+
+
+@pytest.mark.parametrize("cache_kind", ["redis"], indirect=True)
+def test_a_cache_set_up_again_leaves_no_settlement_connection_behind(
+    cache_kind: str, redis_server: RedisServer
+) -> None:
+    def settle_once() -> None:
+        shared = ledger.get_ledger()
+        shared.reserve([(account("reset", 10), 1)], lease=60).settle()
+
+    server = redis_server.client()
+    settle_once()
+    reset()
+    gc.collect()
+    before = len(server.client_list())
+    for _ in range(5):
+        settle_once()
+        reset()  # as override_settings does
+        gc.collect()
+    assert len(server.client_list()) == before
 
 
 @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed by the server"])
