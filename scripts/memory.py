@@ -59,7 +59,7 @@ def run(working: int, held_count: int, distinct: int) -> None:
     import django
 
     django.setup()
-    from django.test import RequestFactory
+    from django.test import RequestFactory, override_settings
     from rest_framework.exceptions import AuthenticationFailed, NotFound
     from rest_framework.request import Request
 
@@ -71,6 +71,10 @@ def run(working: int, held_count: int, distinct: int) -> None:
     from drf_llm_keys.models import LLMClient, LLMClientAPIKey
 
     logging.getLogger("drf_llm_keys").setLevel(logging.ERROR)  # dropped usage counts: expected
+    # The local-memory cache stands in for Redis, in this process: what it holds is counted
+    # as the process's. Generations that expired in a long run (CACHE_TIMEOUT) and were
+    # leased again would count as growth, though with Redis they live on the server.
+    override_settings(DRF_LLM_KEYS={"CACHE_TIMEOUT": 7 * 24 * 3600}).enable()
     seed.reset_database()
     seed.create_credentials()
     seed.seed_scale(max(working, held_count))
