@@ -108,15 +108,22 @@ class SavesChanges(models.Model):
         return instance
 
     @classmethod
-    def from_held(cls, db: str, values: Sequence[Any]) -> Any:
+    def from_held(cls, db: str, values: Sequence[Any], lists: Collection[int] | None = None) -> Any:
         """``from_db()`` for a row read earlier and held since, unchanged (a decision entry):
         a value for every concrete field in their order, ``DEFERRED`` for those not held.
 
         ``values`` must never change in place: they are what a save compares with, taken
         as they are (no copy until a save or a refresh needs one); the instance gets its
-        own copies of the lists and dicts among them.
+        own copies of the lists and dicts among them, at the positions ``lists`` names if
+        given (the only ones that can hold one), else wherever they are.
         """
-        own = [_snapshot(v) if type(v) in _MUTABLE else v for v in values]
+        if lists is None:
+            own = [_snapshot(v) if type(v) in _MUTABLE else v for v in values]
+        else:
+            own = list(values)
+            for position in lists:
+                if type(own[position]) in _MUTABLE:
+                    own[position] = _snapshot(own[position])
         instance = super().from_db(db, concrete_attnames(cls), own)
         instance.__dict__[_LOADED] = values
         return instance

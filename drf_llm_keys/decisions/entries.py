@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -177,27 +178,31 @@ def api_key_from_entry(entry: Mapping[str, Any], prefix: str, db: str) -> APIKey
     """
     if type(entry) is not HeldKey:
         entry = HeldKey(entry)
+    layout = _key_layout()
+    try:
+        values = layout.held(entry)
+    except AttributeError:  # an entry of an earlier version: what it lacks, as below
+        values = tuple(getattr(entry, name, default) for name, default in _KEY_DEFAULTS)
+    owner, id_, name, is_active, expires_at, scopes, allowed_models, lineage, budget, max_concurrent = values
     user_model = _USER_MODEL.field.related_model
-    owner: Entry = entry.user  # type: ignore[assignment]  # access.py refuses a key without one
     user = user_model.from_db(db, concrete_attnames(user_model), _row(user_model, owner))
-    prefix_at, user_id, lineage, (budget_limit, budget_period, max_concurrent), fields = _key_layout()
-    row: list[Any] = [DEFERRED] * len(concrete_attnames(APIKey))
-    for position, name in fields:
-        # An entry of a version without the restriction fields leaves them deferred.
-        row[position] = getattr(entry, name, DEFERRED)
-    row[prefix_at] = prefix
-    row[user_id] = user.pk
-    row[lineage] = getattr(entry, "lineage", "")  # an entry of a version without it: ""
-    budget = getattr(entry, "budget", _NOT_HELD)
+    row: list[Any] = [*layout.deferred]
+    row[layout.id], row[layout.name] = id_, name
+    row[layout.is_active], row[layout.expires_at] = is_active, expires_at
+    # An entry of a version without the restriction fields leaves them deferred.
+    row[layout.scopes], row[layout.allowed_models] = scopes, allowed_models
+    row[layout.prefix], row[layout.user_id], row[layout.lineage] = prefix, user.pk, lineage
     if budget is not _NOT_HELD:  # an entry of a version without the limits leaves them deferred
         limit, period = _budget_of(budget) or (None, "")
-        row[budget_limit], row[budget_period], row[max_concurrent] = limit, period, entry.max_concurrent
+        row[layout.budget_limit], row[layout.budget_period] = limit, period
+        row[layout.max_concurrent] = max_concurrent
     # The entry's values are the row as read: APIKey.from_held takes them as what a save
-    # compares with, and gives the instance copies of the lists.
-    api_key: APIKey = APIKey.from_held(db, row)
+    # compares with, and gives the instance copies of the lists (only the restrictions are).
+    api_key: APIKey = APIKey.from_held(db, row, lists=layout.lists)
     api_key.user = user  # held in the key's fields cache: request.user costs no query
-    if hasattr(entry, "owner_budget"):
-        api_key.owner_budget = _budget_of(entry.owner_budget)  # no query to read it
+    owner_budget = getattr(entry, "owner_budget", _NOT_HELD)
+    if owner_budget is not _NOT_HELD:
+        api_key.owner_budget = _budget_of(owner_budget)  # no query to read it
     return api_key
 
 
@@ -214,20 +219,52 @@ def _held_budget(limit: Any, period: Any) -> list[str] | None:
 _NOT_HELD = object()
 
 
+# The entry's fields api_key_from_entry reads, with what an entry of an earlier version
+# that lacks one stands for: its owner and key fields, then the limits.
+_KEY_DEFAULTS = (
+    ("user", None),
+    ("id", DEFERRED),
+    ("name", DEFERRED),
+    ("is_active", DEFERRED),
+    ("expires_at", DEFERRED),
+    ("scopes", DEFERRED),  # RESTRICTION_FIELDS
+    ("allowed_models", DEFERRED),
+    ("lineage", ""),
+    ("budget", _NOT_HELD),
+    ("max_concurrent", None),
+)
+
+
+class _KeyLayout:
+    """Where each of the key's values goes in its row (``concrete_attnames`` order)."""
+
+    def __init__(self) -> None:
+        attnames = concrete_attnames(APIKey)
+        self.deferred: tuple[Any, ...] = (DEFERRED,) * len(attnames)
+        self.held = operator.attrgetter(*(name for name, _ in _KEY_DEFAULTS))
+        names = ("id", "name", "is_active", "expires_at", "prefix", "user_id", "lineage")
+        for name in (*names, *RESTRICTION_FIELDS, *LIMIT_FIELDS):
+            setattr(self, name, attnames.index(name))
+        # What may change in place (JSON lists), so that the instance gets copies.
+        self.lists = tuple(attnames.index(name) for name in RESTRICTION_FIELDS)
+
+    id: int
+    name: int
+    is_active: int
+    expires_at: int
+    scopes: int
+    allowed_models: int
+    prefix: int
+    user_id: int
+    lineage: int
+    budget_limit: int
+    budget_period: int
+    max_concurrent: int
+
+
 @functools.cache
-def _key_layout() -> tuple[int, int, int, tuple[int, int, int], tuple[tuple[int, str], ...]]:
-    """Where ``prefix``, ``user_id``, ``lineage`` and the limits go in the key's row, and the
-    entry's other fields that are the key's: not the digest, which no instance a view gets
-    holds."""
-    attnames = concrete_attnames(APIKey)
-    names = ("id", "name", "is_active", "expires_at", *RESTRICTION_FIELDS)
-    positions = tuple((attnames.index(name), name) for name in names)
-    limits = (
-        attnames.index("budget_limit"),
-        attnames.index("budget_period"),
-        attnames.index("max_concurrent"),
-    )
-    return attnames.index("prefix"), attnames.index("user_id"), attnames.index("lineage"), limits, positions
+def _key_layout() -> _KeyLayout:
+    return _KeyLayout()
 
 
 def _row(model: type[models.Model], values: dict[str, Any]) -> list[Any]:
