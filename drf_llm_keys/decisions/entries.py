@@ -44,7 +44,21 @@ OWNER_BUDGET_FIELDS = {
 
 def user_cache_fields() -> list[str]:
     """The owner's secret-free fields kept in a key's entry (pk and username included)."""
-    user_model = get_user_model()
+    return list(_owner_layout(get_user_model())[0])
+
+
+def owner_activity_is_computed() -> bool:
+    """Whether the user model's ``is_active`` is computed (a property), not a column.
+
+    Its value then depends on fields this library cannot name: the loader asks a loaded
+    owner, and any save of a user invalidates its keys.
+    """
+    return _owner_layout(get_user_model())[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _owner_layout(user_model: Any) -> tuple[tuple[str, ...], bool]:
+    # Per user model, which AUTH_USER_MODEL names at call time: what the two above answer.
     names = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, *USER_CACHE_FIELDS]
     fields = []
     for name in dict.fromkeys(names):
@@ -55,20 +69,11 @@ def user_cache_fields() -> list[str]:
         # A column of the user's own table (not a parent's): the one the query joins.
         if field.concrete and field.model._meta.db_table == user_model._meta.db_table and name != "password":
             fields.append(field.attname)
-    return fields
-
-
-def owner_activity_is_computed() -> bool:
-    """Whether the user model's ``is_active`` is computed (a property), not a column.
-
-    Its value then depends on fields this library cannot name: the loader asks a loaded
-    owner, and any save of a user invalidates its keys.
-    """
-    user_model = get_user_model()
     if _has_field(user_model, "is_active"):
-        return False
-    # AbstractBaseUser's plain ``is_active = True`` is a constant, not a computation.
-    return not isinstance(inspect.getattr_static(user_model, "is_active", True), bool)
+        computed = False
+    else:  # AbstractBaseUser's plain ``is_active = True`` is a constant, not a computation.
+        computed = not isinstance(inspect.getattr_static(user_model, "is_active", True), bool)
+    return tuple(fields), computed
 
 
 def _owner_is_active(user_id: Any, using: str) -> bool:
@@ -122,7 +127,8 @@ def _selects(using: str, name: str, client_model: Any, user_model: Any) -> tuple
     key.update({name: F(path) for name, path in OWNER_BUDGET_FIELDS.items()})
     # A row for each client the key is mapped to (a key has few): the entry needs this one.
     key["key_client"] = F("client_links__llm_client")
-    key.update({f"owner_{field}": F(f"user__{field}") for field in user_cache_fields()})
+    # The owner's pk is the key's user_id: not selected twice.
+    key.update({f"owner_{field}": F(f"user__{field}") for field in user_cache_fields()[1:]})
     clients = client_model._base_manager.db_manager(using).order_by()
     keys = APIKey._base_manager.db_manager(using).order_by()
     # The key's SELECT comes first: its columns give the union its types (the key's JSON,
@@ -328,7 +334,8 @@ def load_decision(client_value: str, prefix: str | None, *, using: str | None = 
     user_id = key.pop("user_id")
     user = None
     if user_id is not None:
-        user = {field: key_rows[0][_COLUMN.format(f"owner_{field}")] for field in user_cache_fields()}
+        pk, *fields = user_cache_fields()
+        user = {pk: user_id, **{field: key_rows[0][_COLUMN.format(f"owner_{field}")] for field in fields}}
         if owner_activity_is_computed():
             user["is_active"] = _owner_is_active(user_id, using)
         user = store.shared(local, user)
