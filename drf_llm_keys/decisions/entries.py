@@ -96,7 +96,7 @@ def decision_query(value: str, prefix: str | None, using: str) -> QuerySet[Any, 
 
     The key is found by its prefix whatever client it is mapped to (its digest answers
     "not valid for this LLM client"): two SELECTs under UNION ALL, each with the other's
-    columns as NULLs.
+    columns as NULLs but for the two they share (``_selects``).
     """
     name = conf.CLIENT_LOOKUP_FIELD
     client_only, key_part, client_part = _selects(using, name, get_client_model(), get_user_model())
