@@ -388,7 +388,8 @@ def tracking_client_id(server: RedisServer) -> int:
 
 @both_backends
 @pytest.mark.parametrize("which", ["subscriber", "tracker"])
-def test_a_lost_connection_falls_back_then_reconnects(api, pushed, world, which, caplog):
+def test_a_lost_connection_falls_back_then_reconnects(api, pushed, world, which, caplog, settings):
+    settings.DRF_LLM_KEYS = QUIET  # no heartbeat PING among the commands counted
     settle(api, world)
     client = pushed.client()
     if which == "subscriber":
