@@ -26,8 +26,8 @@ from drf_llm_keys import keys, ledger, limits, signals, usage
 from drf_llm_keys.access import CLIENT_ATTRIBUTE
 from drf_llm_keys.decisions import reset
 from tests import async_views
-from tests.support import race
-from tests.support.redis import RedisServer, cache_config
+from tests.support import race, wait_until
+from tests.support.redis import RedisServer, cache_config, in_sync, master_and_replica, running_sentinel
 
 LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "limits"}
 
@@ -541,3 +541,42 @@ def test_a_database_error_while_seeding_reserves_nothing(cache_kind: str) -> Non
     with pytest.raises(ledger.Unavailable, match="went away"):
         ledger.get_ledger().reserve([(slots, 1), (budget, 10)], lease=60)
     assert ledger.get_ledger().standing([slots, budget]) == [(None, 0), (None, 0)]
+
+
+@pytest.mark.slow
+def test_settlements_follow_a_sentinel_failover_to_the_new_master(settings: Any, tmp_path: Any) -> None:
+    """Behind Sentinel the ledger's own connection finds the master as the pool's do: after
+    the master dies and its replica is promoted, reservations and unanswered settlements go
+    to the new master, and nothing is left held there."""
+    with (
+        master_and_replica(tmp_path) as (master, replica),
+        running_sentinel(tmp_path / "s", master) as sentinel,
+    ):
+        wait_until(lambda: sentinel.replicas() == 1, 15, "Sentinel knows the replica")
+        settings.CACHES = {"default": sentinel.cache_config()}
+        reset()
+        slots = account("sentinel-slots", 1)
+        budget = account("sentinel-budget", 1000, ends_at=time.time() + 60, seed=lambda: 0)
+        try:
+            for _ in range(5):
+                ledger.get_ledger().reserve([(slots, 1), (budget, 10)], lease=60).settle({budget.name: 1})
+            assert ledger.get_ledger().standing([slots, budget]) == [(None, 0), (5, 0)]
+            wait_until(lambda: in_sync(master, replica), 10, "the replica in sync")
+            master.kill()
+            wait_until(lambda: sentinel.master_port() == replica.port, 30, "Sentinel promoted the replica")
+
+            def settled_on_the_new_master() -> bool:
+                try:
+                    ledger.get_ledger().reserve([(slots, 1), (budget, 10)], lease=60).settle({budget.name: 1})
+                except ledger.Unavailable:  # the pool's connections to the dead master fail once
+                    return False
+                return True
+
+            wait_until(settled_on_the_new_master, 15, "a reservation on the new master")
+            for _ in range(5):
+                assert settled_on_the_new_master()
+            ((_, held), (spent, reserved)) = ledger.get_ledger().standing([slots, budget])
+            assert (held, reserved) == (0, 0) and spent == 11
+            assert ledger.get_ledger().unanswered.waiting == 0  # type: ignore[attr-defined]
+        finally:
+            reset()
