@@ -63,6 +63,7 @@ from .labels import (  # noqa: E402
     NONE,
     PEERS,
     PUBLIC,
+    THROTTLED,
     WARM,
     WARM_GET,
 )
@@ -71,6 +72,7 @@ from .views import FloorAuthentication, floor_cache_name  # noqa: E402
 
 def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
     ours = environ(f"/ours/{seed.PROTECTED}/", f"Bearer {creds.ours}")
+    throttled = environ(f"/ours-throttled/{seed.PROTECTED}/", f"Bearer {creds.ours}")
     admitted = environ(f"/ours-admitted/{seed.PROTECTED}/", f"Bearer {creds.ours}")
     budgeted = environ(f"/ours-admitted/{seed.PROTECTED}/", f"Bearer {creds.budgeted}")
     return [
@@ -79,6 +81,8 @@ def main_endpoints(creds: seed.Credentials) -> list[Endpoint]:
         Endpoint(WARM, [ours]),
         Endpoint(WARM_GET, [ours], package_settings={"PUSH_INVALIDATION": False}),
         Endpoint(PUBLIC, [environ(f"/ours/{seed.PUBLIC}/")]),
+        # A rate no request reaches: what counting costs, never a 429.
+        Endpoint(THROTTLED, [throttled], package_settings={"THROTTLE_RATE": "1000000000/day"}),
         Endpoint(CAPPED, [admitted], package_settings={"MAX_CONCURRENT": 1000}),
         Endpoint(BUDGETED, [budgeted], package_settings={"PRICES": {"bench": {"input": "1", "output": "1"}}}),
         Endpoint(COLD, [ours], prepare=lambda i: invalidate(seed.PROTECTED)),

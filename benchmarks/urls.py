@@ -6,6 +6,7 @@ urlpatterns = [
     path("none/", views.Trivial.as_view()),
     path("floor/", views.Floor.as_view()),
     path("ours/<str:llm_client>/", views.Ours.as_view()),
+    path("ours-throttled/<str:llm_client>/", views.OursThrottled.as_view()),
     path("ours-admitted/<str:llm_client>/", views.OursAdmitted.as_view()),
     path("ours-pid/<str:llm_client>/", views.OursWhichWorker.as_view()),
     path("drf-token/", views.DrfToken.as_view()),

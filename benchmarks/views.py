@@ -23,6 +23,7 @@ from drf_llm_keys import limits
 from drf_llm_keys.adrf import DecideOnEventLoop
 from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
 from drf_llm_keys.ninja import LLMClientAPIKeyAuth
+from drf_llm_keys.throttling import APIKeyRateThrottle
 
 FLOOR_KEYWORD = b"floor"
 
@@ -76,6 +77,13 @@ class OursWhichWorker(Ours):
 
     def get(self, request: Request, **kwargs: Any) -> Response:
         return Response({"pid": os.getpid()})
+
+
+class OursThrottled(Ours):
+    """Throttled per key (``THROTTLE_RATE``, set by the endpoint): the throttle reuses the
+    client entry the authentication found."""
+
+    throttle_classes = [APIKeyRateThrottle]
 
 
 class OursAdmitted(Ours):
