@@ -46,6 +46,7 @@ def main() -> int:
     from rest_framework.request import Request
     from rest_framework.test import APIRequestFactory
 
+    from drf_llm_keys import usage
     from drf_llm_keys.authentication import LLMClientAPIKeyAuthentication
     from tests.support.hostile import World
 
@@ -91,6 +92,7 @@ def main() -> int:
             rng.shuffle(order)  # interleaved, so drift hits every kind alike
             for kind in order:
                 samples[kind].append(once(kinds[kind]))
+        usage.counter.flush()  # while the database is there: at exit it is gone
     finally:
         connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
 
