@@ -10,9 +10,10 @@ from django.core.cache import cache
 
 from drf_llm_keys import decisions
 from drf_llm_keys.decisions import Tag
-from drf_llm_keys.decisions.entries import api_key_from_entry, decision_query, load_decision
+from drf_llm_keys.decisions.entries import decision_query, load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
 from drf_llm_keys.decisions.push import PushBackend
+from drf_llm_keys.instances import api_key_from_entry
 
 __all__ = [
     "api_key_from_entry",

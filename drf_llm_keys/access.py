@@ -29,7 +29,8 @@ from rest_framework.request import Request
 from . import crypto, signals, usage
 from .conf import conf
 from .decisions import store
-from .decisions.entries import api_key_from_entry, load_decision
+from .decisions.entries import load_decision
+from .instances import api_key_from_entry
 from .models import APIKey, decision_db
 
 if TYPE_CHECKING:

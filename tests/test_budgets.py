@@ -14,7 +14,8 @@ from model_bakery import baker
 
 from drf_llm_keys import budgets, keys, usage
 from drf_llm_keys.budgets import Budget, budgets_of, period_bounds, spent_in_db
-from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
+from drf_llm_keys.decisions.entries import load_decision
+from drf_llm_keys.instances import api_key_from_entry
 from drf_llm_keys.models import APIKey, KeyUsage, OwnerBudget
 from tests.support import bearer
 

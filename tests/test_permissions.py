@@ -13,7 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.exceptions import PermissionDenied
 
 from drf_llm_keys import keys
-from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
+from drf_llm_keys.decisions.entries import load_decision
+from drf_llm_keys.instances import api_key_from_entry
 from drf_llm_keys.models import APIKey
 from drf_llm_keys.permissions import HasScopes, allows_model, require_model
 from tests.support import bearer

@@ -17,8 +17,9 @@ from model_bakery import baker
 from drf_llm_keys import crypto
 from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import get_decision_cache, state
-from drf_llm_keys.decisions.entries import api_key_from_entry, load_decision
+from drf_llm_keys.decisions.entries import load_decision
 from drf_llm_keys.decisions.names import decision_name, generation_name
+from drf_llm_keys.instances import api_key_from_entry
 from drf_llm_keys.models import APIKey, LLMClientAPIKey, OwnerBudget
 from tests.support import bearer, databases
 from tests.support.redis import commands
