@@ -6,10 +6,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 
 from . import get_client_model
 from .conf import conf
+from .prices import parse_price
+from .throttling import parse_rate
 
 AUTHENTICATION_CLASS = "drf_llm_keys.authentication.LLMClientAPIKeyAuthentication"
 
@@ -158,10 +160,6 @@ def check_authentication_order(**kwargs: Any) -> list[CheckMessage]:
 
 @register()
 def check_throttle_rates(**kwargs: Any) -> list[CheckMessage]:
-    from django.core.exceptions import ImproperlyConfigured
-
-    from .throttling import parse_rate
-
     rates = {
         "DRF_LLM_KEYS['THROTTLE_RATE']": conf.THROTTLE_RATE,
         "DRF_LLM_KEYS['ANONYMOUS_THROTTLE_RATE']": conf.ANONYMOUS_THROTTLE_RATE,
@@ -180,10 +178,6 @@ def check_throttle_rates(**kwargs: Any) -> list[CheckMessage]:
 
 @register()
 def check_prices(**kwargs: Any) -> list[CheckMessage]:
-    from django.core.exceptions import ImproperlyConfigured
-
-    from .prices import parse_price
-
     if not isinstance(conf.PRICES, dict):
         return [
             Error("DRF_LLM_KEYS['PRICES'] must be a dict of model names to prices.", id="drf_llm_keys.E006")
