@@ -28,7 +28,7 @@ urlpatterns = [
 ]
 
 # The same endpoints through Django Ninja, async: http://HOST/ninja/v1/clients/<slug>, where
-# django-ninja is installed (pip install "drf-llm-keys[ninja]"); the example needs no more
+# django-ninja is installed (pip install django-ninja); the example needs no more
 # than the library otherwise.
 if importlib.util.find_spec("ninja") is not None:
     from example_project.llm import ninja_api

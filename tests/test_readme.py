@@ -247,3 +247,17 @@ def test_scopes_and_model_allowlists_example_restricts_its_key(make_key):
 
 def test_the_readme_stays_short():
     assert len(README.splitlines()) <= 200
+
+
+def test_no_page_installs_the_package_from_pypi():
+    """drf-llm-keys is not on PyPI: every install line names the clone (``./drf-llm-keys``)."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "example_project").rglob("*.*")]
+    from_pypi = re.compile(r"pip install [^`\n]*(?<![./\w-])[\"']?drf-llm-keys\b(?![/\w-])")
+    found = [
+        f"{page.relative_to(ROOT)}: {line.strip()}"
+        for page in pages
+        if page.suffix in {".md", ".py"}
+        for line in page.read_text().splitlines()
+        if from_pypi.search(line) and "fails" not in line
+    ]
+    assert found == []
