@@ -261,3 +261,15 @@ def test_no_page_installs_the_package_from_pypi():
         if from_pypi.search(line) and "fails" not in line
     ]
     assert found == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_key_management_python_example_runs_as_written(owner, protected_client):
+    """docs/key-management.md's "From Python" block, top to bottom, on one client."""
+    section = (ROOT / "docs" / "key-management.md").read_text().split("\n## From Python\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
+    namespace: dict[str, Any] = {"client": protected_client, "alice": owner}
+    exec(code, namespace)
+    # Created, rotated by client, rotated by key, and the jobs key (revoked at the end).
+    assert protected_client.api_key_links.count() == 4
+    assert namespace["made_public"] == []
