@@ -22,17 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import echo
-from .errors import openai_exception_handler
+from .errors import anthropic_error_body, openai_exception_handler
 from .views import CompletionView
-
-# Anthropic's error type for each status; other 4xx are invalid requests, 5xx api errors.
-ERROR_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-}
 
 
 class AnthropicMessageSerializer(serializers.Serializer):
@@ -55,9 +46,7 @@ def anthropic_exception_handler(exc: Exception, context: dict[str, Any]) -> Resp
     response = openai_exception_handler(exc, context)
     if response is None:
         return None
-    status = response.status_code
-    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    response.data = {"type": "error", "error": {"type": kind, "message": response.data["error"]["message"]}}
+    response.data = anthropic_error_body(response.data["error"]["message"], response.status_code)
     return response
 
 

@@ -1,5 +1,6 @@
 """Errors in OpenAI's JSON shape, ``{"error": {"message", "type", "param", "code"}}``, which
-the ``openai`` package turns into its exceptions (``AuthenticationError`` for a 401, ...)."""
+the ``openai`` package turns into its exceptions (``AuthenticationError`` for a 401, ...);
+under the Messages API's URLs, in Anthropic's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+# Where urls.py mounts Anthropic's Messages API: Django's own 404 and 500 take its shape there.
+ANTHROPIC_PATH = "/anthropic/"
+# Anthropic's error type for each status; other 4xx are invalid requests, 5xx api errors.
+ANTHROPIC_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
 
 # The code OpenAI's clients see for each refusal; DRF's own code otherwise.
 CODES = {
@@ -54,6 +66,16 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def anthropic_error_body(message: str, status_code: int) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``, which the ``anthropic`` package
+    turns into its exceptions."""
+    default = "api_error" if status_code >= 500 else "invalid_request_error"
+    return {
+        "type": "error",
+        "error": {"type": ANTHROPIC_ERROR_TYPES.get(status_code, default), "message": message},
+    }
+
+
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler (status, ``WWW-Authenticate``, ``Retry-After``), with OpenAI's body."""
     response = drf_exception_handler(exc, context)
@@ -91,11 +113,16 @@ def _describe(exc: exceptions.APIException) -> tuple[str, str | None, str | None
     return message, code, param
 
 
+def _django_error(request: HttpRequest, message: str, status_code: int, code: str) -> JsonResponse:
+    """Django's own 404 or 500 (no view answered), in the shape the caller's client reads."""
+    if request.path_info.startswith(ANTHROPIC_PATH):
+        return JsonResponse(anthropic_error_body(message, status_code), status=status_code)
+    return JsonResponse(error_body(message, status_code, code), status=status_code)
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    body = error_body(f"No endpoint {request.path}.", status.HTTP_404_NOT_FOUND, "not_found")
-    return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)
+    return _django_error(request, f"No endpoint {request.path}.", status.HTTP_404_NOT_FOUND, "not_found")
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
-    body = error_body("The server failed.", status.HTTP_500_INTERNAL_SERVER_ERROR, "server_error")
-    return JsonResponse(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return _django_error(request, "The server failed.", status.HTTP_500_INTERNAL_SERVER_ERROR, "server_error")

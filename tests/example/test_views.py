@@ -103,6 +103,19 @@ def test_unknown_path_is_a_404_in_the_same_shape(api):
     assert error_of(response)["code"] == "not_found"
 
 
+def test_unknown_path_under_the_messages_api_is_a_404_in_anthropics_shape(api):
+    # What the anthropic package asks for beside messages, e.g. client.models.list().
+    response = api.get("/anthropic/clients/public-bot/v1/models")
+    assert response.status_code == 404
+    assert response.json() == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "No endpoint /anthropic/clients/public-bot/v1/models.",
+        },
+    }
+
+
 def test_any_accept_header_gets_json(api, public_client):
     response = post(api, {"model": "echo", "messages": HELLO}, HTTP_ACCEPT="text/event-stream")
     assert response.status_code == 200
