@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 
-from . import get_client_model
+from . import crypto, get_client_model
 from .conf import conf
 from .prices import parse_price
 from .throttling import parse_rate
@@ -125,6 +125,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             least = f"at least {bound}" if allowed else f"more than {bound}"
             message = f"DRF_LLM_KEYS[{name!r}] is {conf._get(name)!r}: it must be a number {least}."
             messages.append(Error(message, id="drf_llm_keys.E005"))
+    messages += _key_format_errors()
     client_model = get_client_model()
     field: Any  # a Field, or None for no such field
     try:
@@ -140,6 +141,23 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def _key_format_errors() -> list[CheckMessage]:
+    """KEY_PREFIX and AUTH_KEYWORDS that no request's credentials could match."""
+    problems = [crypto.key_prefix_problem(conf.KEY_PREFIX)]
+    keywords = conf._get("AUTH_KEYWORDS")
+    # A string would be taken letter by letter; a keyword with a space never matches.
+    if (
+        not isinstance(keywords, (list, tuple))
+        or not keywords
+        or not all(isinstance(k, str) and k.isascii() and len(k.split()) == 1 for k in keywords)
+    ):
+        problems.append(
+            f"DRF_LLM_KEYS['AUTH_KEYWORDS'] is {keywords!r}: it must be a list of one or more "
+            'Authorization keywords without spaces, e.g. ["Bearer", "Token"].'
+        )
+    return [Error(problem, id="drf_llm_keys.E008") for problem in problems if problem is not None]
 
 
 @register(Tags.security)

@@ -15,6 +15,8 @@ import hmac
 import re
 import secrets
 
+from django.core.exceptions import ImproperlyConfigured
+
 PUBLIC_ID_HEX_CHARS = 12
 SECRET_BYTES = 32
 SECRET_LENGTH = 43  # len(secrets.token_urlsafe(32))
@@ -22,10 +24,26 @@ PREFIX_MAX_LENGTH = 40
 
 _PREFIX_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{PREFIX_MAX_LENGTH}}}")
 _SECRET_RE = re.compile(rf"[A-Za-z0-9_-]{{{SECRET_LENGTH}}}")
+# What KEY_PREFIX may be: what _PREFIX_RE reads back, with room for the hex part.
+_KEY_PREFIX_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{PREFIX_MAX_LENGTH - PUBLIC_ID_HEX_CHARS}}}")
+
+
+def key_prefix_problem(key_prefix: str) -> str | None:
+    """Why keys made with ``key_prefix`` could never authenticate, or None."""
+    if _KEY_PREFIX_RE.fullmatch(key_prefix):
+        return None
+    return (
+        f"DRF_LLM_KEYS['KEY_PREFIX'] is {key_prefix!r}: it must be 1 to "
+        f"{PREFIX_MAX_LENGTH - PUBLIC_ID_HEX_CHARS} ASCII letters, digits, '_' or '-'."
+    )
 
 
 def generate_key(key_prefix: str) -> tuple[str, str]:
-    """Return ``(prefix, plaintext)`` for a new random key."""
+    """Return ``(prefix, plaintext)`` for a new random key; ImproperlyConfigured for a
+    ``key_prefix`` that would make a key no request can present."""
+    problem = key_prefix_problem(key_prefix)
+    if problem is not None:
+        raise ImproperlyConfigured(problem)
     prefix = key_prefix + secrets.token_hex(PUBLIC_ID_HEX_CHARS // 2)
     return prefix, f"{prefix}.{secrets.token_urlsafe(SECRET_BYTES)}"
 

@@ -108,6 +108,29 @@ def test_numeric_settings_at_their_bounds_pass(values):
         assert ids(checks.check_settings()) == []
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"KEY_PREFIX": "acme.key_"},
+        {"KEY_PREFIX": ""},
+        {"KEY_PREFIX": "x" * 29},
+        {"AUTH_KEYWORDS": "Bearer"},  # a string: its letters would be the keywords
+        {"AUTH_KEYWORDS": []},
+        {"AUTH_KEYWORDS": ["Api Key"]},
+    ],
+)
+def test_a_key_format_setting_no_request_could_match_is_an_error(values):
+    with override_settings(DRF_LLM_KEYS=values):
+        messages = checks.check_settings()
+    assert ids(messages) == ["drf_llm_keys.E008"]
+    assert next(iter(values)) in messages[0].msg
+
+
+def test_key_format_settings_of_other_shapes_pass():
+    with override_settings(DRF_LLM_KEYS={"KEY_PREFIX": "sk-acme_", "AUTH_KEYWORDS": ("Bearer",)}):
+        assert ids(checks.check_settings()) == []
+
+
 @pytest.mark.parametrize("field", ["name", "no_such_field"])
 def test_lookup_field_must_be_unique(field):
     with override_settings(DRF_LLM_KEYS={"CLIENT_LOOKUP_FIELD": field}):

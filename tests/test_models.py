@@ -61,6 +61,23 @@ def test_key_prefix_setting_marks_new_keys(owner):
     assert crypto.split_key(plaintext) == api_key.prefix
 
 
+@pytest.mark.parametrize("key_prefix", ["acme.key_", "acme key_", "ácme_", "x" * 29, ""])
+def test_a_key_prefix_no_key_could_authenticate_with_mints_no_key(owner, key_prefix):
+    # A dot would split the key in the wrong place, a space would break the header, and
+    # a longer prefix does not fit the column: each key would be shown once, never to work.
+    with override_settings(DRF_LLM_KEYS={"KEY_PREFIX": key_prefix}):
+        with pytest.raises(ImproperlyConfigured, match="KEY_PREFIX"):
+            APIKey.objects.create_key(user=owner, name="ci")
+    assert not APIKey.objects.exists()
+
+
+def test_the_longest_key_prefix_works(api, owner, protected_client):
+    with override_settings(DRF_LLM_KEYS={"KEY_PREFIX": "a-B_" * 7}):
+        api_key, plaintext = APIKey.objects.create_key(user=owner, name="ci")
+    LLMClientAPIKey.objects.create(llm_client=protected_client, api_key=api_key)
+    assert api.get("/clients/protected-bot/echo/", **bearer(plaintext)).status_code == 200
+
+
 def test_prefixes_are_unique(owner):
     api_key, _ = APIKey.objects.create_key(user=owner, name="a")
     with pytest.raises(IntegrityError):
