@@ -129,7 +129,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     client_model = get_client_model()
     field: Any  # a Field, or None for no such field
     try:
-        field = client_model._meta.get_field(conf.CLIENT_LOOKUP_FIELD)
+        # "pk" is no field's name, but the decision looks clients up by it too.
+        lookup = conf.CLIENT_LOOKUP_FIELD
+        field = client_model._meta.pk if lookup == "pk" else client_model._meta.get_field(lookup)
     except FieldDoesNotExist:
         field = None
     if field is None or not (field.unique or field.primary_key):

@@ -137,6 +137,13 @@ def test_lookup_field_must_be_unique(field):
         assert ids(checks.check_settings()) == ["drf_llm_keys.E003"]
 
 
+@pytest.mark.parametrize("field", ["pk", "id", "slug"])
+def test_a_unique_lookup_field_or_pk_passes(field):
+    # "pk" is a lookup the decision supports (tests/test_authentication.py): not an error.
+    with override_settings(DRF_LLM_KEYS={"CLIENT_LOOKUP_FIELD": field}):
+        assert ids(checks.check_settings()) == []
+
+
 @pytest.mark.parametrize(
     ("classes", "expected"),
     [([OURS, SESSION], []), ([SESSION, OURS], ["drf_llm_keys.W003"]), ([SESSION], [])],
