@@ -237,6 +237,22 @@ def test_list_marks_expired_keys(make_key, protected_client):
     assert "(expired)" in run("list")[0]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create", "protected-bot", "--user", "owner", "--name", "a\x00b"),
+        ("create", "protected-bot\x00", "--user", "owner", "--name", "a"),
+        ("list", "protected-bot\x00"),
+        ("revoke", "llmk_\x00"),
+        ("create", "protected-bot", "--user", "owner", "--name", "a", "--scope", "chat\x00"),
+    ],
+)
+def test_a_nul_character_in_an_argument_is_a_command_error(key, args):
+    # No shell passes one, but call_command() does: PostgreSQL refused it with a DataError
+    # traceback, SQLite stored it.
+    assert "NUL" in refused(*args)
+
+
 def test_list_of_an_unknown_client_is_a_command_error(db):
     assert "No LLM client" in refused("list", "nope")
 

@@ -234,6 +234,7 @@ class Command(BaseCommand):
         if action == "client":
             action = f"client_{options['client_action']}"
         handler = getattr(self, f"handle_{action}")
+        refuse_nul_characters(options)
         self.unpublished: keys.InvalidationPending | None = None
         if action in CHANGES:
             self.publish_pending()
@@ -872,6 +873,14 @@ class Command(BaseCommand):
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def refuse_nul_characters(options: dict[str, Any]) -> None:
+    """No shell passes a NUL character, but ``call_command()`` does: PostgreSQL refuses it
+    with a DataError, and SQLite would store it in a name."""
+    for name, value in options.items():
+        if any(isinstance(v, str) and "\x00" in v for v in (value if isinstance(value, list) else [value])):
+            raise CommandError(f"The {name} argument holds a NUL character (\\x00): remove it.")
 
 
 def accept_negative_values(parser: CommandParser) -> None:
