@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError
+from django.db.models import Model
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -63,6 +64,14 @@ class NeedsDatabase(Exception):
 
 def _load_elsewhere(client_value: str, prefix: str | None) -> Any:
     raise NeedsDatabase
+
+
+def lookup_value(found: Any) -> str | None:
+    """A client as its lookup value: a client instance's ``CLIENT_LOOKUP_FIELD``, or the
+    value itself (a slug, a pk); None for none."""
+    if isinstance(found, Model):
+        found = getattr(found, conf.CLIENT_LOOKUP_FIELD)
+    return None if found is None else str(found)
 
 
 def _printable(value: str) -> bool:

@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from .access import CLIENT_ATTRIBUTE, ClientKeyCheck, ServiceUnavailable
+from .access import CLIENT_ATTRIBUTE, ClientKeyCheck, ServiceUnavailable, lookup_value
 from .conf import conf
 from .models import APIKey
 
@@ -65,10 +65,8 @@ class LLMClientAPIKeyAuthentication(ClientKeyCheck, BaseAuthentication):
         context = getattr(request, "parser_context", None) or {}
         view = context.get("view")
         if view is not None and hasattr(view, "get_llm_client"):
-            llm_client = view.get_llm_client()
-            return None if llm_client is None else str(getattr(llm_client, conf.CLIENT_LOOKUP_FIELD))
-        value = (context.get("kwargs") or {}).get(conf.CLIENT_URL_KWARG)
-        return None if value is None else str(value)
+            return lookup_value(view.get_llm_client())  # the client, or its lookup value
+        return lookup_value((context.get("kwargs") or {}).get(conf.CLIENT_URL_KWARG))
 
 
 def _view_finds_client(request: Request) -> bool:

@@ -23,7 +23,6 @@ import contextvars
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError
@@ -33,7 +32,7 @@ from ninja.throttling import BaseThrottle
 from rest_framework import exceptions
 
 from . import limits, permissions, throttling
-from .access import ClientKeyCheck, meta_name
+from .access import ClientKeyCheck, lookup_value, meta_name
 from .conf import conf
 from .models import APIKey
 
@@ -151,13 +150,9 @@ class LLMClientAPIKeyAuth(ClientKeyCheck, AuthBase):
     def get_client_lookup_value(self, request: HttpRequest) -> str | None:
         """The request's client as its lookup value, or None when there is none."""
         if callable(self.client):
-            found = self.client(request)
-            if isinstance(found, Model):
-                found = getattr(found, conf.CLIENT_LOOKUP_FIELD)
-        else:
-            match = request.resolver_match
-            found = None if match is None else match.kwargs.get(self.client or conf.CLIENT_URL_KWARG)
-        return None if found is None else str(found)
+            return lookup_value(self.client(request))
+        match = request.resolver_match
+        return None if match is None else lookup_value(match.kwargs.get(self.client or conf.CLIENT_URL_KWARG))
 
 
 def _on_event_loop() -> bool:

@@ -271,11 +271,12 @@ def test_unknown_client_is_left_to_the_view_when_configured(api, key, url):
     assert response.json() == {"user": None, "key": None}
 
 
-def test_client_from_get_llm_client(api, key, protected_client):
+@pytest.mark.parametrize("returns", ["by-method", "by-method-value"])  # the client, or its slug
+def test_client_from_get_llm_client(api, key, protected_client, returns):
     _, plaintext = key
     name = protected_client.name
-    assert_refused(api.get(f"/by-method/{name}/echo/"))
-    assert api.get(f"/by-method/{name}/echo/", **bearer(plaintext)).status_code == 200
+    assert_refused(api.get(f"/{returns}/{name}/echo/"))
+    assert api.get(f"/{returns}/{name}/echo/", **bearer(plaintext)).status_code == 200
 
 
 def test_get_llm_client_404_stays_a_404(api, key):

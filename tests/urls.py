@@ -10,6 +10,7 @@ urlpatterns = [
     path("clients/<str:llm_client>/echo/", views.PerViewEcho.as_view()),
     path("default/clients/<str:llm_client>/echo/", views.DefaultEcho.as_view()),
     path("by-method/<str:name>/echo/", views.ClientFromMethodEcho.as_view()),
+    path("by-method-value/<str:name>/echo/", views.ClientValueFromMethodEcho.as_view()),
     path("whoami/", views.WhoAmI.as_view()),
     path("scoped/<str:llm_client>/echo/", views.ScopedEcho.as_view()),
     path("scoped-default/<str:llm_client>/echo/", views.ScopedDefaultEcho.as_view()),

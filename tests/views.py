@@ -35,6 +35,13 @@ class ClientFromMethodEcho(DefaultEcho):
         return get_object_or_404(get_client_model(), name=self.kwargs["name"])
 
 
+class ClientValueFromMethodEcho(ClientFromMethodEcho):
+    """``get_llm_client()`` answering with the client's lookup value, not the instance."""
+
+    def get_llm_client(self) -> Any:
+        return super().get_llm_client().slug
+
+
 class WhoAmI(APIView):
     """Not an LLM client's view: other authenticators decide."""
 
