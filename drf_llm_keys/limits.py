@@ -39,7 +39,7 @@ from . import budgets, headers, ledger, prices, signals
 from .access import CLIENT_ATTRIBUTE
 from .conf import conf
 from .decisions.names import client_id, key_name
-from .models import APIKey
+from .models import APIKey, per_period
 from .usage import ADMISSION_ATTRIBUTE
 
 logger = logging.getLogger("drf_llm_keys")
@@ -257,8 +257,9 @@ def _refusal(
     headers.note_headers(target, x_should_retry="false")
     left = max(Decimal(0), ledger.from_units(refused.account.limit - refused.used))
     amount, currency = prices.amount_text(budget.limit), conf.CURRENCY
+    whose = "This key's" if budget.scope == budgets.KEY else "The key owner's"
     return BudgetExceeded(
-        f"This key's {budget.scope} budget of {amount} {currency} per {budget.period} has "
+        f"{whose} budget of {amount} {currency} {per_period(budget.period)} has "
         f"{prices.amount_text(left)} {currency} left, less than this request can cost."
     )
 

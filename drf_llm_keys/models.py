@@ -40,6 +40,11 @@ BUDGET_DIGITS, BUDGET_DECIMAL_PLACES = 18, 6
 BUDGET_PERIODS = ("day", "week", "month", "total")
 
 
+def per_period(period: str) -> str:
+    """How a budget's amount reads with its period: "per month", or "in total"."""
+    return "in total" if period == "total" else f"per {period}"
+
+
 def client_lookup_values(clients: models.QuerySet[Any]) -> set[Any]:
     return set(clients.values_list(conf.CLIENT_LOOKUP_FIELD, flat=True))
 
@@ -824,7 +829,7 @@ class OwnerBudget(models.Model):
         verbose_name_plural = _("owner budgets")
 
     def __str__(self) -> str:
-        return f"{self.limit} per {self.period} for user {self.user_id}"
+        return f"{self.limit} {per_period(self.period)} for user {self.user_id}"
 
     def clean(self) -> None:
         try:

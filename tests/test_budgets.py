@@ -329,3 +329,8 @@ def test_the_key_info_view_answers_budgets_with_spend_and_reset(api, make_key, p
     assert info["owner_budget"]["remaining"] == "7.5"
     resets_at = datetime.datetime.fromisoformat(info["owner_budget"]["resets_at"])  # in TIME_ZONE
     assert resets_at == datetime.datetime.combine(tomorrow, datetime.time(), tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("period", "reads"), [("month", "5 per month"), ("total", "5 in total")])
+def test_a_budget_reads_with_its_period(period, reads):
+    assert str(OwnerBudget(user_id=1, limit=Decimal("5"), period=period)) == f"{reads} for user 1"

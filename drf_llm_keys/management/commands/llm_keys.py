@@ -36,7 +36,7 @@ from django.utils import timezone
 from drf_llm_keys import budgets, crypto, decisions, get_client_model, keys, prices, usage
 from drf_llm_keys.conf import conf
 from drf_llm_keys.decisions import invalidation
-from drf_llm_keys.models import BUDGET_PERIODS, APIKey, KeyUsage, OwnerBudget, decision_db
+from drf_llm_keys.models import BUDGET_PERIODS, APIKey, KeyUsage, OwnerBudget, decision_db, per_period
 
 ONCE_WARNING = "Store this key now: it cannot be shown again."
 USAGE_FIGURES = ("requests", "prompt_tokens", "completion_tokens", "cost", "unpriced_tokens")
@@ -541,7 +541,7 @@ class Command(BaseCommand):
         record = self.standing_record(standing)
         assert record is not None
         currency = conf.CURRENCY
-        per = "in total" if standing.end is None else f"per {standing.budget.period} (UTC)"
+        per = per_period(standing.budget.period) + ("" if standing.end is None else " (UTC)")
         since = "" if standing.end is None else f" since {record['period_start']}"
         resets = "never resets" if standing.end is None else f"resets at {record['resets_at']}"
         return (
